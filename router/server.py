@@ -1,0 +1,73 @@
+"""The router's gRPC server: the inference service, grpc.health.v1 and server reflection.
+
+Runs in any process that is a Ray driver on a node with a raylet (`quiver serve` locally;
+router pods that are Ray nodes on a cluster). `Router.start` binds and serves; `Router.stop`
+turns health to NOT_SERVING first, then drains in-flight requests within the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from quiver._proto import grpc_predict_v2_pb2 as pb
+from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from .routes import RouteTable
+from .servicer import InferenceServicer
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    # Decoded input tensors of one request may not exceed this; gRPC refuses larger messages
+    # (RESOURCE_EXHAUSTED) before they are read, with a little room for the envelope.
+    max_request_bytes: int = 64 << 20
+    grace_period_s: float = 10.0
+
+
+class Router:
+    def __init__(self, routes: RouteTable, settings: RouterSettings) -> None:
+        self.settings = settings
+        envelope = 1 << 20
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_request_bytes + envelope),
+                ("grpc.max_send_message_length", -1),
+                # Without this a second server could bind the same port and steal half the traffic.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(routes, settings.max_request_bytes), self._server
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port (useful with port 0)."""
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self._server.add_insecure_port(address)
+        await self._server.start()
+        for service in ("", INFERENCE_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("router listening on %s:%d", self.settings.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        # Probes see NOT_SERVING before the listener goes, so traffic moves away first.
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.grace_period_s)

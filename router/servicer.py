@@ -1,0 +1,115 @@
+"""The GRPCInferenceService servicer: thin methods that decode, validate, dispatch and encode.
+
+All policy lives elsewhere (routes, codec, dispatch); errors become statuses in one place,
+`_answering_errors`, so a bad request fails alone and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from quiver import __version__
+from quiver._proto import grpc_predict_v2_pb2 as pb
+from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from . import codec, dispatch
+from .errors import InvalidArgument, RouterError, status_of
+from .routes import RouteTable
+
+logger = logging.getLogger(__name__)
+
+# Request parameter that pins a variant by name (as listed in the manifest).
+VARIANT_PARAMETER = "quiver.variant"
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Method = Callable[["InferenceServicer", Request, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def _answering_errors(method: Method) -> Method:
+    @functools.wraps(method)
+    async def wrapper(self: InferenceServicer, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await method(self, request, context)
+        except RouterError as exc:
+            code, message = status_of(exc)
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            code, message = status_of(Exception())
+        await context.abort(code, message)
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, routes: RouteTable, max_request_bytes: int) -> None:
+        self._routes = routes
+        self._max_request_bytes = max_request_bytes
+
+    @_answering_errors
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_answering_errors
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        # Routes exist only for deployments whose replicas came up (serving.deploy returned).
+        return pb.ServerReadyResponse(ready=bool(self._routes.models()))
+
+    @_answering_errors
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        self._routes.resolve(request.name, request.version)
+        return pb.ModelReadyResponse(ready=True)
+
+    @_answering_errors
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="quiver", version=__version__, extensions=[])
+
+    @_answering_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        manifest = self._routes.manifest(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=manifest.name,
+            versions=self._routes.models()[manifest.name],
+            platform=manifest.platform,
+            inputs=[codec.tensor_metadata(spec) for spec in manifest.inputs],
+            outputs=[codec.tensor_metadata(spec) for spec in manifest.outputs],
+        )
+
+    @_answering_errors
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        route = self._routes.resolve(request.model_name, request.model_version, _variant_hint(request))
+        manifest = route.manifest
+        inputs = codec.decode_inputs(request, manifest, self._max_request_bytes)
+        names = codec.requested_outputs(request, manifest)
+        result = await dispatch.infer(route, inputs)
+        return codec.encode_response(
+            request,
+            manifest,
+            result.outputs,
+            names,
+            {
+                "quiver.variant": route.variant.name,
+                "quiver.version": manifest.version,
+                "quiver.pool": route.variant.pool,
+                "quiver.batch_requests": result.batch_requests,
+                "quiver.batch_rows": result.batch_rows,
+            },
+        )
+
+
+def _variant_hint(request: pb.ModelInferRequest) -> str | None:
+    if VARIANT_PARAMETER not in request.parameters:
+        return None
+    value = codec.parameter_value(request.parameters[VARIANT_PARAMETER])
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"parameter {VARIANT_PARAMETER!r} must be a non-empty string")
+    return value

@@ -1,0 +1,36 @@
+"""quiver.serving: model store and manifest, the ONNX Runtime runtime, the Ray Serve deployments.
+
+The public face other packages use; `serving` never imports `router`.
+"""
+
+from .datatypes import Datatype
+from .deployment import InferenceResult, VariantReplica, app_name, deploy
+from .example import example_version
+from .manifest import Batching, Device, Manifest, Precision, Replicas, TensorSpec, Variant
+from .runtime import InferenceError, IntegrityError, ModelRuntime
+from .store import ModelVersion, StoreError, from_onnx_file, load_store, read_version, write_version
+
+__all__ = [
+    "Batching",
+    "Datatype",
+    "Device",
+    "InferenceError",
+    "InferenceResult",
+    "IntegrityError",
+    "Manifest",
+    "ModelRuntime",
+    "ModelVersion",
+    "Precision",
+    "Replicas",
+    "StoreError",
+    "TensorSpec",
+    "Variant",
+    "VariantReplica",
+    "app_name",
+    "deploy",
+    "example_version",
+    "from_onnx_file",
+    "load_store",
+    "read_version",
+    "write_version",
+]

@@ -1,0 +1,129 @@
+"""The Ray Serve deployment of one (model, version, variant), with dynamic batching.
+
+One Serve application per variant, holding one deployment whose replicas each own a
+`ModelRuntime`. Concurrent requests are joined along the batch axis (axis 0), run in one
+ONNX Runtime call, and split back. The router calls `infer` through a DeploymentHandle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import accumulate, groupby
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from .manifest import Variant
+from .runtime import InferenceError, ModelRuntime
+from .store import ModelVersion
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """Every output of the model for one request, and the batch it ran in."""
+
+    outputs: Tensors
+    batch_requests: int
+    batch_rows: int
+
+
+@serve.deployment
+class VariantReplica:
+    """A replica of one variant: verifies and loads the model, then serves `infer` calls."""
+
+    def __init__(self, version: ModelVersion, variant_name: str) -> None:
+        manifest = version.manifest
+        variant = manifest.variant(variant_name)
+        self._runtime = ModelRuntime(
+            version.path(variant),
+            variant.sha256,
+            manifest.inputs,
+            device=variant.device,
+            cpus=variant.replicas.num_cpus,
+        )
+        self._batchable = manifest.batchable
+        self._max_rows = variant.batching.max_batch_size
+        self._infer_batch.set_max_batch_size(self._max_rows)
+        self._infer_batch.set_batch_wait_timeout_s(variant.batching.max_wait_ms / 1000)
+        # ONNX Runtime releases the GIL: running it off the event loop lets the next batch
+        # gather while this one computes. One thread, because batches run one at a time.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+
+    async def infer(self, inputs: Tensors) -> InferenceResult:
+        rows = _rows(inputs)
+        if not self._batchable or rows > self._max_rows:
+            return InferenceResult(await self._run(inputs), batch_requests=1, batch_rows=rows)
+        result = await self._infer_batch(inputs)
+        if isinstance(result, InferenceError):
+            raise result
+        return result
+
+    # Sizes are set per variant in __init__; batch_size_fn makes them count rows, not requests.
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=lambda batch: sum(map(_rows, batch)))
+    async def _infer_batch(self, requests: list[Tensors]) -> list[InferenceResult | InferenceError]:
+        results: list[InferenceResult | InferenceError] = [None] * len(requests)  # type: ignore[list-item]
+        # Only requests whose non-batch dimensions agree can share one run.
+        order = sorted(range(len(requests)), key=lambda i: _signature(requests[i]))
+        for _, group in groupby(order, key=lambda i: _signature(requests[i])):
+            indices = list(group)
+            for index, result in zip(indices, await self._run_group([requests[i] for i in indices])):
+                results[index] = result
+        return results
+
+    async def _run_group(self, group: list[Tensors]) -> list[InferenceResult | InferenceError]:
+        rows = [_rows(request) for request in group]
+        joined = {name: np.concatenate([request[name] for request in group]) for name in group[0]}
+        try:
+            outputs = await self._run(joined)
+        except InferenceError as exc:
+            if len(group) == 1:
+                return [exc]
+            # One bad request must not fail the others: run each alone to find it.
+            return [await self._run_alone(request) for request in group]
+        bounds = list(accumulate(rows))[:-1]
+        split = {name: np.split(array, bounds) for name, array in outputs.items()}
+        return [
+            InferenceResult({name: parts[i] for name, parts in split.items()}, len(group), sum(rows))
+            for i in range(len(group))
+        ]
+
+    async def _run_alone(self, request: Tensors) -> InferenceResult | InferenceError:
+        try:
+            return InferenceResult(await self._run(request), batch_requests=1, batch_rows=_rows(request))
+        except InferenceError as exc:
+            return exc
+
+    async def _run(self, inputs: Tensors) -> Tensors:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._runtime.run, inputs)
+
+
+def _rows(inputs: Tensors) -> int:
+    return next(iter(inputs.values())).shape[0] if inputs else 0
+
+
+def _signature(inputs: Tensors) -> tuple:
+    return tuple((name, array.shape[1:]) for name, array in sorted(inputs.items()))
+
+
+def app_name(version: ModelVersion, variant: Variant) -> str:
+    """The Serve application of a variant; one per (model, version, variant)."""
+    return f"{version.manifest.name}.{version.manifest.version}.{variant.name}"
+
+
+def deploy(version: ModelVersion, variant: Variant) -> DeploymentHandle:
+    """Deploy (or update) one variant as a Serve application; returns once its replicas are up."""
+    replicas = variant.replicas
+    application = VariantReplica.options(
+        name=variant.name,
+        num_replicas=replicas.count,
+        max_ongoing_requests=replicas.max_ongoing_requests,
+        ray_actor_options={"num_cpus": replicas.num_cpus, "num_gpus": replicas.num_gpus},
+        # One log line per request would cost more than the request.
+        logging_config={"enable_access_log": False},
+    ).bind(version, variant.name)
+    return serve.run(application, name=app_name(version, variant), route_prefix=None)

@@ -1,0 +1,129 @@
+"""The model manifest: what a model version is, which variants it has, and where they run.
+
+`STORE/<model>/<version>/manifest.json` holds one `Manifest`. It is validated here, at the
+edge, so everything downstream (the replicas, the router) works with typed, checked values.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .datatypes import Datatype
+
+# Names end up in Ray Serve application names and gRPC parameters: keep them plain.
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Spec):
+    """One model input or output; -1 in `shape` marks a variable-size dimension."""
+
+    name: Annotated[str, Field(min_length=1)]
+    datatype: Datatype
+    shape: list[Annotated[int, Field(ge=-1)]]
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Device(str, enum.Enum):
+    """The hardware a variant's ONNX Runtime session targets; it picks the execution providers."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class Batching(_Spec):
+    """Dynamic batching of concurrent requests inside one replica.
+
+    `max_batch_size` counts rows along the batch axis (as Triton's does), not requests. With
+    `max_wait_ms` at 0 a batch is whatever queued while the previous one ran: no added latency
+    at low load, large batches under load.
+    """
+
+    max_batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
+    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
+
+
+class Replicas(_Spec):
+    """How many replicas of a variant run, and what each one reserves."""
+
+    count: Annotated[int, Field(ge=1, le=1024)] = 1
+    num_cpus: Annotated[float, Field(gt=0, le=256)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0, le=16)] = 0.0
+    # Serve queues at most this many requests per replica before the caller waits; it must
+    # be well above the batch size or Serve's backpressure caps the batches.
+    max_ongoing_requests: Annotated[int, Field(ge=1, le=100_000)] = 1024
+
+
+class Variant(_Spec):
+    """One optimized form of the model (a file in the version directory) and where it runs."""
+
+    name: Name
+    precision: Precision = Precision.FP32
+    file: Annotated[str, Field(min_length=1)]
+    sha256: Sha256
+    pool: Name = "cpu"
+    device: Device = Device.CPU
+    batching: Batching = Batching()
+    replicas: Replicas = Replicas()
+
+    @model_validator(mode="after")
+    def _file_stays_inside_version(self) -> Variant:
+        if self.file.startswith("/") or ".." in re.split(r"[/\\]", self.file):
+            raise ValueError(f"file {self.file!r} must be a relative path inside the version directory")
+        return self
+
+
+class Manifest(_Spec):
+    """A model version: its signature and its variants."""
+
+    name: Name
+    version: Name
+    platform: str = "onnxruntime_onnx"
+    inputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    outputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    variants: Annotated[list[Variant], Field(min_length=1)]
+    default_variant: Name | None = None
+
+    @model_validator(mode="after")
+    def _names_are_consistent(self) -> Manifest:
+        for field in ("inputs", "outputs", "variants"):
+            names = [item.name for item in getattr(self, field)]
+            if len(names) != len(set(names)):
+                raise ValueError(f"{field}: names must be unique, got {names}")
+        if self.default_variant is not None and self.default_variant not in self.variant_names:
+            raise ValueError(
+                f"default_variant {self.default_variant!r} is not one of variants {self.variant_names}"
+            )
+        return self
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [variant.name for variant in self.variants]
+
+    @property
+    def default(self) -> Variant:
+        return self.variant(self.default_variant or self.variants[0].name)
+
+    def variant(self, name: str) -> Variant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(name)
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests can be joined along axis 0: every tensor has a variable first dim."""
+        return all(spec.shape and spec.shape[0] == -1 for spec in (*self.inputs, *self.outputs))
