@@ -5,7 +5,7 @@ The public face other packages use; `serving` never imports `router`.
 
 from .datatypes import Datatype
 from .deployment import InferenceResult, VariantReplica, app_name, deploy
-from .example import example_version
+from .example import build_example, example_version
 from .manifest import Batching, Device, Manifest, Precision, Replicas, TensorSpec, Variant
 from .runtime import InferenceError, IntegrityError, ModelRuntime
 from .store import ModelVersion, StoreError, from_onnx_file, load_store, read_version, write_version
@@ -27,6 +27,7 @@ __all__ = [
     "Variant",
     "VariantReplica",
     "app_name",
+    "build_example",
     "deploy",
     "example_version",
     "from_onnx_file",

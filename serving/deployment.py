@@ -124,6 +124,6 @@ def deploy(version: ModelVersion, variant: Variant) -> DeploymentHandle:
         max_ongoing_requests=replicas.max_ongoing_requests,
         ray_actor_options={"num_cpus": replicas.num_cpus, "num_gpus": replicas.num_gpus},
         # One log line per request would cost more than the request.
-        logging_config={"enable_access_log": False},
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
     ).bind(version, variant.name)
     return serve.run(application, name=app_name(version, variant), route_prefix=None)

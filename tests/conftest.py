@@ -1,0 +1,25 @@
+"""Shared fixtures: a model store and one `quiver serve` process for the whole session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .models import write_store
+from .serverproc import ServerProcess, quiver_serve
+
+# Small enough that a test can cross it cheaply, large enough for every regular request.
+MAX_REQUEST_MB = 1
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="session")
+def server(store: Path) -> Iterator[ServerProcess]:
+    with quiver_serve(str(store), "--max-request-mb", str(MAX_REQUEST_MB)) as process:
+        yield process

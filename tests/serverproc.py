@@ -1,0 +1,72 @@
+"""`quiver serve` in a child process, as a user runs it: started, awaited, stopped with SIGTERM.
+
+The server runs in its own process also because Quiver's generated `inference` protobuf
+messages and tritonclient's cannot be loaded into one process (duplicate descriptor symbols).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+READY = re.compile(r"^ready: (?P<address>\S+) models=(?P<models>\S*)$")
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    address: str = ""
+    models: str = ""
+    output: list[str] = field(default_factory=list)
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+
+@contextmanager
+def quiver_serve(*args: str, startup_timeout_s: float = 180) -> Iterator[ServerProcess]:
+    """Run `quiver serve ARGS --port 0`; yields once it prints its ready line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quiver", "serve", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    server = ServerProcess(process)
+    ready = threading.Event()
+
+    def drain() -> None:  # keeps the pipe from filling and watches for the ready line
+        for line in process.stdout:
+            server.output.append(line)
+            if match := READY.match(line.strip()):
+                server.address, server.models = match["address"], match["models"]
+                ready.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not ready.wait(0.2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            reader.join(5)
+            raise RuntimeError(f"quiver serve did not become ready:\n{server.log()}")
+    try:
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        reader.join(5)
+        assert code == 0, f"quiver serve exited with {code}:\n{server.log()}"

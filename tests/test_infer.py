@@ -1,0 +1,129 @@
+"""End to end through a stock client: tritonclient → router → Ray Serve replica → ONNX Runtime."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from .models import PAIR_TABLE, reference
+from .serverproc import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(server.address)
+
+
+def example_input(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 64)).astype(np.float32)
+
+
+def infer_example(client: triton.InferenceServerClient, x: np.ndarray) -> triton.InferResult:
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer("example", [tensor])
+
+
+def parameters(result: triton.InferResult) -> dict[str, object]:
+    return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in result.get_response().parameters.items()}
+
+
+@pytest.mark.parametrize("rows", [1, 4, 17, 64])
+def test_example_matches_onnxruntime(client: triton.InferenceServerClient, store: Path, rows: int) -> None:
+    x = example_input(rows, seed=rows)
+    result = infer_example(client, x)
+    expected = reference(store / "example/1/model.onnx", {"input": x})["output"]
+    assert result.as_numpy("output").shape == (rows, 10)
+    np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=0, atol=1e-5)
+    assert parameters(result) | {"quiver.batch_rows": 0, "quiver.batch_requests": 0} == {
+        "quiver.variant": "fp32",
+        "quiver.version": "1",
+        "quiver.pool": "cpu",
+        "quiver.batch_rows": 0,
+        "quiver.batch_requests": 0,
+    }
+
+
+def pair_inputs(rows: int, k: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], list[triton.InferInput]]:
+    feeds = {
+        "x": np.arange(rows * 3, dtype=np.float32).reshape(rows, 3),
+        "k": np.arange(rows * 2, dtype=np.int64).reshape(rows, 2) % len(PAIR_TABLE) if k is None else k,
+    }
+    tensors = []
+    for name, datatype in (("x", "FP32"), ("k", "INT64")):
+        tensor = triton.InferInput(name, list(feeds[name].shape), datatype)
+        tensor.set_data_from_numpy(feeds[name])
+        tensors.append(tensor)
+    return feeds, tensors
+
+
+def test_two_outputs_in_requested_order(client: triton.InferenceServerClient, store: Path) -> None:
+    feeds, tensors = pair_inputs(5)
+    expected = reference(store / "pair/2/model.onnx", feeds)
+    requested = [triton.InferRequestedOutput("looked_up"), triton.InferRequestedOutput("total")]
+    response = client.infer("pair", tensors, outputs=requested).get_response()
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("looked_up", "INT64", [5, 2]),
+        ("total", "FP32", [5, 1]),
+    ]
+    result = triton.InferResult(response)
+    np.testing.assert_array_equal(result.as_numpy("looked_up"), expected["looked_up"])
+    np.testing.assert_allclose(result.as_numpy("total"), expected["total"], rtol=0, atol=1e-5)
+
+
+def test_output_selection_and_default_order(client: triton.InferenceServerClient) -> None:
+    _, tensors = pair_inputs(2)
+    only = client.infer("pair", tensors, outputs=[triton.InferRequestedOutput("total")]).get_response()
+    assert [o.name for o in only.outputs] == ["total"] and len(only.raw_output_contents) == 1
+    every = client.infer("pair", tensors).get_response()
+    assert [o.name for o in every.outputs] == ["total", "looked_up"]
+
+
+def test_versions_resolve_to_newest_or_the_one_asked(client: triton.InferenceServerClient) -> None:
+    _, tensors = pair_inputs(1)
+    assert client.infer("pair", tensors).get_response().model_version == "2"
+    assert client.infer("pair", tensors, model_version="1").get_response().model_version == "1"
+
+
+def test_request_id_is_echoed(client: triton.InferenceServerClient) -> None:
+    tensor = triton.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(example_input(1))
+    assert client.infer("example", [tensor], request_id="req-42").get_response().id == "req-42"
+
+
+def test_concurrent_requests_are_all_answered_and_batched(client: triton.InferenceServerClient, store: Path) -> None:
+    inputs = [example_input(1 + i % 4, seed=i) for i in range(200)]
+    expected = [reference(store / "example/1/model.onnx", {"input": x})["output"] for x in inputs]
+
+    def call(x: np.ndarray) -> triton.InferResult:
+        return infer_example(client, x)
+
+    # tritonclient's channel is shared: 16 threads keep up to 16 requests in flight at once.
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, inputs))
+    for result, want in zip(results, expected):
+        np.testing.assert_allclose(result.as_numpy("output"), want, rtol=0, atol=1e-5)
+    batch_sizes = [parameters(result)["quiver.batch_requests"] for result in results]
+    assert max(batch_sizes) > 1, f"the replica never joined requests: {batch_sizes}"
+
+
+def test_a_request_the_model_rejects_fails_alone_under_load(client: triton.InferenceServerClient, store: Path) -> None:
+    bad_k = np.array([[0, 999]], dtype=np.int64)  # 999 is outside the lookup table
+
+    def call(i: int) -> str:
+        feeds, tensors = pair_inputs(1, k=bad_k if i % 5 == 0 else None)
+        try:
+            result = client.infer("pair", tensors)
+        except triton.InferenceServerException as exc:
+            return exc.status()
+        expected = reference(store / "pair/2/model.onnx", feeds)
+        np.testing.assert_array_equal(result.as_numpy("looked_up"), expected["looked_up"])
+        return "OK"
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(call, range(100)))
+    assert statuses == ["StatusCode.INVALID_ARGUMENT" if i % 5 == 0 else "OK" for i in range(100)]
