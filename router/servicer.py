@@ -18,7 +18,7 @@ from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from . import codec, dispatch
-from .errors import InvalidArgument, RouterError, status_of
+from .errors import InvalidArgument, NotFound, RouterError, status_of
 from .routes import RouteTable
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_answering_errors
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        self._routes.resolve(request.name, request.version)
+        # An unknown model is simply not ready (as Triton answers), so probes need no special case.
+        try:
+            self._routes.resolve(request.name, request.version)
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     @_answering_errors

@@ -1,0 +1,38 @@
+"""The same request through KServe's Python client, in a process (and venv) of its own.
+
+kserve pins protobuf < 7, which Quiver's generated code cannot run with, so the client lives
+in `.venv-kserve` (made by `make test`); QUIVER_KSERVE_PYTHON points elsewhere if needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .models import reference
+from .serverproc import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+KSERVE_PYTHON = Path(os.environ.get("QUIVER_KSERVE_PYTHON", ROOT / ".venv-kserve/bin/python"))
+
+
+@pytest.mark.parametrize("encoding", ["raw", "typed"])
+def test_kserve_client_gets_onnxruntime_answers(server: ServerProcess, store: Path, tmp_path: Path, encoding: str) -> None:
+    assert KSERVE_PYTHON.exists(), f"{KSERVE_PYTHON} is missing: `make test` creates it"
+    x = np.random.default_rng(5).standard_normal((3, 64)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    completed = subprocess.run(
+        [str(KSERVE_PYTHON), str(ROOT / "tests/clients/kserve_infer.py"), server.address, "example", "input",
+         str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), encoding],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    reply = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert reply["model_version"] == "1" and reply["parameters"]["quiver.variant"] == "fp32"
+    expected = reference(store / "example/1/model.onnx", {"input": x})["output"]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=0, atol=1e-5)
