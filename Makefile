@@ -1,0 +1,34 @@
+# Two commands on a fresh machine (Python >= 3.10 with venv):
+#   make serve   install, then serve the bundled example model on 127.0.0.1:8001
+#   make test    install (with test extras and the KServe client venv), then run the tests
+PYTHON ?= python3
+VENV := .venv
+KSERVE_VENV := .venv-kserve
+PIP := $(VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: serve test clean
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/quiver serve
+
+test: $(VENV)/.installed-test $(KSERVE_VENV)/.installed
+	$(VENV)/bin/python -m pytest
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py constraints.txt $(wildcard protos/*.proto)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e ".[test]"
+	touch $@
+
+$(KSERVE_VENV)/.installed: tests/clients/kserve-requirements.txt
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(KSERVE_VENV) quiver/_proto build *.egg-info

@@ -1,0 +1,1 @@
+"""Quiver's benchmarks: run by hand (`python -m benchmarks.NAME`), never by the test suite."""
