@@ -60,8 +60,8 @@ def _start_ray_and_deploy(versions: list[ModelVersion], num_cpus: int | None) ->
 
     ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     # The router is the only ingress: Serve's own HTTP/gRPC proxies would be a second door.
-    serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
     return RouteTable(
         VariantRoute(version, variant, deploy(version, variant))
         for version in versions

@@ -1,0 +1,48 @@
+"""The direction of imports is part of the design: `serving` never imports the router or the
+command line, and the router reaches ONNX Runtime only through serving's replicas.
+
+(import-linter cannot follow the package-dir mapping of serving/ and router/ into `quiver.*`,
+so the contracts are read here straight from each module's syntax tree.)
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FORBIDDEN = {
+    "serving": ("quiver.router", "quiver.cli", "quiver.embedded"),
+    "router": ("onnxruntime", "quiver.serving.runtime", "quiver.cli", "quiver.embedded"),
+}
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against quiver.<package>
+                parent = ["quiver", package][: 3 - node.level]
+                base = ".".join([*parent, base] if base else parent)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("package", FORBIDDEN)
+def test_package_keeps_its_import_contract(package: str) -> None:
+    modules = sorted((ROOT / package).glob("*.py"))
+    assert modules
+    broken = {
+        f"{path.name} imports {name}"
+        for path in modules
+        for name in imported_modules(path, package)
+        if name.startswith(FORBIDDEN[package])
+    }
+    assert not broken
