@@ -1,0 +1,47 @@
+"""A replica killed under the router: each request is answered, or fails with UNAVAILABLE
+(never hangs, never INTERNAL); Serve starts a new replica and the same router serves again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import tritonclient.grpc as triton
+
+from .serverproc import quiver_serve
+
+
+def replica_pids() -> list[int]:
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [int(line.split()[0]) for line in listing.splitlines() if "ServeReplica:example.1.fp32" in line]
+
+
+def test_a_killed_replica_is_replaced_and_requests_are_answered() -> None:
+    x = np.ones((1, 64), np.float32)
+    with quiver_serve() as server:
+        client = triton.InferenceServerClient(server.address)
+
+        def status() -> str:
+            tensor = triton.InferInput("input", [1, 64], "FP32")
+            tensor.set_data_from_numpy(x)
+            try:
+                client.infer("example", [tensor], client_timeout=30)
+            except triton.InferenceServerException as exc:
+                return exc.status()
+            return "OK"
+
+        assert status() == "OK"
+        (pid,) = replica_pids()
+        os.kill(pid, signal.SIGKILL)
+        seen = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and seen[-3:] != ["OK"] * 3:
+            seen.append(status())
+            if seen[-1] != "OK":
+                time.sleep(0.2)
+        assert set(seen) <= {"OK", "StatusCode.UNAVAILABLE"}, seen
+        assert seen[-3:] == ["OK"] * 3, f"never served again after the replica died: {seen[-10:]}"
+        assert replica_pids() and pid not in replica_pids()
