@@ -14,9 +14,22 @@ import tritonclient.grpc as triton
 from .serverproc import quiver_serve
 
 
-def replica_pids() -> list[int]:
-    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    return [int(line.split()[0]) for line in listing.splitlines() if "ServeReplica:example.1.fp32" in line]
+def replica_pids(server_pid: int) -> list[int]:
+    """The example's replica processes under this server (its local Ray instance's workers)."""
+    rows = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    parent, args = {}, {}
+    for row in rows.splitlines():
+        pid, ppid, *command = row.split()
+        parent[int(pid)], args[int(pid)] = int(ppid), " ".join(command)
+
+    def under_server(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == server_pid:
+                return True
+        return False
+
+    return [pid for pid, command in args.items() if "ServeReplica:example.1.fp32" in command and under_server(pid)]
 
 
 def test_a_killed_replica_is_replaced_and_requests_are_answered() -> None:
@@ -34,7 +47,7 @@ def test_a_killed_replica_is_replaced_and_requests_are_answered() -> None:
             return "OK"
 
         assert status() == "OK"
-        (pid,) = replica_pids()
+        (pid,) = replica_pids(server.process.pid)
         os.kill(pid, signal.SIGKILL)
         seen = []
         deadline = time.monotonic() + 90
@@ -44,4 +57,5 @@ def test_a_killed_replica_is_replaced_and_requests_are_answered() -> None:
                 time.sleep(0.2)
         assert set(seen) <= {"OK", "StatusCode.UNAVAILABLE"}, seen
         assert seen[-3:] == ["OK"] * 3, f"never served again after the replica died: {seen[-10:]}"
-        assert replica_pids() and pid not in replica_pids()
+        replacements = replica_pids(server.process.pid)
+        assert replacements and pid not in replacements
