@@ -4,28 +4,36 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from quiver import __version__
-from quiver.embedded import ServeSettings, serve_locally
 from quiver.router import RouterSettings
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = ServeSettings(
-        model=args.model,
-        name=args.name,
-        num_cpus=args.num_cpus,
-        router=RouterSettings(host=args.host, port=args.port, max_request_bytes=args.max_request_mb << 20),
-    )
-    return serve_locally(settings)
+    return args.run(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from quiver.embedded import ServeSettings, serve_locally
+
+    router = RouterSettings(host=args.host, port=args.port, max_request_bytes=args.max_request_mb << 20)
+    return serve_locally(ServeSettings(model=args.model, name=args.name, num_cpus=args.num_cpus, router=router))
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from quiver.optimizing import run_optimize
+
+    return run_optimize(args)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quiver", description=__doc__)
     parser.add_argument("--version", action="version", version=f"quiver {__version__}")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
@@ -33,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         help="serve a model on a local Ray instance (router → Ray Serve replicas)",
         description="Serve MODEL.onnx or every model version in STORE_DIR; with neither, the bundled example model.",
     )
+    serve.set_defaults(run=_serve)
     serve.add_argument("model", nargs="?", type=Path, metavar="MODEL.onnx | STORE_DIR")
     serve.add_argument("--name", help="model name for a single .onnx file (default: the file stem)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -41,5 +50,18 @@ def _parser() -> argparse.ArgumentParser:
         "--max-request-mb", type=int, default=64, help="largest request accepted, in MiB (default: %(default)s)"
     )
     serve.add_argument("--num-cpus", type=int, help="CPUs the local Ray instance may use (default: all)")
-    serve.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    from quiver.optimizing import add_arguments
+
+    optimize = commands.add_parser(
+        "optimize",
+        help="make measured, accuracy-gated variants of an ONNX model in a store",
+        description="Build variants of MODEL.onnx, measure them on an eval set, publish those within the accuracy limit.",
+    )
+    optimize.set_defaults(run=_optimize)
+    add_arguments(optimize)
     return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,7 @@ The public face other packages use; `serving` never imports `router`.
 from .datatypes import Datatype
 from .deployment import InferenceResult, VariantReplica, app_name, deploy
 from .example import build_example, example_version
-from .manifest import Batching, Device, Manifest, Precision, Replicas, TensorSpec, Variant
+from .manifest import Batching, Device, Manifest, Metrics, Precision, Replicas, TensorSpec, Variant
 from .runtime import InferenceError, IntegrityError, ModelRuntime
 from .store import ModelVersion, StoreError, from_onnx_file, load_store, read_version, write_version
 
@@ -18,6 +18,7 @@ __all__ = [
     "InferenceResult",
     "IntegrityError",
     "Manifest",
+    "Metrics",
     "ModelRuntime",
     "ModelVersion",
     "Precision",

@@ -67,6 +67,19 @@ class Replicas(_Spec):
     max_ongoing_requests: Annotated[int, Field(ge=1, le=100_000)] = 1024
 
 
+class Metrics(_Spec):
+    """What `quiver optimize` measured for a variant: accuracy on the eval set and speed here."""
+
+    metric: Annotated[str, Field(min_length=1)]  # top1, top1-agreement or cosine
+    accuracy: float
+    accuracy_drop: float  # against the fp32 reference model, in the same metric
+    max_abs_error: Annotated[float, Field(ge=0)]  # of the evaluated output, against fp32
+    p50_ms: Annotated[float, Field(ge=0)]  # batch 1
+    p99_ms: Annotated[float, Field(ge=0)]
+    throughput: Annotated[float, Field(ge=0)]  # rows per second at throughput_batch
+    throughput_batch: Annotated[int, Field(ge=1)]
+
+
 class Variant(_Spec):
     """One optimized form of the model (a file in the version directory) and where it runs."""
 
@@ -78,6 +91,7 @@ class Variant(_Spec):
     device: Device = Device.CPU
     batching: Batching = Batching()
     replicas: Replicas = Replicas()
+    metrics: Metrics | None = None
 
     @model_validator(mode="after")
     def _file_stays_inside_version(self) -> Variant:

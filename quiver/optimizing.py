@@ -1,0 +1,124 @@
+"""`quiver optimize`: the optimization pipeline with a progress bar per stage and a result table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from quiver.serving import StoreError
+from quiver.serving.optimize import (
+    Calibration,
+    DatasetError,
+    Metric,
+    OptimizeError,
+    OptimizeSettings,
+    Result,
+    SpeedBudget,
+    StaticQuantization,
+    VariantKind,
+    default_variants,
+    optimize,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, metavar="MODEL.onnx")
+    parser.add_argument("--name", required=True, help="model name in the store")
+    parser.add_argument("--version", required=True, help="version to write (refused if it exists, unless --force)")
+    parser.add_argument("--store", type=Path, required=True, help="model store directory")
+    parser.add_argument("--eval", type=Path, required=True, help=".npz: one array per input, optional 'labels'")
+    parser.add_argument("--calibration", type=Path, help=".npz for static int8 calibration")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: tuple(VariantKind(v) for v in text.split(",")),
+        help=f"comma-separated, of {[k.value for k in VariantKind]} (default: by model kind)",
+    )
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.01, help="gate (default: %(default)s)")
+    parser.add_argument("--metric", type=Metric, choices=list(Metric), default=Metric.TOP1)
+    parser.add_argument("--output", help="output to evaluate (default: the model's first)")
+    parser.add_argument("--calibration-method", type=Calibration, choices=list(Calibration), default=Calibration.MINMAX)
+    parser.add_argument("--no-per-channel", action="store_true", help="per-tensor weight scales")
+    parser.add_argument(
+        "--symmetric-activations",
+        action=argparse.BooleanOptionalAction,
+        help="default: asymmetric on CPU pools (S8S8 QDQ), symmetric on GPU pools",
+    )
+    parser.add_argument("--target", choices=["cpu", "gpu"], default="cpu", help="pool the int8 defaults aim at")
+    parser.add_argument("--bench-seconds", type=float, default=1.0, help="time per speed measurement")
+    parser.add_argument("--bench-batch", type=int, default=64, help="batch for the throughput measurement")
+    parser.add_argument("--force", action="store_true", help="replace an existing version")
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    choices = {} if args.symmetric_activations is None else {"symmetric_activations": args.symmetric_activations}
+    settings = OptimizeSettings(
+        model=args.model,
+        name=args.name,
+        version=args.version,
+        store=args.store,
+        eval=args.eval,
+        calibration=args.calibration,
+        variants=args.variants,
+        max_accuracy_drop=args.max_accuracy_drop,
+        metric=args.metric,
+        output=args.output,
+        static=StaticQuantization.for_device(
+            args.target == "gpu", calibration=args.calibration_method, per_channel=not args.no_per_channel, **choices
+        ),
+        speed=SpeedBudget(seconds=args.bench_seconds, throughput_batch=args.bench_batch),
+        force=args.force,
+    )
+    console = Console(stderr=True)
+    try:
+        kinds = settings.variants or default_variants(settings.model, settings.calibration is not None)
+        with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
+                      console=console, transient=False) as bars:
+            stages = {
+                "reference": bars.add_task("reference", total=1, now=""),
+                "build": bars.add_task("build", total=len(kinds), now=""),
+                "measure": bars.add_task("measure", total=len(kinds), now=""),
+            }
+            started: list[str] = []
+
+            def progress(stage: str, variant: str) -> None:
+                if started:  # the previous step is done
+                    bars.advance(stages[started[-1]])
+                started.append(stage)
+                bars.update(stages[stage], now=variant)
+
+            result = optimize(settings, progress)
+            bars.advance(stages[started[-1]])
+    except (OptimizeError, StoreError, DatasetError, OSError) as exc:
+        console.print(f"[red]quiver optimize: {exc}[/red]")
+        return 2
+    Console().print(_table(result))
+    print(f"published {result.manifest.variant_names} to {result.directory}")
+    return 0
+
+
+def _table(result: Result) -> Table:
+    metric = next((o.metrics.metric for o in result.outcomes if o.metrics), "accuracy")
+    table = Table(title=f"{result.manifest.name} version {result.manifest.version}: {metric} against fp32")
+    for column in ("variant", "pool", "KiB", metric, "drop", "p50 ms", "p99 ms", "rows/s", "published"):
+        table.add_column(column, justify="left" if column in ("variant", "pool", "published") else "right")
+    for outcome in result.outcomes:
+        m = outcome.metrics
+        table.add_row(
+            outcome.kind.value,
+            outcome.kind.device.value,
+            f"{outcome.size_bytes / 1024:.0f}",
+            *((f"{m.accuracy:.4f}", f"{m.accuracy_drop:+.4f}", f"{m.p50_ms:.3f}", f"{m.p99_ms:.3f}", _si(m.throughput))
+              if m else ("-",) * 5),
+            "yes" if outcome.published else f"no: {outcome.reason}",
+        )
+    table.caption = f"rows/s at batch {result.outcomes[0].metrics.throughput_batch}" if result.outcomes[0].metrics else None
+    return table
+
+
+def _si(value: float) -> str:
+    return f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value / 1e3:.1f}k" if value >= 1e3 else f"{value:.0f}"

@@ -1,0 +1,27 @@
+"""quiver.serving.optimize: turn one fp32 ONNX model into measured, accuracy-gated variants.
+
+Public face: `optimize(OptimizeSettings)` and the choices it takes. Used by `quiver optimize`
+(and, later, by the operator's optimization Jobs).
+"""
+
+from .datasets import Dataset, DatasetError, load_dataset
+from .measure import Metric, SpeedBudget
+from .pipeline import OptimizeError, OptimizeSettings, Outcome, Result, VariantKind, default_variants, optimize
+from .quantize import Calibration, StaticQuantization
+
+__all__ = [
+    "Calibration",
+    "Dataset",
+    "DatasetError",
+    "Metric",
+    "OptimizeError",
+    "OptimizeSettings",
+    "Outcome",
+    "Result",
+    "SpeedBudget",
+    "StaticQuantization",
+    "VariantKind",
+    "default_variants",
+    "load_dataset",
+    "optimize",
+]

@@ -1,0 +1,208 @@
+"""The optimization pipeline: one fp32 ONNX model in, measured and accuracy-gated variants out.
+
+Every variant is built into a scratch directory inside the store, measured against the fp32
+source on the eval set, and published only if its accuracy drop is within the limit. The
+version directory appears in the store at once and complete (a rename), or not at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ..manifest import Device, Manifest, Metrics, Precision, Variant
+from ..store import MANIFEST_FILE, from_onnx_file, sha256_file
+from .datasets import Dataset, load_dataset
+from .fp16 import convert_fp16
+from .fp32 import optimize_graph
+from .measure import Metric, SpeedBudget, measure, outputs_on, score, session
+from .quantize import StaticQuantization, quantize_int8_dynamic, quantize_int8_static
+
+
+class VariantKind(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8_DYNAMIC = "int8-dynamic"
+    INT8_STATIC = "int8-static"
+
+    @property
+    def precision(self) -> Precision:
+        return {VariantKind.FP16: Precision.FP16, VariantKind.FP32: Precision.FP32}.get(self, Precision.INT8)
+
+    @property
+    def device(self) -> Device:
+        return Device.GPU if self is VariantKind.FP16 else Device.CPU
+
+
+class OptimizeError(Exception):
+    """The request cannot be carried out; nothing was written to the store."""
+
+
+@dataclass(frozen=True)
+class OptimizeSettings:
+    model: Path
+    name: str
+    version: str
+    store: Path
+    eval: Path
+    calibration: Path | None = None
+    variants: tuple[VariantKind, ...] | None = None  # None: the defaults for the model's kind
+    max_accuracy_drop: float = 0.01
+    metric: Metric = Metric.TOP1
+    output: str | None = None  # the output to evaluate; the model's first by default
+    static: StaticQuantization = field(default_factory=StaticQuantization)
+    speed: SpeedBudget = field(default_factory=SpeedBudget)
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One variant's result, published or not, and why."""
+
+    kind: VariantKind
+    published: bool
+    reason: str
+    size_bytes: int = 0
+    metrics: Metrics | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    manifest: Manifest
+    directory: Path
+    reference_score: float
+    outcomes: list[Outcome]
+
+
+# Called as each step starts: (stage, variant).
+Progress = Callable[[str, str], None]
+
+
+def default_variants(model: Path, calibration: bool) -> tuple[VariantKind, ...]:
+    """Static int8 for convolutional models (with a calibration set), dynamic int8 otherwise."""
+    ops = {node.op_type for node in onnx.load(str(model), load_external_data=False).graph.node}
+    if "Conv" in ops:
+        int8 = (VariantKind.INT8_STATIC,) if calibration else ()
+    else:
+        int8 = (VariantKind.INT8_DYNAMIC,)
+    return (VariantKind.FP32, VariantKind.FP16, *int8)
+
+
+def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, variant: None) -> Result:
+    source = from_onnx_file(settings.model, name=settings.name, version=settings.version).manifest
+    target = settings.store / settings.name / settings.version
+    if target.exists() and not settings.force:
+        raise OptimizeError(f"{target} already exists; pass --force to replace it")
+    kinds = settings.variants or default_variants(settings.model, settings.calibration is not None)
+    if VariantKind.INT8_STATIC in kinds and settings.calibration is None:
+        raise OptimizeError("variant int8-static needs a calibration set (--calibration)")
+    output = settings.output or source.outputs[0].name
+    if output not in [spec.name for spec in source.outputs]:
+        raise OptimizeError(f"output {output!r} is not one of the model's {[spec.name for spec in source.outputs]}")
+    eval_set = load_dataset(settings.eval, source)
+    calibration = load_dataset(settings.calibration, source) if settings.calibration else None
+
+    progress("reference", "fp32 source")
+    reference = outputs_on(session(settings.model), eval_set, output)
+    _, reference_score = score(settings.metric, reference, reference, eval_set.labels)
+
+    settings.store.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{settings.name}-{settings.version}-", dir=settings.store))
+    scratch.chmod(0o755)  # mkdtemp's 0700 would keep replicas running as another user out
+    try:
+        outcomes = []
+        for kind in kinds:
+            progress("build", kind.value)
+            path = scratch / f"{kind.value}.onnx"
+            try:
+                _build(kind, settings, calibration, path)
+            except Exception as exc:  # noqa: BLE001 - a variant that cannot be built is reported, not fatal
+                outcomes.append(Outcome(kind, False, f"build failed: {type(exc).__name__}: {exc}"))
+                continue
+            progress("measure", kind.value)
+            outcomes.append(_gate(kind, path, settings, eval_set, output, reference, reference_score))
+        manifest = _manifest(source, outcomes, scratch)
+        for outcome in outcomes:
+            if not outcome.published:
+                (scratch / f"{outcome.kind.value}.onnx").unlink(missing_ok=True)
+        (scratch / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
+        result = Result(manifest, target, reference_score, outcomes)
+        from .report import write_report  # plotting libraries load only when there is a report to draw
+
+        write_report(result, settings, scratch)
+        _move_into_place(scratch, target)
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _build(kind: VariantKind, settings: OptimizeSettings, calibration: Dataset | None, path: Path) -> None:
+    if kind is VariantKind.FP32:
+        optimize_graph(settings.model, path)
+    elif kind is VariantKind.FP16:
+        convert_fp16(settings.model, path)
+    elif kind is VariantKind.INT8_DYNAMIC:
+        quantize_int8_dynamic(settings.model, path)
+    else:
+        assert calibration is not None
+        quantize_int8_static(settings.model, path, calibration, settings.static)
+
+
+def _gate(
+    kind: VariantKind, path: Path, settings: OptimizeSettings, eval_set: Dataset, output: str, reference, reference_score: float
+) -> Outcome:
+    size = path.stat().st_size
+    try:
+        metrics = measure(path, eval_set, output, settings.metric, reference, reference_score, settings.speed)
+    except Exception as exc:  # noqa: BLE001 - a variant that does not run is not published
+        return Outcome(kind, False, f"does not run: {type(exc).__name__}: {exc}", size)
+    if metrics.accuracy_drop > settings.max_accuracy_drop:
+        reason = f"drop {metrics.accuracy_drop:.4f} > {settings.max_accuracy_drop}"
+        return Outcome(kind, False, reason, size, metrics)
+    return Outcome(kind, True, f"drop {metrics.accuracy_drop:.4f} ≤ {settings.max_accuracy_drop}", size, metrics)
+
+
+def _manifest(source: Manifest, outcomes: list[Outcome], directory: Path) -> Manifest:
+    variants = [
+        Variant(
+            name=outcome.kind.value,
+            precision=outcome.kind.precision,
+            file=f"{outcome.kind.value}.onnx",
+            sha256=sha256_file(directory / f"{outcome.kind.value}.onnx"),
+            pool=outcome.kind.device.value,
+            device=outcome.kind.device,
+            metrics=outcome.metrics,
+        )
+        for outcome in outcomes
+        if outcome.published
+    ]
+    if not variants:
+        reasons = "; ".join(f"{o.kind.value}: {o.reason}" for o in outcomes)
+        raise OptimizeError(f"no variant passed the gate, nothing published ({reasons})")
+    names = [variant.name for variant in variants]
+    default = "fp32" if "fp32" in names else max(variants, key=lambda v: v.metrics.accuracy).name
+    return Manifest(
+        name=source.name,
+        version=source.version,
+        inputs=source.inputs,
+        outputs=source.outputs,
+        variants=variants,
+        default_variant=default,
+    )
+
+
+def _move_into_place(scratch: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # --force: swap the old version out, then drop it
+        old = scratch.with_name(scratch.name + ".old")
+        target.rename(old)
+        scratch.rename(target)
+        shutil.rmtree(old)
+    else:
+        scratch.rename(target)
