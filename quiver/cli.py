@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from quiver import __version__
-from quiver.router import RouterSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the router's generated protobuf module must stay out of processes that
+    # only optimize (and of test processes, which load tritonclient's copy of the protocol).
     from quiver.embedded import ServeSettings, serve_locally
+    from quiver.router import RouterSettings
 
     router = RouterSettings(host=args.host, port=args.port, max_request_bytes=args.max_request_mb << 20)
     return serve_locally(ServeSettings(model=args.model, name=args.name, num_cpus=args.num_cpus, router=router))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,7 +38,7 @@ def serve_locally(settings: ServeSettings) -> int:
         except StoreError as exc:
             print(f"quiver: {exc}", file=sys.stderr)
             return 2
-        routes = _start_ray_and_deploy(versions, settings.num_cpus)
+        routes = _start_ray_and_deploy(versions, settings.num_cpus or _cpus_to_fit(versions))
         try:
             asyncio.run(_run_router(routes, settings.router))
         finally:
@@ -53,7 +54,20 @@ def _model_versions(settings: ServeSettings, scratch: Path) -> list[ModelVersion
     return [from_onnx_file(settings.model, name=settings.name)]
 
 
-def _start_ray_and_deploy(versions: list[ModelVersion], num_cpus: int | None) -> RouteTable:
+def _cpus_to_fit(versions: list[ModelVersion]) -> int:
+    """Logical CPUs for the local Ray node: all of them, or more so that every replica fits.
+
+    Ray counts CPUs as reservations, not cores: a store with more replicas than this machine
+    has cores still serves (the replicas share the cores) instead of waiting forever.
+    """
+    cores = os.cpu_count() or 1
+    wanted = math.ceil(sum(v.replicas.count * v.replicas.num_cpus for version in versions for v in version.manifest.variants))
+    if wanted > cores:
+        logger.warning("replicas reserve %d CPUs, this machine has %d cores: they will share them", wanted, cores)
+    return max(cores, wanted)
+
+
+def _start_ray_and_deploy(versions: list[ModelVersion], num_cpus: int) -> RouteTable:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve

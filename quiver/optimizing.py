@@ -105,7 +105,9 @@ def _table(result: Result) -> Table:
     metric = next((o.metrics.metric for o in result.outcomes if o.metrics), "accuracy")
     table = Table(title=f"{result.manifest.name} version {result.manifest.version}: {metric} against fp32")
     for column in ("variant", "pool", "KiB", metric, "drop", "p50 ms", "p99 ms", "rows/s", "published"):
-        table.add_column(column, justify="left" if column in ("variant", "pool", "published") else "right")
+        table.add_column(
+            column, justify="left" if column in ("variant", "pool", "published") else "right", no_wrap=column == "variant"
+        )
     for outcome in result.outcomes:
         m = outcome.metrics
         table.add_row(

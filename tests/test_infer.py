@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from quiver.serving import read_version
+
 from .models import PAIR_TABLE, reference
 from .serverproc import ServerProcess
 
@@ -127,3 +129,22 @@ def test_a_request_the_model_rejects_fails_alone_under_load(client: triton.Infer
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(call, range(100)))
     assert statuses == ["StatusCode.INVALID_ARGUMENT" if i % 5 == 0 else "OK" for i in range(100)]
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8-static"])
+def test_every_published_variant_is_served(client: triton.InferenceServerClient, store: Path, variant: str) -> None:
+    version = read_version(store / "tuned/1")
+    chosen = version.manifest.variant(variant)
+    x = example_input(8, seed=21)
+    tensor = triton.InferInput("input", [8, 64], "FP32")
+    tensor.set_data_from_numpy(x)
+    result = client.infer("tuned", [tensor], parameters={"quiver.variant": variant})
+    assert (parameters(result)["quiver.variant"], parameters(result)["quiver.pool"]) == (variant, chosen.pool)
+    expected = reference(version.path(chosen), {"input": x})["output"]
+    np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=0, atol=1e-5)
+
+
+def test_the_default_variant_answers_without_a_hint(client: triton.InferenceServerClient) -> None:
+    tensor = triton.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(example_input(1))
+    assert parameters(client.infer("tuned", [tensor]))["quiver.variant"] == "fp32"

@@ -20,7 +20,7 @@ def client(server: ServerProcess) -> triton.InferenceServerClient:
 
 def test_server_is_live_and_ready(client: triton.InferenceServerClient, server: ServerProcess) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert server.models == "example:1,pair:1|2"
+    assert server.models == "example:1,pair:1|2,tuned:1"
     metadata = client.get_server_metadata()
     assert metadata.name == "quiver" and metadata.version
 

@@ -78,7 +78,7 @@ def test_the_example_model_is_the_same_bytes_every_time(tmp_path: Path) -> None:
 
 def test_a_store_lists_every_model_version(tmp_path: Path) -> None:
     versions = load_store(write_store(tmp_path))
-    assert [version.key for version in versions] == ["example:1", "pair:1", "pair:2"]
+    assert [version.key for version in versions] == ["example:1", "pair:1", "pair:2", "tuned:1"]
     assert all(version.path(version.manifest.default).is_file() for version in versions)
 
 
