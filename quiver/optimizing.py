@@ -20,6 +20,7 @@ from quiver.serving.optimize import (
     Result,
     SpeedBudget,
     StaticQuantization,
+    Training,
     VariantKind,
     default_variants,
     optimize,
@@ -49,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default: asymmetric on CPU pools (S8S8 QDQ), symmetric on GPU pools",
     )
     parser.add_argument("--target", choices=["cpu", "gpu"], default="cpu", help="pool the int8 defaults aim at")
+    parser.add_argument("--train", type=Path, help=".npz to fine-tune (pruned) and distil on; labels optional")
+    parser.add_argument("--prune-ratio", type=float, default=0.5, help="share of channels pruned (default: %(default)s)")
+    parser.add_argument("--student-width", type=float, default=0.5, help="student width vs teacher (default: %(default)s)")
+    parser.add_argument("--student", type=Path, help="ONNX student to distil into, instead of a narrower teacher copy")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs for pruned/distilled (default: %(default)s)")
     parser.add_argument("--bench-seconds", type=float, default=1.0, help="time per speed measurement")
     parser.add_argument("--bench-batch", type=int, default=64, help="batch for the throughput measurement")
     parser.add_argument("--force", action="store_true", help="replace an existing version")
@@ -70,12 +76,17 @@ def run_optimize(args: argparse.Namespace) -> int:
         static=StaticQuantization.for_device(
             args.target == "gpu", calibration=args.calibration_method, per_channel=not args.no_per_channel, **choices
         ),
+        train=args.train,
+        prune_ratio=args.prune_ratio,
+        student_width=args.student_width,
+        student=args.student,
+        training=Training(epochs=args.epochs),
         speed=SpeedBudget(seconds=args.bench_seconds, throughput_batch=args.bench_batch),
         force=args.force,
     )
     console = Console(stderr=True)
     try:
-        kinds = settings.variants or default_variants(settings.model, settings.calibration is not None)
+        kinds = settings.variants or default_variants(settings.model, settings.calibration is not None, settings.train is not None)
         with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
                       console=console, transient=False) as bars:
             stages = {

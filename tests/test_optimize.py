@@ -222,3 +222,28 @@ def test_the_command_line_reports_and_refuses(tmp_path: Path, capsys: pytest.Cap
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--variants", "int4"])
     assert exit_.value.code == 2
+
+
+def test_pruned_and_distilled_are_smaller_dense_models_that_agree(tmp_path: Path) -> None:
+    model = build_cnn(tmp_path / "cnn.onnx")
+    teacher = ort.InferenceSession(str(model))
+    rng = np.random.default_rng(5)
+    images = rng.random((600, 1, 8, 8), dtype=np.float32)
+    labels = teacher.run(None, {"image": images})[0].argmax(1)
+    np.savez(tmp_path / "train.npz", image=images[:400], labels=labels[:400])
+    np.savez(tmp_path / "eval.npz", image=images[400:])
+    result = optimize(OptimizeSettings(
+        model=model, name="cnn", version="1", store=tmp_path / "store", eval=tmp_path / "eval.npz",
+        train=tmp_path / "train.npz", variants=(VariantKind.FP32, VariantKind.PRUNED, VariantKind.DISTILLED),
+        max_accuracy_drop=0.25, speed=FAST,
+    ))
+    assert result.manifest.variant_names == ["fp32", "pruned", "distilled"]
+    for name in ("pruned", "distilled"):
+        graph = onnx.load(str(tmp_path / f"store/cnn/1/{name}.onnx")).graph
+        weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+        shapes = sorted(array.shape for array in weights.values() if array.ndim == 4)
+        assert shapes == [(2, 1, 3, 3)], f"{name}: conv filters should halve from 4 to 2, got {shapes}"
+        variant = result.manifest.variant(name)
+        assert variant.precision.value == "fp32" and variant.metrics.accuracy >= 0.75
+        served = ort.InferenceSession(str(tmp_path / f"store/cnn/1/{name}.onnx")).run(None, {"image": images[400:403]})[0]
+        assert served.shape == (3, 3)  # the batch axis stays variable

@@ -8,6 +8,7 @@ from .datasets import Dataset, DatasetError, load_dataset
 from .measure import Metric, SpeedBudget
 from .pipeline import OptimizeError, OptimizeSettings, Outcome, Result, VariantKind, default_variants, optimize
 from .quantize import Calibration, StaticQuantization
+from .training_options import Training
 
 __all__ = [
     "Calibration",
@@ -20,6 +21,7 @@ __all__ = [
     "Result",
     "SpeedBudget",
     "StaticQuantization",
+    "Training",
     "VariantKind",
     "default_variants",
     "load_dataset",

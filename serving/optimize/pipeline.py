@@ -23,6 +23,7 @@ from .fp16 import convert_fp16
 from .fp32 import optimize_graph
 from .measure import Metric, SpeedBudget, measure, outputs_on, score, session
 from .quantize import StaticQuantization, quantize_int8_dynamic, quantize_int8_static
+from .training_options import Training
 
 
 class VariantKind(str, enum.Enum):
@@ -30,10 +31,13 @@ class VariantKind(str, enum.Enum):
     FP16 = "fp16"
     INT8_DYNAMIC = "int8-dynamic"
     INT8_STATIC = "int8-static"
+    PRUNED = "pruned"
+    DISTILLED = "distilled"
 
     @property
     def precision(self) -> Precision:
-        return {VariantKind.FP16: Precision.FP16, VariantKind.FP32: Precision.FP32}.get(self, Precision.INT8)
+        return {VariantKind.FP16: Precision.FP16, VariantKind.INT8_DYNAMIC: Precision.INT8,
+                VariantKind.INT8_STATIC: Precision.INT8}.get(self, Precision.FP32)
 
     @property
     def device(self) -> Device:
@@ -57,6 +61,13 @@ class OptimizeSettings:
     metric: Metric = Metric.TOP1
     output: str | None = None  # the output to evaluate; the model's first by default
     static: StaticQuantization = field(default_factory=StaticQuantization)
+    # pruned and distilled: data to train on (inputs, optional labels); distillation falls back
+    # to the calibration inputs, the teacher supplying the targets.
+    train: Path | None = None
+    prune_ratio: float = 0.5
+    student_width: float = 0.5
+    student: Path | None = None  # a user's student model instead of a narrower teacher copy
+    training: Training = field(default_factory=Training)
     speed: SpeedBudget = field(default_factory=SpeedBudget)
     force: bool = False
 
@@ -84,14 +95,16 @@ class Result:
 Progress = Callable[[str, str], None]
 
 
-def default_variants(model: Path, calibration: bool) -> tuple[VariantKind, ...]:
-    """Static int8 for convolutional models (with a calibration set), dynamic int8 otherwise."""
+def default_variants(model: Path, calibration: bool, train: bool = False) -> tuple[VariantKind, ...]:
+    """Static int8 for convolutional models (with a calibration set), dynamic int8 otherwise;
+    pruned and distilled when there is a training set."""
     ops = {node.op_type for node in onnx.load(str(model), load_external_data=False).graph.node}
     if "Conv" in ops:
         int8 = (VariantKind.INT8_STATIC,) if calibration else ()
     else:
         int8 = (VariantKind.INT8_DYNAMIC,)
-    return (VariantKind.FP32, VariantKind.FP16, *int8)
+    trained = (VariantKind.PRUNED, VariantKind.DISTILLED) if train else ()
+    return (VariantKind.FP32, VariantKind.FP16, *int8, *trained)
 
 
 def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, variant: None) -> Result:
@@ -99,14 +112,17 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
     target = settings.store / settings.name / settings.version
     if target.exists() and not settings.force:
         raise OptimizeError(f"{target} already exists; pass --force to replace it")
-    kinds = settings.variants or default_variants(settings.model, settings.calibration is not None)
+    kinds = settings.variants or default_variants(settings.model, settings.calibration is not None, settings.train is not None)
     if VariantKind.INT8_STATIC in kinds and settings.calibration is None:
         raise OptimizeError("variant int8-static needs a calibration set (--calibration)")
+    if VariantKind.DISTILLED in kinds and settings.train is None and settings.calibration is None:
+        raise OptimizeError("variant distilled needs data to train on (--train or --calibration)")
     output = settings.output or source.outputs[0].name
     if output not in [spec.name for spec in source.outputs]:
         raise OptimizeError(f"output {output!r} is not one of the model's {[spec.name for spec in source.outputs]}")
     eval_set = load_dataset(settings.eval, source)
     calibration = load_dataset(settings.calibration, source) if settings.calibration else None
+    train = load_dataset(settings.train, source) if settings.train else None
 
     progress("reference", "fp32 source")
     reference = outputs_on(session(settings.model), eval_set, output)
@@ -121,7 +137,7 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
             progress("build", kind.value)
             path = scratch / f"{kind.value}.onnx"
             try:
-                _build(kind, settings, calibration, path)
+                _build(kind, settings, source, calibration, train, path)
             except Exception as exc:  # noqa: BLE001 - a variant that cannot be built is reported, not fatal
                 outcomes.append(Outcome(kind, False, f"build failed: {type(exc).__name__}: {exc}"))
                 continue
@@ -142,16 +158,36 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _build(kind: VariantKind, settings: OptimizeSettings, calibration: Dataset | None, path: Path) -> None:
+def _build(
+    kind: VariantKind,
+    settings: OptimizeSettings,
+    signature: Manifest,
+    calibration: Dataset | None,
+    train: Dataset | None,
+    path: Path,
+) -> None:
     if kind is VariantKind.FP32:
         optimize_graph(settings.model, path)
     elif kind is VariantKind.FP16:
         convert_fp16(settings.model, path)
     elif kind is VariantKind.INT8_DYNAMIC:
         quantize_int8_dynamic(settings.model, path)
-    else:
+    elif kind is VariantKind.INT8_STATIC:
         assert calibration is not None
         quantize_int8_static(settings.model, path, calibration, settings.static)
+    else:
+        try:  # torch comes with the `train` extra only
+            from .distill import distill
+            from .prune import prune
+        except ImportError as exc:
+            raise RuntimeError(f"{kind.value} needs the train extra: pip install 'quiver[train]' ({exc})") from exc
+        if kind is VariantKind.PRUNED:
+            prune(settings.model, path, signature, settings.prune_ratio, train, settings.training)
+        else:
+            data = train or calibration
+            assert data is not None
+            classifier = settings.metric is Metric.TOP1
+            distill(settings.model, path, signature, data, settings.training, settings.student_width, settings.student, classifier)
 
 
 def _gate(
