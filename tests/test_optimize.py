@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from quiver.cli import main
 from quiver.serving import StoreError, build_example, read_version
 from quiver.serving.optimize import (
+    Calibration,
     DatasetError,
     OptimizeError,
     OptimizeSettings,
@@ -143,17 +144,27 @@ def test_default_variants_follow_the_model_kind(tmp_path: Path) -> None:
     assert default_variants(mlp, calibration=False) == (VariantKind.FP32, VariantKind.FP16, VariantKind.INT8_DYNAMIC)
 
 
-def test_a_convolutional_model_quantizes_statically(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", list(Calibration))
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_a_convolutional_model_quantizes_statically(tmp_path: Path, method: Calibration, symmetric: bool) -> None:
     model = build_cnn(tmp_path / "cnn.onnx")
     images = np.random.default_rng(4).random((200, 1, 8, 8), dtype=np.float32)
     np.savez(tmp_path / "images.npz", image=images)
     result = optimize(OptimizeSettings(
         model=model, name="cnn", version="1", store=tmp_path / "store", eval=tmp_path / "images.npz",
         calibration=tmp_path / "images.npz", max_accuracy_drop=0.1, speed=FAST,
+        static=StaticQuantization(calibration=method, symmetric_activations=symmetric),
     ))
     assert result.manifest.variant_names == ["fp32", "fp16", "int8-static"]
+    assert result.manifest.variant("int8-static").metrics.accuracy >= 0.9
     quantized = onnx.load(str(tmp_path / "store/cnn/1/int8-static.onnx"))
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= {node.op_type for node in quantized.graph.node}
+    stored = {init.name: numpy_helper.to_array(init) for init in quantized.graph.initializer}
+    activation_zero_points = [
+        stored[node.input[2]] for node in quantized.graph.node if node.op_type == "QuantizeLinear" and len(node.input) > 2
+    ]
+    assert activation_zero_points
+    assert all((zero == 0).all() for zero in activation_zero_points) == symmetric
 
 
 @pytest.mark.parametrize(
@@ -247,3 +258,30 @@ def test_pruned_and_distilled_are_smaller_dense_models_that_agree(tmp_path: Path
         assert variant.precision.value == "fp32" and variant.metrics.accuracy >= 0.75
         served = ort.InferenceSession(str(tmp_path / f"store/cnn/1/{name}.onnx")).run(None, {"image": images[400:403]})[0]
         assert served.shape == (3, 3)  # the batch axis stays variable
+
+
+def test_distillation_into_a_student_the_user_supplies(tmp_path: Path) -> None:
+    teacher = build_cnn(tmp_path / "cnn.onnx")
+    student = build_gemm(tmp_path / "student.onnx", np.zeros((64, 3), np.float32))  # a flat, linear model
+    images = np.random.default_rng(6).random((400, 64), dtype=np.float32)
+    np.savez(tmp_path / "flat.npz", x=images)
+    # The teacher sees the same pixels as 8×8 images; the student learns its outputs from flat rows.
+    teacher_flat = tmp_path / "teacher_flat.onnx"
+    model = onnx.load(str(teacher))
+    graph = model.graph
+    reshape = onnx.helper.make_node("Reshape", ["x", "image_shape"], ["image"])
+    graph.node.insert(0, reshape)
+    graph.initializer.append(numpy_helper.from_array(np.array([-1, 1, 8, 8], np.int64), "image_shape"))
+    del graph.input[:]
+    graph.input.append(onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64]))
+    onnx.save(model, str(teacher_flat))
+    result = optimize(OptimizeSettings(
+        model=teacher_flat, name="flat", version="1", store=tmp_path / "store", eval=tmp_path / "flat.npz",
+        calibration=tmp_path / "flat.npz", variants=(VariantKind.FP32, VariantKind.DISTILLED), student=student,
+        max_accuracy_drop=1.0, speed=FAST,
+    ))
+    distilled = onnx.load(str(tmp_path / "store/flat/1/distilled.onnx")).graph
+    assert {node.op_type for node in distilled.node} <= {"Gemm", "MatMul", "Add", "Transpose"}  # the student's shape
+    trained = [numpy_helper.to_array(init) for init in distilled.initializer if numpy_helper.to_array(init).size == 64 * 3]
+    assert trained and np.abs(trained[0]).sum() > 0  # it learned from the teacher, starting from zeros
+    assert result.manifest.variant("distilled").metrics.accuracy > 1 / 3  # better than chance

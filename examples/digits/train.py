@@ -56,9 +56,11 @@ def main() -> None:
         accuracy = (model(torch.from_numpy(eval_x)).argmax(1).numpy() == eval_y).mean()
 
     args.out.mkdir(parents=True, exist_ok=True)
+    # The TorchScript exporter at opset 17: graphs from the torch.export-based one (opset 18+,
+    # Reshape with allowzero) are beyond onnx2torch, which the pruned and distilled variants use.
     torch.onnx.export(
         model, (torch.zeros(2, 1, 8, 8),), str(args.out / "digits.onnx"), input_names=["image"], output_names=["logits"],
-        dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), dynamo=True, external_data=False, verbose=False,
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
     )
     np.savez(args.out / "train.npz", image=train_x, labels=train_y.astype(np.int64))
     np.savez(args.out / "calibration.npz", image=calib_x)

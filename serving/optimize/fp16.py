@@ -10,10 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-from onnxconverter_common import float16
+
+# ONNX Runtime's copy of onnxconverter-common's converter: it also retypes Cast nodes, which
+# onnxconverter-common 1.16 leaves casting to float32 (MiniLM then fails to load).
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 
 def convert_fp16(source: Path, target: Path) -> Path:
-    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     onnx.save(model, str(target))
     return target

@@ -171,7 +171,7 @@ def _build(
     elif kind is VariantKind.FP16:
         convert_fp16(settings.model, path)
     elif kind is VariantKind.INT8_DYNAMIC:
-        quantize_int8_dynamic(settings.model, path)
+        quantize_int8_dynamic(settings.model, path, settings.static.per_channel)
     elif kind is VariantKind.INT8_STATIC:
         assert calibration is not None
         quantize_int8_static(settings.model, path, calibration, settings.static)
