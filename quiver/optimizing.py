@@ -115,14 +115,16 @@ def run_optimize(args: argparse.Namespace) -> int:
 def _table(result: Result) -> Table:
     metric = next((o.metrics.metric for o in result.outcomes if o.metrics), "accuracy")
     table = Table(title=f"{result.manifest.name} version {result.manifest.version}: {metric} against fp32")
-    for column in ("variant", "pool", "KiB", metric, "drop", "p50 ms", "p99 ms", "rows/s", "published"):
+    for column in ("variant", "precision", "pool", "KiB", metric, "drop", "p50 ms", "p99 ms", "rows/s", "published"):
         table.add_column(
-            column, justify="left" if column in ("variant", "pool", "published") else "right", no_wrap=column == "variant"
+            column, justify="left" if column in ("variant", "precision", "pool", "published") else "right",
+            no_wrap=column == "variant",
         )
     for outcome in result.outcomes:
         m = outcome.metrics
         table.add_row(
             outcome.kind.value,
+            outcome.kind.precision.value,
             outcome.kind.device.value,
             f"{outcome.size_bytes / 1024:.0f}",
             *((f"{m.accuracy:.4f}", f"{m.accuracy_drop:+.4f}", f"{m.p50_ms:.3f}", f"{m.p99_ms:.3f}", _si(m.throughput))
