@@ -22,7 +22,12 @@ def _serve(args: argparse.Namespace) -> int:
     from quiver.embedded import ServeSettings, serve_locally
     from quiver.router import RouterSettings
 
-    router = RouterSettings(host=args.host, port=args.port, max_request_bytes=args.max_request_mb << 20)
+    router = RouterSettings(
+        host=args.host,
+        port=args.port,
+        max_request_bytes=args.max_request_mb << 20,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+    )
     return serve_locally(ServeSettings(model=args.model, name=args.name, num_cpus=args.num_cpus, router=router))
 
 
@@ -50,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8001, help="gRPC port; 0 picks a free one (default: %(default)s)")
     serve.add_argument(
         "--max-request-mb", type=int, default=64, help="largest request accepted, in MiB (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--metrics-port", type=int, default=8002, help="Prometheus /metrics port; 0 picks one, -1 turns it off (default: %(default)s)"
     )
     serve.add_argument("--num-cpus", type=int, help="CPUs the local Ray instance may use (default: all)")
 

@@ -99,7 +99,8 @@ async def _run_router(routes: RouteTable, settings: RouterSettings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     models = ",".join(f"{name}:{'|'.join(versions)}" for name, versions in routes.models().items())
-    print(f"ready: {settings.host}:{port} models={models}", flush=True)
+    metrics = f" metrics=http://{settings.host}:{router.metrics_port}/metrics" if router.metrics_port else ""
+    print(f"ready: {settings.host}:{port} models={models}{metrics}", flush=True)
     await stop.wait()
     logger.warning("shutting down: draining requests for up to %.0f s", settings.grace_period_s)
     await router.stop()

@@ -1,21 +1,30 @@
-"""Dispatch: send decoded inputs to a variant's replicas through its Serve DeploymentHandle.
+"""Dispatch: choose a variant by policy, call it through its Serve handle, retry once elsewhere.
 
 The router's one wrapper around Ray: Ray's and Serve's exceptions are translated here into
-the router's taxonomy, so nothing above this module knows Ray exists.
+the router's taxonomy, so nothing above this module knows Ray exists. It also keeps each
+variant's live statistics (the policy's input) and the metrics that export them.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import grpc
 import numpy as np
 from ray import exceptions as ray_errors
 from ray.serve import exceptions as serve_errors
 
 from quiver.serving import InferenceError, InferenceResult
 
+from . import policy
 from .errors import InvalidArgument, Unavailable
-from .routes import VariantRoute
+from .hints import RoutingHints
+from .metrics import RouterMetrics
+from .routes import VariantRoute, VersionRoutes
+from .stats import VariantStats
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +39,87 @@ _REPLICA_LOST = (
 )
 
 
-async def infer(route: VariantRoute, inputs: dict[str, np.ndarray]) -> InferenceResult:
-    try:
-        return await route.handle.infer.remote(inputs)
-    except InferenceError as exc:
-        # Ray re-raises the replica's exception as a subclass of it (RayTaskError).
-        raise InvalidArgument(f"model {route.manifest.name!r} rejected the input: {_cause(exc)}") from exc
-    except _REPLICA_LOST as exc:
-        logger.warning("replica of %s/%s lost: %s", route.version.key, route.variant.name, exc)
-        raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
+@dataclass(frozen=True)
+class Served:
+    result: InferenceResult
+    route: VariantRoute
+    reason: str
+
+
+class Dispatcher:
+    def __init__(self, metrics: RouterMetrics, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._stats: dict[tuple[str, str, str], VariantStats] = {}
+
+    def stats(self, route: VariantRoute) -> VariantStats:
+        key = (route.manifest.name, route.manifest.version, route.variant.name)
+        if key not in self._stats:
+            measured = route.variant.metrics
+            self._stats[key] = VariantStats(
+                replicas=route.variant.replicas.count,
+                batch_size=route.variant.batching.max_batch_size,
+                prior_ms=measured.p50_ms if measured else 1.0,
+            )
+        return self._stats[key]
+
+    def candidates(self, version: VersionRoutes) -> list[policy.Candidate]:
+        return [
+            policy.Candidate(
+                name=name,
+                precision=route.variant.precision,
+                pool=route.variant.pool,
+                accuracy=route.variant.metrics.accuracy if route.variant.metrics else None,
+                ready=True,
+                stats=self.stats(route),
+            )
+            for name, route in version.variants.items()
+        ]
+
+    async def infer(self, version: VersionRoutes, hints: RoutingHints, inputs: dict[str, np.ndarray]) -> Served:
+        default = version.manifest.default.name
+        decision = policy.choose(self.candidates(version), default, hints)
+        route = version.variants[decision.variant]
+        try:
+            return Served(await self._call(route, inputs, decision.reason), route, decision.reason)
+        except Unavailable:
+            if hints.variant is not None:
+                raise
+        # One retry: on another allowed variant if there is one, else on the same (Serve picks a live replica).
+        try:
+            retry = policy.choose(self.candidates(version), default, hints, excluded=frozenset({decision.variant}))
+        except (policy.NoVariantFits, Unavailable):
+            retry = decision
+        route = version.variants[retry.variant]
+        return Served(await self._call(route, inputs, "retry"), route, "retry")
+
+    async def _call(self, route: VariantRoute, inputs: dict[str, np.ndarray], reason: str) -> InferenceResult:
+        labels = (route.manifest.name, route.manifest.version, route.variant.name, route.variant.pool)
+        stats = self.stats(route)
+        self._metrics.decisions.labels(*labels, reason).inc()
+        in_flight = self._metrics.in_flight.labels(*labels)
+        stats.started()
+        in_flight.inc()
+        start = self._clock()
+        code, elapsed_ms = grpc.StatusCode.INTERNAL, None
+        try:
+            result = await route.handle.infer.remote(inputs)
+            code, elapsed_ms = grpc.StatusCode.OK, 1000 * (self._clock() - start)
+            self._metrics.latency.labels(*labels).observe(elapsed_ms / 1000)
+            self._metrics.batch_requests.labels(*labels).observe(result.batch_requests)
+            return result
+        except InferenceError as exc:
+            # Ray re-raises the replica's exception as a subclass of it (RayTaskError).
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            raise InvalidArgument(f"model {route.manifest.name!r} rejected the input: {_cause(exc)}") from exc
+        except _REPLICA_LOST as exc:
+            code = grpc.StatusCode.UNAVAILABLE
+            logger.warning("replica of %s/%s lost: %s", route.version.key, route.variant.name, exc)
+            raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
+        finally:
+            stats.finished(elapsed_ms)
+            in_flight.dec()
+            self._metrics.requests.labels(*labels, code.name).inc()
 
 
 def _cause(exc: InferenceError) -> str:

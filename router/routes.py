@@ -1,14 +1,13 @@
-"""The route table: which Serve deployment answers for a model, a version and a variant.
+"""The route table: the deployed variants of every model version, and how to reach them.
 
 Built from model manifests and the DeploymentHandles of their variants. A request names a
-model and optionally a version (the newest when empty) and a variant (the manifest's default
-when absent).
+model and optionally a version (the newest when empty); the policy then picks the variant.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ray.serve.handle import DeploymentHandle
 
@@ -30,39 +29,42 @@ class VariantRoute:
         return self.version.manifest
 
 
+@dataclass(frozen=True)
+class VersionRoutes:
+    """The deployed variants of one model version, by name."""
+
+    version: ModelVersion
+    variants: dict[str, VariantRoute] = field(default_factory=dict)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.version.manifest
+
+
 class RouteTable:
     def __init__(self, routes: Iterable[VariantRoute]) -> None:
-        # model → version → variant → route
-        self._models: dict[str, dict[str, dict[str, VariantRoute]]] = {}
+        self._models: dict[str, dict[str, VersionRoutes]] = {}
         for route in routes:
             versions = self._models.setdefault(route.manifest.name, {})
-            versions.setdefault(route.manifest.version, {})[route.variant.name] = route
+            versions.setdefault(route.manifest.version, VersionRoutes(route.version)).variants[route.variant.name] = route
 
     def models(self) -> dict[str, list[str]]:
         """Every model name and its versions, oldest first."""
         return {name: sorted(versions, key=_version_order) for name, versions in self._models.items()}
 
-    def manifest(self, model: str, version: str = "") -> Manifest:
-        return next(iter(self._variants(model, version).values())).manifest
+    def routes(self) -> list[VariantRoute]:
+        return [route for versions in self._models.values() for v in versions.values() for route in v.variants.values()]
 
-    def resolve(self, model: str, version: str = "", variant: str | None = None) -> VariantRoute:
-        variants = self._variants(model, version)
-        name = variant or next(iter(variants.values())).manifest.default.name
-        try:
-            return variants[name]
-        except KeyError:
-            raise NotFound(f"model {model!r} has no variant {name!r}; it has {sorted(variants)}") from None
-
-    def _variants(self, model: str, version: str) -> dict[str, VariantRoute]:
+    def lookup(self, model: str, version: str = "") -> VersionRoutes:
         versions = self._models.get(model)
         if versions is None:
             raise NotFound(f"unknown model {model!r}; serving {sorted(self._models)}")
         if not version:
             version = max(versions, key=_version_order)
-        variants = versions.get(version)
-        if variants is None:
+        found = versions.get(version)
+        if found is None:
             raise NotFound(f"model {model!r} has no version {version!r}; it has {sorted(versions, key=_version_order)}")
-        return variants
+        return found
 
 
 def _version_order(version: str) -> tuple[int, int, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from http.server import HTTPServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
+from .metrics import RouterMetrics
 from .routes import RouteTable
 from .servicer import InferenceServicer
 
@@ -33,6 +35,7 @@ class RouterSettings:
     # (RESOURCE_EXHAUSTED) before they are read, with a little room for the envelope.
     max_request_bytes: int = 64 << 20
     grace_period_s: float = 10.0
+    metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; None: not served
 
 
 class Router:
@@ -47,8 +50,9 @@ class Router:
                 ("grpc.so_reuseport", 0),
             ]
         )
+        self.metrics = RouterMetrics()
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(routes, settings.max_request_bytes), self._server
+            InferenceServicer(routes, settings.max_request_bytes, self.metrics), self._server
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -56,18 +60,27 @@ class Router:
             [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         self.port: int | None = None
+        self._metrics_server: HTTPServer | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self._server.add_insecure_port(address)
         await self._server.start()
+        if self.settings.metrics_port is not None:
+            self._metrics_server = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         for service in ("", INFERENCE_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("router listening on %s:%d", self.settings.host, self.port)
         return self.port
 
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics_server.server_port if self._metrics_server else None
+
     async def stop(self) -> None:
         # Probes see NOT_SERVING before the listener goes, so traffic moves away first.
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_period_s)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()

@@ -17,14 +17,14 @@ from quiver import __version__
 from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from . import codec, dispatch
-from .errors import InvalidArgument, NotFound, RouterError, status_of
+from . import codec
+from .dispatch import Dispatcher
+from .errors import NotFound, RouterError, status_of
+from .hints import RoutingHints
+from .metrics import RouterMetrics
 from .routes import RouteTable
 
 logger = logging.getLogger(__name__)
-
-# Request parameter that pins a variant by name (as listed in the manifest).
-VARIANT_PARAMETER = "quiver.variant"
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -47,9 +47,11 @@ def _answering_errors(method: Method) -> Method:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, routes: RouteTable, max_request_bytes: int) -> None:
+    def __init__(self, routes: RouteTable, max_request_bytes: int, metrics: RouterMetrics) -> None:
         self._routes = routes
         self._max_request_bytes = max_request_bytes
+        self._metrics = metrics
+        self._dispatcher = Dispatcher(metrics)
 
     @_answering_errors
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -64,7 +66,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         # An unknown model is simply not ready (as Triton answers), so probes need no special case.
         try:
-            self._routes.resolve(request.name, request.version)
+            self._routes.lookup(request.name, request.version)
         except NotFound:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -79,7 +81,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        manifest = self._routes.manifest(request.name, request.version)
+        manifest = self._routes.lookup(request.name, request.version).manifest
         return pb.ModelMetadataResponse(
             name=manifest.name,
             versions=self._routes.models()[manifest.name],
@@ -90,30 +92,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_answering_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        route = self._routes.resolve(request.model_name, request.model_version, _variant_hint(request))
-        manifest = route.manifest
-        inputs = codec.decode_inputs(request, manifest, self._max_request_bytes)
-        names = codec.requested_outputs(request, manifest)
-        result = await dispatch.infer(route, inputs)
+        try:
+            version = self._routes.lookup(request.model_name, request.model_version)
+            parameters = {key: codec.parameter_value(value) for key, value in request.parameters.items()}
+            remaining_s = context.time_remaining()
+            hints = RoutingHints.from_parameters(parameters, None if remaining_s is None else 1000 * remaining_s)
+            inputs = codec.decode_inputs(request, version.manifest, self._max_request_bytes)
+            names = codec.requested_outputs(request, version.manifest)
+        except RouterError as exc:
+            self._metrics.rejected.labels(request.model_name, exc.code.name).inc()
+            raise
+        served = await self._dispatcher.infer(version, hints, inputs)
         return codec.encode_response(
             request,
-            manifest,
-            result.outputs,
+            version.manifest,
+            served.result.outputs,
             names,
             {
-                "quiver.variant": route.variant.name,
-                "quiver.version": manifest.version,
-                "quiver.pool": route.variant.pool,
-                "quiver.batch_requests": result.batch_requests,
-                "quiver.batch_rows": result.batch_rows,
+                "quiver.variant": served.route.variant.name,
+                "quiver.version": version.manifest.version,
+                "quiver.pool": served.route.variant.pool,
+                "quiver.reason": served.reason,
+                "quiver.batch_requests": served.result.batch_requests,
+                "quiver.batch_rows": served.result.batch_rows,
             },
         )
-
-
-def _variant_hint(request: pb.ModelInferRequest) -> str | None:
-    if VARIANT_PARAMETER not in request.parameters:
-        return None
-    value = codec.parameter_value(request.parameters[VARIANT_PARAMETER])
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"parameter {VARIANT_PARAMETER!r} must be a non-empty string")
-    return value

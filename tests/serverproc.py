@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-READY = re.compile(r"^ready: (?P<address>\S+) models=(?P<models>\S*)$")
+READY = re.compile(r"^ready: (?P<address>\S+) models=(?P<models>\S*)(?: metrics=(?P<metrics>\S+))?$")
 
 
 @dataclass
@@ -25,6 +25,7 @@ class ServerProcess:
     process: subprocess.Popen
     address: str = ""
     models: str = ""
+    metrics_url: str = ""
     output: list[str] = field(default_factory=list)
 
     def log(self) -> str:
@@ -35,7 +36,7 @@ class ServerProcess:
 def quiver_serve(*args: str, startup_timeout_s: float = 180) -> Iterator[ServerProcess]:
     """Run `quiver serve ARGS --port 0`; yields once it prints its ready line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "quiver", "serve", *args, "--port", "0"],
+        [sys.executable, "-m", "quiver", "serve", *args, "--port", "0", "--metrics-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -48,7 +49,7 @@ def quiver_serve(*args: str, startup_timeout_s: float = 180) -> Iterator[ServerP
         for line in process.stdout:
             server.output.append(line)
             if match := READY.match(line.strip()):
-                server.address, server.models = match["address"], match["models"]
+                server.address, server.models, server.metrics_url = match["address"], match["models"], match["metrics"] or ""
                 ready.set()
 
     reader = threading.Thread(target=drain, daemon=True)

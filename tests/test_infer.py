@@ -45,6 +45,7 @@ def test_example_matches_onnxruntime(client: triton.InferenceServerClient, store
         "quiver.variant": "fp32",
         "quiver.version": "1",
         "quiver.pool": "cpu",
+        "quiver.reason": "default",
         "quiver.batch_rows": 0,
         "quiver.batch_requests": 0,
     }
@@ -139,7 +140,8 @@ def test_every_published_variant_is_served(client: triton.InferenceServerClient,
     tensor = triton.InferInput("input", [8, 64], "FP32")
     tensor.set_data_from_numpy(x)
     result = client.infer("tuned", [tensor], parameters={"quiver.variant": variant})
-    assert (parameters(result)["quiver.variant"], parameters(result)["quiver.pool"]) == (variant, chosen.pool)
+    said = parameters(result)
+    assert (said["quiver.variant"], said["quiver.pool"], said["quiver.reason"]) == (variant, chosen.pool, "pinned")
     expected = reference(version.path(chosen), {"input": x})["output"]
     np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=0, atol=1e-5)
 

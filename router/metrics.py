@@ -1,0 +1,49 @@
+"""The router's Prometheus metrics: what the routing policy sees, exported.
+
+Per model, version, variant and pool: requests by gRPC status, latency, requests in flight
+(the router's view of queue depth), batch sizes the replicas ran, routing decisions by reason.
+Requests refused before a variant was chosen are counted per model and status. The operator's
+rollout gates read error rate and p99 per version from here.
+"""
+
+from __future__ import annotations
+
+from http.server import HTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+VARIANT_LABELS = ("model", "version", "variant", "pool")
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "quiver_requests", "Dispatched requests by final gRPC status", [*VARIANT_LABELS, "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "quiver_request_latency_seconds",
+            "Time from dispatch to answer",
+            VARIANT_LABELS,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("quiver_in_flight_requests", "Requests dispatched, not yet answered", VARIANT_LABELS, registry=self.registry)
+        self.batch_requests = Histogram(
+            "quiver_batch_requests",
+            "Requests in the replica batch that served a request",
+            VARIANT_LABELS,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "quiver_routing_decisions", "Routing decisions by reason", [*VARIANT_LABELS, "reason"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "quiver_rejected_requests", "Requests refused before dispatch, by gRPC status", ["model", "code"], registry=self.registry
+        )
+
+    def serve(self, host: str, port: int) -> HTTPServer:
+        """Expose /metrics over HTTP on host:port from a daemon thread; `shutdown()` stops it."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server

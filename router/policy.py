@@ -1,0 +1,95 @@
+"""The routing policy: which variant of a model version serves one request.
+
+1. Hard constraints from the request (`quiver.precision`, `quiver.pool`, `quiver.min_accuracy`
+   against the manifest's measured accuracy) leave the candidates; if one removes them all,
+   the request fails naming it (FAILED_PRECONDITION). Variants still starting (their pool has
+   no nodes yet) are routed around; if none is ready: UNAVAILABLE.
+2. With a latency budget (`quiver.latency_budget_ms`, or the gRPC deadline): the most accurate
+   candidate whose predicted latency fits ("budget"); if none fits, the fastest ("best-effort").
+3. Without one: the manifest's default variant ("default"), unless it is saturated and another
+   candidate is not: then the most accurate of those ("spill-over").
+A pinned variant (`quiver.variant`) bypasses the policy ("pinned").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from quiver.serving import Precision
+
+from .errors import NotFound, RouterError, Unavailable
+from .hints import MIN_ACCURACY, POOL, PRECISION, RoutingHints
+from .stats import VariantStats
+
+
+class NoVariantFits(RouterError):
+    """The request's constraints rule out every variant of the model version."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    precision: Precision
+    pool: str
+    accuracy: float | None  # as measured by `quiver optimize`; None when never measured
+    ready: bool
+    stats: VariantStats
+
+
+@dataclass(frozen=True)
+class Decision:
+    variant: str
+    reason: str
+
+
+def choose(candidates: Sequence[Candidate], default: str, hints: RoutingHints, excluded: frozenset[str] = frozenset()) -> Decision:
+    if hints.variant is not None:
+        return _pinned(candidates, hints.variant)
+    allowed = [c for c in candidates if c.name not in excluded]
+    for parameter, value, keep in (
+        (PRECISION, hints.precision, lambda c: c.precision is hints.precision),
+        (POOL, hints.pool, lambda c: c.pool == hints.pool),
+        (MIN_ACCURACY, hints.min_accuracy, lambda c: c.accuracy is not None and c.accuracy >= hints.min_accuracy),
+    ):
+        if value is None:
+            continue
+        kept = [c for c in allowed if keep(c)]
+        if not kept:
+            offered = ", ".join(f"{c.name} ({c.precision.value}, pool {c.pool}, accuracy {c.accuracy})" for c in allowed)
+            raise NoVariantFits(f"no variant meets {parameter}={getattr(value, 'value', value)}; candidates: {offered or 'none'}")
+        allowed = kept
+    ready = [c for c in allowed if c.ready]
+    if not ready:
+        raise Unavailable(f"no variant that fits the request is ready yet (starting: {[c.name for c in allowed]})")
+
+    if hints.latency_budget_ms is not None:
+        fitting = [c for c in ready if c.stats.predicted_ms() <= hints.latency_budget_ms]
+        if fitting:
+            return Decision(max(fitting, key=_accuracy_then_speed).name, "budget")
+        return Decision(min(ready, key=lambda c: c.stats.predicted_ms()).name, "best-effort")
+
+    preferred = next((c for c in ready if c.name == default), None) or max(ready, key=_accuracy_then_speed)
+    if preferred.stats.saturated:
+        others = [c for c in ready if c is not preferred and not c.stats.saturated]
+        if others:
+            return Decision(max(others, key=_accuracy_then_speed).name, "spill-over")
+    return Decision(preferred.name, "default" if preferred.name == default else "most-accurate")
+
+
+def _pinned(candidates: Sequence[Candidate], name: str) -> Decision:
+    chosen = next((c for c in candidates if c.name == name), None)
+    if chosen is None:
+        raise NotFound(f"no variant {name!r}; the model has {sorted(c.name for c in candidates)}")
+    if not chosen.ready:
+        raise Unavailable(f"variant {name!r} is not ready yet (its pool {chosen.pool!r} may have no nodes)")
+    return Decision(name, "pinned")
+
+
+def _accuracy_then_speed(candidate: Candidate) -> tuple[float, float]:
+    accuracy = candidate.accuracy if candidate.accuracy is not None else float("-inf")
+    return accuracy, -candidate.stats.predicted_ms()

@@ -1,0 +1,49 @@
+"""Live statistics of one variant as the router sees it: the policy's predictions come from here.
+
+Latency is an exponentially weighted moving average (EWMA) of the router's own measurements
+of each call (queueing and batching included), seeded from the optimization report's p50 until
+the first call returns. The prediction for one more request adds the work already in flight,
+spread over the variant's replicas and batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class VariantStats:
+    replicas: int = 1
+    batch_size: int = 1
+    prior_ms: float = 1.0  # until measured: the report's p50, or a guess
+    alpha: float = 0.2  # weight of the newest sample
+    # Queued work beyond this many full batches per replica counts as saturated.
+    saturation_batches: float = 2.0
+    in_flight: int = 0
+    ewma_ms: float | None = field(default=None)
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def finished(self, latency_ms: float | None) -> None:
+        """One call ended; `latency_ms` is None when it failed (failures teach nothing of speed)."""
+        self.in_flight -= 1
+        if latency_ms is not None:
+            self.ewma_ms = latency_ms if self.ewma_ms is None else self.alpha * latency_ms + (1 - self.alpha) * self.ewma_ms
+
+    @property
+    def latency_ms(self) -> float:
+        return self.prior_ms if self.ewma_ms is None else self.ewma_ms
+
+    @property
+    def capacity(self) -> int:
+        """Requests the replicas take in one round of batches."""
+        return max(1, self.replicas * self.batch_size)
+
+    def predicted_ms(self) -> float:
+        """Latency for one more request: one round per full capacity already queued ahead of it."""
+        return self.latency_ms * (1 + self.in_flight // self.capacity)
+
+    @property
+    def saturated(self) -> bool:
+        return self.in_flight >= self.saturation_batches * self.capacity
