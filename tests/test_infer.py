@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -150,3 +151,48 @@ def test_the_default_variant_answers_without_a_hint(client: triton.InferenceServ
     tensor = triton.InferInput("input", [1, 64], "FP32")
     tensor.set_data_from_numpy(example_input(1))
     assert parameters(client.infer("tuned", [tensor]))["quiver.variant"] == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("hints", "variant", "reason"),
+    [
+        ({"quiver.precision": "int8"}, "int8-static", "most-accurate"),
+        ({"quiver.pool": "gpu"}, "fp16", "most-accurate"),
+        ({"quiver.min_accuracy": 1}, "fp32", "default"),
+        ({"quiver.latency_budget_ms": "10000"}, "fp32", "budget"),
+    ],
+)
+def test_routing_hints_choose_the_variant(client: triton.InferenceServerClient, hints: dict, variant: str, reason: str) -> None:
+    tensor = triton.InferInput("input", [2, 64], "FP32")
+    tensor.set_data_from_numpy(example_input(2))
+    said = parameters(client.infer("tuned", [tensor], parameters=hints))
+    assert (said["quiver.variant"], said["quiver.reason"]) == (variant, reason)
+
+
+@pytest.mark.parametrize(
+    ("hints", "status", "message"),
+    [
+        ({"quiver.pool": "tpu"}, "StatusCode.FAILED_PRECONDITION", "no variant meets quiver.pool=tpu"),
+        ({"quiver.precision": "fp64"}, "StatusCode.INVALID_ARGUMENT", "'fp64' is not one of"),
+        ({"quiver.min_accuracy": "high"}, "StatusCode.INVALID_ARGUMENT", "must be a number"),
+    ],
+)
+def test_hints_no_variant_can_meet_are_refused(client: triton.InferenceServerClient, hints: dict, status: str, message: str) -> None:
+    tensor = triton.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(example_input(1))
+    with pytest.raises(triton.InferenceServerException) as error:
+        client.infer("tuned", [tensor], parameters=hints)
+    assert error.value.status() == status and message in error.value.message()
+
+
+def test_prometheus_metrics_count_requests_and_decisions(client: triton.InferenceServerClient, server: ServerProcess) -> None:
+    tensor = triton.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(example_input(1))
+    client.infer("tuned", [tensor], parameters={"quiver.variant": "int8-static"})
+    with pytest.raises(triton.InferenceServerException):
+        client.infer("nope", [tensor])
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    assert 'quiver_requests_total{code="OK",model="tuned",pool="cpu",variant="int8-static",version="1"}' in text
+    assert 'quiver_routing_decisions_total{model="tuned",pool="cpu",reason="pinned",variant="int8-static",version="1"}' in text
+    assert 'quiver_rejected_requests_total{code="NOT_FOUND",model="nope"}' in text
+    assert 'quiver_batch_requests_bucket{le="1.0",model="tuned"' in text

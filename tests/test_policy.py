@@ -1,0 +1,143 @@
+"""The routing policy with scripted latencies: budgets, accuracy floors, constraints, spill-over."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from quiver.router.errors import InvalidArgument, NotFound, Unavailable
+from quiver.router.hints import RoutingHints
+from quiver.router.policy import Candidate, NoVariantFits, choose
+from quiver.router.stats import VariantStats
+from quiver.serving import Precision
+
+
+def stats(latency_ms: float, in_flight: int = 0, replicas: int = 1, batch: int = 4) -> VariantStats:
+    measured = VariantStats(replicas=replicas, batch_size=batch, prior_ms=100.0)
+    for _ in range(in_flight + 1):
+        measured.started()
+    measured.finished(latency_ms)  # one call returned: the EWMA starts from the scripted latency
+    return measured
+
+
+def variants(**overrides: VariantStats) -> list[Candidate]:
+    """fp32 (most accurate, slowest), int8 and a pruned one, on their usual pools."""
+    table = [
+        ("fp32", Precision.FP32, "gpu", 0.99, stats(20.0)),
+        ("int8", Precision.INT8, "cpu", 0.97, stats(8.0)),
+        ("pruned", Precision.FP32, "cpu", 0.95, stats(4.0)),
+    ]
+    return [Candidate(name, precision, pool, accuracy, True, overrides.get(name, measured))
+            for name, precision, pool, accuracy, measured in table]
+
+
+def test_no_hints_route_to_the_default_variant() -> None:
+    decision = choose(variants(), "int8", RoutingHints())
+    assert (decision.variant, decision.reason) == ("int8", "default")
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(50, "fp32"), (10, "int8"), (5, "pruned")])
+def test_the_most_accurate_variant_that_fits_the_budget(budget: float, expected: str) -> None:
+    decision = choose(variants(), "fp32", RoutingHints(latency_budget_ms=budget))
+    assert (decision.variant, decision.reason) == (expected, "budget")
+
+
+def test_with_no_variant_in_budget_the_fastest_is_best_effort() -> None:
+    decision = choose(variants(), "fp32", RoutingHints(latency_budget_ms=1))
+    assert (decision.variant, decision.reason) == ("pruned", "best-effort")
+
+
+def test_queued_work_counts_against_the_budget() -> None:
+    # int8 has two full rounds of batches queued: 8 ms becomes 24 ms, over a 10 ms budget.
+    busy = variants(int8=stats(8.0, in_flight=8, batch=4))
+    assert choose(busy, "fp32", RoutingHints(latency_budget_ms=10)).variant == "pruned"
+
+
+def test_the_accuracy_floor_is_a_hard_constraint() -> None:
+    decision = choose(variants(), "pruned", RoutingHints(min_accuracy=0.96, latency_budget_ms=5))
+    assert (decision.variant, decision.reason) == ("int8", "best-effort")
+    with pytest.raises(NoVariantFits) as error:
+        choose(variants(), "fp32", RoutingHints(min_accuracy=0.999))
+    assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "quiver.min_accuracy=0.999" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("hints", "expected"),
+    [
+        (RoutingHints(precision=Precision.INT8), "int8"),
+        (RoutingHints(pool="cpu"), "int8"),  # the most accurate on the pool
+        (RoutingHints(pool="cpu", precision=Precision.FP32), "pruned"),
+    ],
+)
+def test_precision_and_pool_narrow_the_candidates(hints: RoutingHints, expected: str) -> None:
+    assert choose(variants(), "fp32", hints).variant == expected
+
+
+def test_an_impossible_constraint_names_itself() -> None:
+    with pytest.raises(NoVariantFits, match="quiver.pool=tpu"):
+        choose(variants(), "fp32", RoutingHints(pool="tpu"))
+    with pytest.raises(NoVariantFits, match="quiver.precision=fp16"):
+        choose(variants(), "fp32", RoutingHints(precision=Precision.FP16))
+
+
+def test_a_saturated_default_spills_over_to_the_most_accurate_free_variant() -> None:
+    saturated = variants(fp32=stats(20.0, in_flight=8, batch=4))  # 2 rounds × 4 queued
+    decision = choose(saturated, "fp32", RoutingHints())
+    assert (decision.variant, decision.reason) == ("int8", "spill-over")
+    # The constraints still hold when spilling: only fp32 is on the gpu pool, so it stays.
+    assert choose(saturated, "fp32", RoutingHints(pool="gpu")).variant == "fp32"
+
+
+def test_variants_not_ready_are_routed_around() -> None:
+    pending = [c if c.name != "fp32" else Candidate(c.name, c.precision, c.pool, c.accuracy, False, c.stats) for c in variants()]
+    decision = choose(pending, "fp32", RoutingHints())
+    assert (decision.variant, decision.reason) == ("int8", "most-accurate")
+    with pytest.raises(Unavailable, match="not ready"):
+        choose(pending, "fp32", RoutingHints(variant="fp32"))
+    with pytest.raises(Unavailable, match="ready"):
+        choose(pending, "fp32", RoutingHints(pool="gpu"))
+
+
+def test_a_pinned_variant_bypasses_the_policy() -> None:
+    decision = choose(variants(), "fp32", RoutingHints(variant="pruned", latency_budget_ms=1, min_accuracy=0.99))
+    assert (decision.variant, decision.reason) == ("pruned", "pinned")
+    with pytest.raises(NotFound):
+        choose(variants(), "fp32", RoutingHints(variant="int4"))
+
+
+def test_a_retry_excludes_the_variant_that_failed() -> None:
+    assert choose(variants(), "fp32", RoutingHints(), excluded=frozenset({"fp32"})).variant == "int8"
+
+
+def test_the_ewma_follows_measured_latencies() -> None:
+    measured = VariantStats(prior_ms=100.0, alpha=0.5)
+    assert measured.predicted_ms() == 100.0  # the report's figure until something is measured
+    for latency in (10.0, 20.0):
+        measured.started()
+        measured.finished(latency)
+    assert measured.latency_ms == 15.0
+    measured.started()
+    measured.finished(None)  # a failure says nothing about speed
+    assert measured.latency_ms == 15.0 and measured.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"quiver.latency_budget_ms": "fast"}, "must be a number"),
+        ({"quiver.latency_budget_ms": -1}, "must be a number ≥ 0"),
+        ({"quiver.min_accuracy": True}, "must be a number"),
+        ({"quiver.precision": "fp64"}, "is not one of"),
+        ({"quiver.pool": 3}, "must be a non-empty string"),
+    ],
+)
+def test_malformed_hints_are_invalid_arguments(parameters: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        RoutingHints.from_parameters(parameters)
+
+
+def test_hints_accept_strings_and_the_deadline_tightens_the_budget() -> None:
+    hints = RoutingHints.from_parameters({"quiver.latency_budget_ms": "30", "quiver.min_accuracy": 0.9}, deadline_ms=12.5)
+    assert (hints.latency_budget_ms, hints.min_accuracy) == (12.5, 0.9)
+    assert RoutingHints.from_parameters({"quiver.latency_budget_ms": 8}, deadline_ms=500).latency_budget_ms == 8
