@@ -28,7 +28,16 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_mb << 20,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
     )
-    return serve_locally(ServeSettings(model=args.model, name=args.name, num_cpus=args.num_cpus, router=router))
+    return serve_locally(
+        ServeSettings(
+            model=args.model,
+            name=args.name,
+            address=args.address,
+            pools=tuple(args.pools.split(",")) if args.pools else None,
+            num_cpus=args.num_cpus,
+            router=router,
+        )
+    )
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -60,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=8002, help="Prometheus /metrics port; 0 picks one, -1 turns it off (default: %(default)s)"
     )
     serve.add_argument("--num-cpus", type=int, help="CPUs the local Ray instance may use (default: all)")
+    serve.add_argument("--address", help="join this running Ray cluster instead of starting a local instance")
+    serve.add_argument("--pools", help="comma-separated pools of the local node (default: cpu, plus gpu when there is one)")
 
     from quiver.optimizing import add_arguments
 

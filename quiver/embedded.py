@@ -1,8 +1,10 @@
-"""`quiver serve`: the whole stack on one machine, on a local Ray instance.
+"""`quiver serve`: the whole stack on one machine (a local Ray instance), or joined to a cluster.
 
-Starts Ray and Serve, deploys every variant of every model version as a Serve application,
-then runs the same router a cluster runs, in this process (a Ray driver on the local node).
-Prints one `ready:` line once requests can be served; SIGINT/SIGTERM drain and shut down.
+Starts Ray and Serve (or connects to a running cluster with `--address`), deploys every variant
+of every model version as a Serve application, placed on its pool's nodes, then runs the same
+router a cluster runs, in this process (a Ray driver on a node with a raylet). Prints one
+`ready:` line once every variant whose pool has nodes can answer; variants of pools without
+nodes stay pending and the router routes around them. SIGINT/SIGTERM drain and shut down.
 """
 
 from __future__ import annotations
@@ -11,14 +13,27 @@ import asyncio
 import logging
 import math
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from quiver.router import RouteTable, Router, RouterSettings, VariantRoute
-from quiver.serving import ModelVersion, StoreError, deploy, example_version, from_onnx_file, load_store
+from quiver.serving import (
+    ModelVersion,
+    StoreError,
+    app_name,
+    deploy_all,
+    example_version,
+    from_onnx_file,
+    load_store,
+    node_resources,
+    pools_with_nodes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +42,10 @@ logger = logging.getLogger(__name__)
 class ServeSettings:
     model: Path | None = None  # a .onnx file or a store directory; None serves the example
     name: str | None = None
+    address: str | None = None  # a running Ray cluster to join; None starts a local instance
+    pools: tuple[str, ...] | None = None  # pools the local node belongs to; None: cpu (+ gpu if present)
     num_cpus: int | None = None
+    ready_timeout_s: float = 300.0
     router: RouterSettings = field(default_factory=RouterSettings)
 
 
@@ -38,12 +56,11 @@ def serve_locally(settings: ServeSettings) -> int:
         except StoreError as exc:
             print(f"quiver: {exc}", file=sys.stderr)
             return 2
-        routes = _start_ray_and_deploy(versions, settings.num_cpus or _cpus_to_fit(versions))
+        routes = _start_ray_and_deploy(versions, settings)
         try:
-            asyncio.run(_run_router(routes, settings.router))
+            return asyncio.run(_run_router(routes, settings))
         finally:
-            _stop_ray()
-    return 0
+            _stop_ray(routes, joined=settings.address is not None)
 
 
 def _model_versions(settings: ServeSettings, scratch: Path) -> list[ModelVersion]:
@@ -52,6 +69,13 @@ def _model_versions(settings: ServeSettings, scratch: Path) -> list[ModelVersion
     if settings.model.is_dir():
         return load_store(settings.model)
     return [from_onnx_file(settings.model, name=settings.name)]
+
+
+def local_pools() -> tuple[str, ...]:
+    """cpu, and gpu when this machine shows an NVIDIA GPU."""
+    smi = shutil.which("nvidia-smi")
+    has_gpu = bool(smi) and subprocess.run([smi, "-L"], capture_output=True, text=True).stdout.strip() != ""
+    return ("cpu", "gpu") if has_gpu else ("cpu",)
 
 
 def _cpus_to_fit(versions: list[ModelVersion]) -> int:
@@ -67,40 +91,76 @@ def _cpus_to_fit(versions: list[ModelVersion]) -> int:
     return max(cores, wanted)
 
 
-def _start_ray_and_deploy(versions: list[ModelVersion], num_cpus: int) -> RouteTable:
+def _start_ray_and_deploy(versions: list[ModelVersion], settings: ServeSettings) -> RouteTable:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    # The router is the only ingress: Serve's own HTTP/gRPC proxies would be a second door.
+    if settings.address is not None:
+        ray.init(address=settings.address, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=settings.num_cpus or _cpus_to_fit(versions),
+            resources=node_resources(list(settings.pools or local_pools())),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    # The router is the only ingress: Serve's own HTTP/gRPC proxies would be a second door.
     serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
+    handles = deploy_all(versions)
     return RouteTable(
-        VariantRoute(version, variant, deploy(version, variant))
+        VariantRoute(version, variant, handles[app_name(version, variant)])
         for version in versions
         for variant in version.manifest.variants
     )
 
 
-def _stop_ray() -> None:
+def _stop_ray(routes: RouteTable, joined: bool) -> None:
     import ray
+    from ray import serve
 
-    # The router has drained every request by now, and this local instance is ours alone:
+    if joined:  # the cluster is not ours: take back only what this process deployed
+        for route in routes.routes():
+            serve.delete(app_name(route.version, route.variant), _blocking=False)
+    # Locally, the router has drained every request by now and the instance is ours alone:
     # stopping Ray ends the replicas at once (serve.shutdown's graceful path takes ~30 s).
     ray.shutdown()
 
 
-async def _run_router(routes: RouteTable, settings: RouterSettings) -> None:
-    router = Router(routes, settings)
+async def _wait_until_ready(router: Router, routes: RouteTable, timeout_s: float) -> list[VariantRoute]:
+    """Wait for every variant whose pool has nodes; returns those left pending (pools without nodes)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await router.readiness.refresh()
+        present = await asyncio.to_thread(pools_with_nodes)
+        waiting = [route for route in router.readiness.pending() if route.variant.pool in present]
+        if not waiting:
+            return router.readiness.pending()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"variants not ready after {timeout_s:.0f} s: {[r.version.key + '/' + r.variant.name for r in waiting]}")
+        await asyncio.sleep(0.5)
+
+
+async def _run_router(routes: RouteTable, settings: ServeSettings) -> int:
+    router = Router(routes, settings.router)
     port = await router.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    try:
+        pending = await _wait_until_ready(router, routes, settings.ready_timeout_s)
+    except TimeoutError as exc:
+        print(f"quiver: {exc}", file=sys.stderr)
+        await router.stop()
+        return 1
+    for route in pending:
+        logger.warning("%s variant %s waits for a node of pool %r", route.version.key, route.variant.name, route.variant.pool)
     models = ",".join(f"{name}:{'|'.join(versions)}" for name, versions in routes.models().items())
-    metrics = f" metrics=http://{settings.host}:{router.metrics_port}/metrics" if router.metrics_port else ""
-    print(f"ready: {settings.host}:{port} models={models}{metrics}", flush=True)
+    metrics = f" metrics=http://{settings.router.host}:{router.metrics_port}/metrics" if router.metrics_port else ""
+    print(f"ready: {settings.router.host}:{port} models={models}{metrics}", flush=True)
     await stop.wait()
-    logger.warning("shutting down: draining requests for up to %.0f s", settings.grace_period_s)
+    logger.warning("shutting down: draining requests for up to %.0f s", settings.router.grace_period_s)
     await router.stop()
+    return 0

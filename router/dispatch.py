@@ -23,6 +23,7 @@ from . import policy
 from .errors import InvalidArgument, Unavailable
 from .hints import RoutingHints
 from .metrics import RouterMetrics
+from .readiness import Readiness
 from .routes import VariantRoute, VersionRoutes
 from .stats import VariantStats
 
@@ -47,8 +48,9 @@ class Served:
 
 
 class Dispatcher:
-    def __init__(self, metrics: RouterMetrics, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, metrics: RouterMetrics, readiness: Readiness, clock: Callable[[], float] = time.perf_counter) -> None:
         self._metrics = metrics
+        self._readiness = readiness
         self._clock = clock
         self._stats: dict[tuple[str, str, str], VariantStats] = {}
 
@@ -70,7 +72,7 @@ class Dispatcher:
                 precision=route.variant.precision,
                 pool=route.variant.pool,
                 accuracy=route.variant.metrics.accuracy if route.variant.metrics else None,
-                ready=True,
+                ready=self._readiness.ready(route),
                 stats=self.stats(route),
             )
             for name, route in version.variants.items()

@@ -7,6 +7,7 @@ turns health to NOT_SERVING first, then drains in-flight requests within the gra
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from http.server import HTTPServer
@@ -19,6 +20,7 @@ from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from .metrics import RouterMetrics
+from .readiness import Readiness
 from .routes import RouteTable
 from .servicer import InferenceServicer
 
@@ -51,8 +53,9 @@ class Router:
             ]
         )
         self.metrics = RouterMetrics()
+        self.readiness = Readiness(routes)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(routes, settings.max_request_bytes, self.metrics), self._server
+            InferenceServicer(routes, self.readiness, settings.max_request_bytes, self.metrics), self._server
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -61,11 +64,14 @@ class Router:
         )
         self.port: int | None = None
         self._metrics_server: HTTPServer | None = None
+        self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self._server.add_insecure_port(address)
+        await self.readiness.refresh()
+        self._tasks.append(asyncio.create_task(self.readiness.watch(), name="quiver-readiness"))
         await self._server.start()
         if self.settings.metrics_port is not None:
             self._metrics_server = self.metrics.serve(self.settings.host, self.settings.metrics_port)
@@ -82,5 +88,8 @@ class Router:
         # Probes see NOT_SERVING before the listener goes, so traffic moves away first.
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_period_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

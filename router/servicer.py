@@ -22,6 +22,7 @@ from .dispatch import Dispatcher
 from .errors import NotFound, RouterError, status_of
 from .hints import RoutingHints
 from .metrics import RouterMetrics
+from .readiness import Readiness
 from .routes import RouteTable
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,12 @@ def _answering_errors(method: Method) -> Method:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, routes: RouteTable, max_request_bytes: int, metrics: RouterMetrics) -> None:
+    def __init__(self, routes: RouteTable, readiness: Readiness, max_request_bytes: int, metrics: RouterMetrics) -> None:
         self._routes = routes
+        self._readiness = readiness
         self._max_request_bytes = max_request_bytes
         self._metrics = metrics
-        self._dispatcher = Dispatcher(metrics)
+        self._dispatcher = Dispatcher(metrics, readiness)
 
     @_answering_errors
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -59,17 +61,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_answering_errors
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
-        # Routes exist only for deployments whose replicas came up (serving.deploy returned).
-        return pb.ServerReadyResponse(ready=bool(self._routes.models()))
+        # Ready when every model version has a variant that can answer.
+        versions = [self._routes.lookup(model, v) for model, vs in self._routes.models().items() for v in vs]
+        return pb.ServerReadyResponse(ready=bool(versions) and all(map(self._readiness.version_ready, versions)))
 
     @_answering_errors
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         # An unknown model is simply not ready (as Triton answers), so probes need no special case.
         try:
-            self._routes.lookup(request.name, request.version)
+            version = self._routes.lookup(request.name, request.version)
         except NotFound:
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=True)
+        return pb.ModelReadyResponse(ready=self._readiness.version_ready(version))
 
     @_answering_errors
     async def ServerMetadata(

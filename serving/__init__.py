@@ -4,9 +4,10 @@ The public face other packages use; `serving` never imports `router`.
 """
 
 from .datatypes import Datatype
-from .deployment import InferenceResult, VariantReplica, app_name, deploy
+from .deployment import InferenceResult, VariantReplica, app_name, deploy, deploy_all, running_applications
 from .example import build_example, example_version
 from .manifest import Batching, Device, Manifest, Metrics, Precision, Replicas, TensorSpec, Variant
+from .pools import node_resources, pool_resource, pools_with_nodes
 from .runtime import InferenceError, IntegrityError, ModelRuntime
 from .store import ModelVersion, StoreError, from_onnx_file, load_store, read_version, write_version
 
@@ -30,9 +31,14 @@ __all__ = [
     "app_name",
     "build_example",
     "deploy",
+    "deploy_all",
     "example_version",
     "from_onnx_file",
     "load_store",
+    "node_resources",
+    "pool_resource",
+    "pools_with_nodes",
     "read_version",
+    "running_applications",
     "write_version",
 ]

@@ -14,9 +14,12 @@ from itertools import accumulate, groupby
 
 import numpy as np
 from ray import serve
+from ray.serve import Application, RunTarget
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ApplicationStatus
 
 from .manifest import Variant
+from .pools import REPLICA_SHARE, pool_resource
 from .runtime import InferenceError, ModelRuntime
 from .store import ModelVersion
 
@@ -115,15 +118,40 @@ def app_name(version: ModelVersion, variant: Variant) -> str:
     return f"{version.manifest.name}.{version.manifest.version}.{variant.name}"
 
 
-def deploy(version: ModelVersion, variant: Variant) -> DeploymentHandle:
-    """Deploy (or update) one variant as a Serve application; returns once its replicas are up."""
+def application(version: ModelVersion, variant: Variant) -> Application:
+    """A variant as a Serve application, its replicas placed on its pool's nodes only."""
     replicas = variant.replicas
-    application = VariantReplica.options(
+    return VariantReplica.options(
         name=variant.name,
         num_replicas=replicas.count,
         max_ongoing_requests=replicas.max_ongoing_requests,
-        ray_actor_options={"num_cpus": replicas.num_cpus, "num_gpus": replicas.num_gpus},
+        ray_actor_options={
+            "num_cpus": replicas.num_cpus,
+            "num_gpus": replicas.num_gpus,
+            "resources": {pool_resource(variant.pool): REPLICA_SHARE},
+        },
         # One log line per request would cost more than the request.
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
     ).bind(version, variant.name)
-    return serve.run(application, name=app_name(version, variant), route_prefix=None)
+
+
+def deploy(version: ModelVersion, variant: Variant) -> DeploymentHandle:
+    """Deploy (or update) one variant; returns once its replicas are up."""
+    return serve.run(application(version, variant), name=app_name(version, variant), route_prefix=None)
+
+
+def deploy_all(versions: list[ModelVersion]) -> dict[str, DeploymentHandle]:
+    """Deploy every variant at once without waiting for replicas: a variant whose pool has no
+    nodes stays pending while the others serve. Returns handles by application name."""
+    targets = [
+        RunTarget(application(version, variant), name=app_name(version, variant), route_prefix=None)
+        for version in versions
+        for variant in version.manifest.variants
+    ]
+    handles = serve.run_many(targets, wait_for_applications_running=False)
+    return {target.name: handle for target, handle in zip(targets, handles)}
+
+
+def running_applications() -> set[str]:
+    """Names of the Serve applications whose replicas are all up."""
+    return {name for name, app in serve.status().applications.items() if app.status == ApplicationStatus.RUNNING}

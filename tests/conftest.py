@@ -21,5 +21,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(store: Path) -> Iterator[ServerProcess]:
-    with quiver_serve(str(store), "--max-request-mb", str(MAX_REQUEST_MB)) as process:
+    # The local node joins a "gpu" pool too (without a GPU: fp16 falls back to the CPU), so
+    # every variant of the store has a node to run on.
+    with quiver_serve(str(store), "--max-request-mb", str(MAX_REQUEST_MB), "--pools", "cpu,gpu") as process:
         yield process

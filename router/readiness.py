@@ -1,0 +1,49 @@
+"""Which variants can answer now: those whose Serve application has all its replicas up.
+
+Polled from Serve in the background (a status call is a round trip to the Serve controller,
+too slow for the request path). A variant whose pool has no nodes stays not ready, and the
+policy routes around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from quiver.serving import app_name, running_applications
+
+from .routes import RouteTable, VariantRoute, VersionRoutes
+
+logger = logging.getLogger(__name__)
+
+
+class Readiness:
+    def __init__(
+        self, routes: RouteTable, poll: Callable[[], set[str]] = running_applications, interval_s: float = 1.0
+    ) -> None:
+        self._routes = routes
+        self._poll = poll
+        self._interval_s = interval_s
+        self._running: set[str] = set()
+
+    def ready(self, route: VariantRoute) -> bool:
+        return app_name(route.version, route.variant) in self._running
+
+    def version_ready(self, version: VersionRoutes) -> bool:
+        return any(self.ready(route) for route in version.variants.values())
+
+    def pending(self) -> list[VariantRoute]:
+        return [route for route in self._routes.routes() if not self.ready(route)]
+
+    async def refresh(self) -> None:
+        self._running = await asyncio.to_thread(self._poll)
+
+    async def watch(self) -> None:
+        """Refresh forever (a named task the router cancels on stop)."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - a missed poll keeps the last answer; the next one may work
+                logger.warning("could not read Serve's application status", exc_info=True)
