@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         max_request_bytes=args.max_request_mb << 20,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        dispatch_timeout_s=args.dispatch_timeout_s,
     )
     return serve_locally(
         ServeSettings(
@@ -69,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=8002, help="Prometheus /metrics port; 0 picks one, -1 turns it off (default: %(default)s)"
     )
     serve.add_argument("--num-cpus", type=int, help="CPUs the local Ray instance may use (default: all)")
+    serve.add_argument(
+        "--dispatch-timeout-s", type=float, default=30.0, help="longest wait for a variant before another is tried"
+    )
     serve.add_argument("--address", help="join this running Ray cluster instead of starting a local instance")
     serve.add_argument("--pools", help="comma-separated pools of the local node (default: cpu, plus gpu when there is one)")
 

@@ -7,6 +7,7 @@ variant's live statistics (the policy's input) and the metrics that export them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -48,9 +49,18 @@ class Served:
 
 
 class Dispatcher:
-    def __init__(self, metrics: RouterMetrics, readiness: Readiness, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        metrics: RouterMetrics,
+        readiness: Readiness,
+        timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self._metrics = metrics
         self._readiness = readiness
+        # A call waits at most this long: a variant that lost its last replica (its pool's nodes
+        # gone) holds calls in Serve's queue until a replica returns, which may be never.
+        self._timeout_s = timeout_s
         self._clock = clock
         self._stats: dict[tuple[str, str, str], VariantStats] = {}
 
@@ -104,8 +114,9 @@ class Dispatcher:
         in_flight.inc()
         start = self._clock()
         code, elapsed_ms = grpc.StatusCode.INTERNAL, None
+        response = route.handle.infer.remote(inputs)
         try:
-            result = await route.handle.infer.remote(inputs)
+            result = await asyncio.wait_for(response, self._timeout_s)
             code, elapsed_ms = grpc.StatusCode.OK, 1000 * (self._clock() - start)
             self._metrics.latency.labels(*labels).observe(elapsed_ms / 1000)
             self._metrics.batch_requests.labels(*labels).observe(result.batch_requests)
@@ -114,9 +125,10 @@ class Dispatcher:
             # Ray re-raises the replica's exception as a subclass of it (RayTaskError).
             code = grpc.StatusCode.INVALID_ARGUMENT
             raise InvalidArgument(f"model {route.manifest.name!r} rejected the input: {_cause(exc)}") from exc
-        except _REPLICA_LOST as exc:
+        except (*_REPLICA_LOST, TimeoutError) as exc:
             code = grpc.StatusCode.UNAVAILABLE
-            logger.warning("replica of %s/%s lost: %s", route.version.key, route.variant.name, exc)
+            response.cancel()
+            logger.warning("%s variant %s did not answer: %r", route.version.key, route.variant.name, exc)
             raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
         finally:
             stats.finished(elapsed_ms)

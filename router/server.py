@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
+from .dispatch import Dispatcher
 from .metrics import RouterMetrics
 from .readiness import Readiness
 from .routes import RouteTable
@@ -38,6 +39,7 @@ class RouterSettings:
     max_request_bytes: int = 64 << 20
     grace_period_s: float = 10.0
     metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; None: not served
+    dispatch_timeout_s: float = 30.0  # longest wait for a variant before trying another
 
 
 class Router:
@@ -54,8 +56,9 @@ class Router:
         )
         self.metrics = RouterMetrics()
         self.readiness = Readiness(routes)
+        dispatcher = Dispatcher(self.metrics, self.readiness, settings.dispatch_timeout_s)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(routes, self.readiness, settings.max_request_bytes, self.metrics), self._server
+            InferenceServicer(routes, self.readiness, dispatcher, self.metrics, settings.max_request_bytes), self._server
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -48,12 +48,14 @@ def _answering_errors(method: Method) -> Method:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, routes: RouteTable, readiness: Readiness, max_request_bytes: int, metrics: RouterMetrics) -> None:
+    def __init__(
+        self, routes: RouteTable, readiness: Readiness, dispatcher: Dispatcher, metrics: RouterMetrics, max_request_bytes: int
+    ) -> None:
         self._routes = routes
         self._readiness = readiness
-        self._max_request_bytes = max_request_bytes
+        self._dispatcher = dispatcher
         self._metrics = metrics
-        self._dispatcher = Dispatcher(metrics, readiness)
+        self._max_request_bytes = max_request_bytes
 
     @_answering_errors
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
