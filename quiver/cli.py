@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_mb << 20,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         dispatch_timeout_s=args.dispatch_timeout_s,
+        traffic_file=args.traffic_file,
     )
     return serve_locally(
         ServeSettings(
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--dispatch-timeout-s", type=float, default=30.0, help="longest wait for a variant before another is tried"
     )
+    serve.add_argument("--traffic-file", type=Path, help="JSON version weights per model, re-read when it changes")
     serve.add_argument("--address", help="join this running Ray cluster instead of starting a local instance")
     serve.add_argument("--pools", help="comma-separated pools of the local node (default: cpu, plus gpu when there is one)")
 

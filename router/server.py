@@ -11,6 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from http.server import HTTPServer
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +25,7 @@ from .metrics import RouterMetrics
 from .readiness import Readiness
 from .routes import RouteTable
 from .servicer import InferenceServicer
+from .traffic import Traffic
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class RouterSettings:
     grace_period_s: float = 10.0
     metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; None: not served
     dispatch_timeout_s: float = 30.0  # longest wait for a variant before trying another
+    traffic_file: Path | None = None  # version weights, watched (see router/traffic.py)
 
 
 class Router:
@@ -56,10 +59,12 @@ class Router:
         )
         self.metrics = RouterMetrics()
         self.readiness = Readiness(routes)
+        self.traffic = Traffic(routes.models(), settings.traffic_file)
         dispatcher = Dispatcher(self.metrics, self.readiness, settings.dispatch_timeout_s)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(routes, self.readiness, dispatcher, self.metrics, settings.max_request_bytes), self._server
+        servicer = InferenceServicer(
+            routes, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes
         )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -74,7 +79,9 @@ class Router:
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self._server.add_insecure_port(address)
         await self.readiness.refresh()
+        self.traffic.reload()
         self._tasks.append(asyncio.create_task(self.readiness.watch(), name="quiver-readiness"))
+        self._tasks.append(asyncio.create_task(self.traffic.watch(), name="quiver-traffic"))
         await self._server.start()
         if self.settings.metrics_port is not None:
             self._metrics_server = self.metrics.serve(self.settings.host, self.settings.metrics_port)

@@ -24,6 +24,7 @@ from .hints import RoutingHints
 from .metrics import RouterMetrics
 from .readiness import Readiness
 from .routes import RouteTable
+from .traffic import Traffic
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,16 @@ def _answering_errors(method: Method) -> Method:
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, routes: RouteTable, readiness: Readiness, dispatcher: Dispatcher, metrics: RouterMetrics, max_request_bytes: int
+        self,
+        routes: RouteTable,
+        traffic: Traffic,
+        readiness: Readiness,
+        dispatcher: Dispatcher,
+        metrics: RouterMetrics,
+        max_request_bytes: int,
     ) -> None:
         self._routes = routes
+        self._traffic = traffic
         self._readiness = readiness
         self._dispatcher = dispatcher
         self._metrics = metrics
@@ -98,7 +106,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_answering_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
-            version = self._routes.lookup(request.model_name, request.model_version)
+            chosen = request.model_version or self._traffic.pick(request.model_name)
+            version = self._routes.lookup(request.model_name, chosen)
             parameters = {key: codec.parameter_value(value) for key, value in request.parameters.items()}
             remaining_s = context.time_remaining()
             hints = RoutingHints.from_parameters(parameters, None if remaining_s is None else 1000 * remaining_s)

@@ -20,8 +20,18 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(store: Path) -> Iterator[ServerProcess]:
+def traffic_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session server's version weights; tests that change them put `{"models": {}}` back."""
+    path = tmp_path_factory.mktemp("traffic") / "traffic.json"
+    path.write_text('{"models": {}}')
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(store: Path, traffic_file: Path) -> Iterator[ServerProcess]:
     # The local node joins a "gpu" pool too (without a GPU: fp16 falls back to the CPU), so
     # every variant of the store has a node to run on.
-    with quiver_serve(str(store), "--max-request-mb", str(MAX_REQUEST_MB), "--pools", "cpu,gpu") as process:
+    with quiver_serve(
+        str(store), "--max-request-mb", str(MAX_REQUEST_MB), "--pools", "cpu,gpu", "--traffic-file", str(traffic_file)
+    ) as process:
         yield process
