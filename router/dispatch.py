@@ -75,22 +75,30 @@ class Dispatcher:
             )
         return self._stats[key]
 
-    def candidates(self, version: VersionRoutes) -> list[policy.Candidate]:
+    def candidates(self, version: VersionRoutes, skip_cooling: bool = True) -> list[policy.Candidate]:
+        now = self._clock()
         return [
             policy.Candidate(
                 name=name,
                 precision=route.variant.precision,
                 pool=route.variant.pool,
                 accuracy=route.variant.metrics.accuracy if route.variant.metrics else None,
-                ready=self._readiness.ready(route),
+                ready=self._readiness.ready(route) and not (skip_cooling and self.stats(route).cooling(now)),
                 stats=self.stats(route),
             )
             for name, route in version.variants.items()
         ]
 
-    async def infer(self, version: VersionRoutes, hints: RoutingHints, inputs: dict[str, np.ndarray]) -> Served:
+    def choose(self, version: VersionRoutes, hints: RoutingHints, excluded: frozenset[str] = frozenset()) -> policy.Decision:
+        """The policy's pick; variants that just failed are passed over while any other can serve."""
         default = version.manifest.default.name
-        decision = policy.choose(self.candidates(version), default, hints)
+        try:
+            return policy.choose(self.candidates(version), default, hints, excluded)
+        except Unavailable:
+            return policy.choose(self.candidates(version, skip_cooling=False), default, hints, excluded)
+
+    async def infer(self, version: VersionRoutes, hints: RoutingHints, inputs: dict[str, np.ndarray]) -> Served:
+        decision = self.choose(version, hints)
         route = version.variants[decision.variant]
         try:
             return Served(await self._call(route, inputs, decision.reason), route, decision.reason)
@@ -99,7 +107,7 @@ class Dispatcher:
                 raise
         # One retry: on another allowed variant if there is one, else on the same (Serve picks a live replica).
         try:
-            retry = policy.choose(self.candidates(version), default, hints, excluded=frozenset({decision.variant}))
+            retry = self.choose(version, hints, excluded=frozenset({decision.variant}))
         except (policy.NoVariantFits, Unavailable):
             retry = decision
         route = version.variants[retry.variant]
@@ -113,7 +121,7 @@ class Dispatcher:
         stats.started()
         in_flight.inc()
         start = self._clock()
-        code, elapsed_ms = grpc.StatusCode.INTERNAL, None
+        code, elapsed_ms, failed_at = grpc.StatusCode.INTERNAL, None, None
         response = route.handle.infer.remote(inputs)
         try:
             result = await asyncio.wait_for(response, self._timeout_s)
@@ -126,12 +134,12 @@ class Dispatcher:
             code = grpc.StatusCode.INVALID_ARGUMENT
             raise InvalidArgument(f"model {route.manifest.name!r} rejected the input: {_cause(exc)}") from exc
         except (*_REPLICA_LOST, TimeoutError) as exc:
-            code = grpc.StatusCode.UNAVAILABLE
+            code, failed_at = grpc.StatusCode.UNAVAILABLE, self._clock()
             response.cancel()
             logger.warning("%s variant %s did not answer: %r", route.version.key, route.variant.name, exc)
             raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
         finally:
-            stats.finished(elapsed_ms)
+            stats.finished(elapsed_ms, failed_at)
             in_flight.dec()
             self._metrics.requests.labels(*labels, code.name).inc()
 

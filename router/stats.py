@@ -19,15 +19,23 @@ class VariantStats:
     alpha: float = 0.2  # weight of the newest sample
     # Queued work beyond this many full batches per replica counts as saturated.
     saturation_batches: float = 2.0
+    # After a call finds no replica, the variant is passed over this long (when others can serve).
+    cooldown_s: float = 5.0
     in_flight: int = 0
     ewma_ms: float | None = field(default=None)
+    failed_at: float | None = field(default=None)
 
     def started(self) -> None:
         self.in_flight += 1
 
-    def finished(self, latency_ms: float | None) -> None:
-        """One call ended; `latency_ms` is None when it failed (failures teach nothing of speed)."""
+    def finished(self, latency_ms: float | None, now: float | None = None) -> None:
+        """One call ended: with its latency, or with `now` when no replica answered.
+
+        A failure teaches nothing of speed; it starts the cool-down.
+        """
         self.in_flight -= 1
+        if now is not None:
+            self.failed_at = now
         if latency_ms is not None:
             self.ewma_ms = latency_ms if self.ewma_ms is None else self.alpha * latency_ms + (1 - self.alpha) * self.ewma_ms
 
@@ -43,6 +51,9 @@ class VariantStats:
     def predicted_ms(self) -> float:
         """Latency for one more request: one round per full capacity already queued ahead of it."""
         return self.latency_ms * (1 + self.in_flight // self.capacity)
+
+    def cooling(self, now: float) -> bool:
+        return self.failed_at is not None and now - self.failed_at < self.cooldown_s
 
     @property
     def saturated(self) -> bool:

@@ -6,12 +6,13 @@ The public face other packages use; `serving` never imports `router`.
 from .datatypes import Datatype
 from .deployment import InferenceResult, VariantReplica, app_name, deploy, deploy_all, running_applications
 from .example import build_example, example_version
-from .manifest import Batching, Device, Manifest, Metrics, Precision, Replicas, TensorSpec, Variant
+from .manifest import Autoscaling, Batching, Device, Manifest, Metrics, Precision, Replicas, TensorSpec, Variant
 from .pools import node_resources, pool_resource, pools_with_nodes
 from .runtime import InferenceError, IntegrityError, ModelRuntime
 from .store import ModelVersion, StoreError, from_onnx_file, load_store, read_version, write_version
 
 __all__ = [
+    "Autoscaling",
     "Batching",
     "Datatype",
     "Device",

@@ -121,9 +121,15 @@ def app_name(version: ModelVersion, variant: Variant) -> str:
 def application(version: ModelVersion, variant: Variant) -> Application:
     """A variant as a Serve application, its replicas placed on its pool's nodes only."""
     replicas = variant.replicas
+    scaling = replicas.autoscaling
+    count: dict[str, object] = (
+        {"num_replicas": replicas.count}
+        if scaling is None
+        else {"autoscaling_config": {"initial_replicas": replicas.count, **scaling.model_dump()}}
+    )
     return VariantReplica.options(
         name=variant.name,
-        num_replicas=replicas.count,
+        **count,
         max_ongoing_requests=replicas.max_ongoing_requests,
         ray_actor_options={
             "num_cpus": replicas.num_cpus,

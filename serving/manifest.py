@@ -56,6 +56,24 @@ class Batching(_Spec):
     max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
 
 
+class Autoscaling(_Spec):
+    """Serve's replica autoscaling for a variant: between the bounds, aiming at a load per replica."""
+
+    min_replicas: Annotated[int, Field(ge=0, le=1024)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+    # Requests in flight per replica that Serve aims at; with batching a replica takes a whole
+    # batch at once, so this sits near the batch size, not near 1.
+    target_ongoing_requests: Annotated[float, Field(gt=0)] = 32
+    upscale_delay_s: Annotated[float, Field(ge=0)] = 3.0
+    downscale_delay_s: Annotated[float, Field(ge=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
 class Replicas(_Spec):
     """How many replicas of a variant run, and what each one reserves."""
 
@@ -65,6 +83,18 @@ class Replicas(_Spec):
     # Serve queues at most this many requests per replica before the caller waits; it must
     # be well above the batch size or Serve's backpressure caps the batches.
     max_ongoing_requests: Annotated[int, Field(ge=1, le=100_000)] = 1024
+    # When set, Serve scales between its bounds and `count` is where it starts.
+    autoscaling: Autoscaling | None = None
+
+    @model_validator(mode="after")
+    def _count_within_autoscaling(self) -> Replicas:
+        scaling = self.autoscaling
+        if scaling and not scaling.min_replicas <= self.count <= scaling.max_replicas:
+            raise ValueError(
+                f"count ({self.count}) must lie within autoscaling.min_replicas ({scaling.min_replicas}) "
+                f"and autoscaling.max_replicas ({scaling.max_replicas})"
+            )
+        return self
 
 
 class Metrics(_Spec):

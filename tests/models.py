@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from quiver.serving import Replicas, build_example, from_onnx_file, write_version
+from quiver.serving import Autoscaling, Replicas, build_example, from_onnx_file, write_version
 
 PAIR_TABLE = np.arange(100, 110, dtype=np.int64)
 
@@ -45,11 +45,14 @@ def write_store(root: Path) -> Path:
     """A store: example (version 1) and pair (versions 1 and 2), half a CPU per replica, and
     `tuned` (version 1): the example model through `quiver optimize` (fp32, fp16, int8-static)."""
     half_cpu = Replicas(num_cpus=0.5)
+    autoscaled = Replicas(num_cpus=0.5, autoscaling=Autoscaling(min_replicas=1, max_replicas=2, target_ongoing_requests=8))
     for name, version, build in (("example", "1", build_example), ("pair", "1", build_pair), ("pair", "2", build_pair)):
         directory = root / name / version
         directory.mkdir(parents=True)
         signature = from_onnx_file(build(directory / "model.onnx")).manifest
-        variant = signature.variants[0].model_copy(update={"replicas": half_cpu})
+        # pair 1 scales with load, within bounds Serve keeps.
+        replicas = autoscaled if (name, version) == ("pair", "1") else half_cpu
+        variant = signature.variants[0].model_copy(update={"replicas": replicas})
         write_version(root, signature.model_copy(update={"name": name, "version": version, "variants": [variant]}))
     _optimized_example(root)
     return root

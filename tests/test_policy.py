@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import grpc
 import pytest
 
+from quiver.router.dispatch import Dispatcher
 from quiver.router.errors import InvalidArgument, NotFound, Unavailable
 from quiver.router.hints import RoutingHints
-from quiver.router.policy import Candidate, NoVariantFits, choose
+from quiver.router.metrics import RouterMetrics
+from quiver.router.policy import Candidate, Decision, NoVariantFits, choose
+from quiver.router.readiness import Readiness
+from quiver.router.routes import RouteTable, VariantRoute
 from quiver.router.stats import VariantStats
-from quiver.serving import Precision
+from quiver.serving import Manifest, ModelVersion, Precision, app_name
 
 
 def stats(latency_ms: float, in_flight: int = 0, replicas: int = 1, batch: int = 4) -> VariantStats:
@@ -141,3 +148,40 @@ def test_hints_accept_strings_and_the_deadline_tightens_the_budget() -> None:
     hints = RoutingHints.from_parameters({"quiver.latency_budget_ms": "30", "quiver.min_accuracy": 0.9}, deadline_ms=12.5)
     assert (hints.latency_budget_ms, hints.min_accuracy) == (12.5, 0.9)
     assert RoutingHints.from_parameters({"quiver.latency_budget_ms": 8}, deadline_ms=500).latency_budget_ms == 8
+
+
+def test_a_variant_that_failed_is_passed_over_while_it_cools_down() -> None:
+    measured = VariantStats(prior_ms=5.0, cooldown_s=5.0)
+    measured.started()
+    measured.finished(None, now=100.0)  # no replica answered at t=100
+    assert measured.cooling(now=102.0) and not measured.cooling(now=105.5)
+    assert measured.in_flight == 0 and measured.latency_ms == 5.0
+
+
+def test_the_dispatcher_routes_around_a_failed_variant_until_it_cools_down() -> None:
+    manifest = Manifest.model_validate({
+        "name": "m", "version": "1", "default_variant": "a",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+        "variants": [{"name": name, "file": "m.onnx", "sha256": "0" * 64} for name in ("a", "b")],
+    })
+    version = ModelVersion(manifest, Path("."))
+    # Handles are never called here: choosing is all this test exercises.
+    routes = RouteTable(VariantRoute(version, variant, handle=None) for variant in manifest.variants)
+    readiness = Readiness(routes, poll=lambda: {app_name(version, v) for v in manifest.variants})
+    asyncio.run(readiness.refresh())
+    now = [0.0]
+    dispatcher = Dispatcher(RouterMetrics(), readiness, clock=lambda: now[0])
+    target = routes.lookup("m")
+    assert dispatcher.choose(target, RoutingHints()).variant == "a"
+
+    failed = dispatcher.stats(target.variants["a"])
+    failed.started()
+    failed.finished(None, now=0.0)
+    now[0] = 1.0
+    assert dispatcher.choose(target, RoutingHints()) == Decision("b", "most-accurate")
+    # Pinned, or with nothing else to try, the cooling variant still serves.
+    assert dispatcher.choose(target, RoutingHints(variant="a")).variant == "a"
+    assert dispatcher.choose(target, RoutingHints(), excluded=frozenset({"b"})).variant == "a"
+    now[0] = 6.0
+    assert dispatcher.choose(target, RoutingHints()) == Decision("a", "default")

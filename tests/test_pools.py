@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +71,13 @@ def test_replicas_stay_on_their_pools_and_losing_the_gpu_pool_loses_no_request(t
             threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
             for thread in threads:
                 thread.start()
-            _wait_for(lambda: sum(variant == "fp16" for _, _, variant in outcomes) >= 20, 60)
+            def state() -> dict:
+                return dict(Counter((status, variant) for _, status, variant in outcomes))
+
+            _wait_for(lambda: sum(variant == "fp16" for _, _, variant in outcomes) >= 20, 60, state)
             removed_at = time.monotonic()
             cluster.remove_node(gpu_node)
-            _wait_for(lambda: sum(t > removed_at + 5 and variant == "fp32" for t, _, variant in outcomes) >= 20, 120)
+            _wait_for(lambda: sum(t > removed_at + 5 and variant == "fp32" for t, _, variant in outcomes) >= 20, 120, state)
             stop.set()
             for thread in threads:
                 thread.join(60)
@@ -87,8 +91,8 @@ def test_replicas_stay_on_their_pools_and_losing_the_gpu_pool_loses_no_request(t
         cluster.shutdown()
 
 
-def _wait_for(condition, timeout_s: float) -> None:
+def _wait_for(condition, timeout_s: float, state) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out; answers so far (status, variant): {state()}"
         time.sleep(0.1)

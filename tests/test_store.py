@@ -46,6 +46,14 @@ def test_a_valid_manifest_gets_its_defaults() -> None:
         ({"default_variant": "int8"}, "default_variant 'int8' is not one of variants ['fp32']"),
         ({"version": "1/../2"}, "version"),
         ({"variants": []}, "variants"),
+        (
+            {"variants": [{"name": "a", "file": "m", "sha256": SHA, "replicas": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}]},
+            "min_replicas (3) is above max_replicas (2)",
+        ),
+        (
+            {"variants": [{"name": "a", "file": "m", "sha256": SHA, "replicas": {"count": 5, "autoscaling": {"max_replicas": 4}}}]},
+            "count (5) must lie within autoscaling.min_replicas (1) and autoscaling.max_replicas (4)",
+        ),
     ],
 )
 def test_invalid_manifests_are_refused_naming_the_field(changes: dict, message: str) -> None:
