@@ -6,9 +6,11 @@ Public face: `optimize(OptimizeSettings)` and the choices it takes. Used by `qui
 
 from .datasets import Dataset, DatasetError, load_dataset
 from .measure import Metric, SpeedBudget
-from .pipeline import OptimizeError, OptimizeSettings, Outcome, Result, VariantKind, default_variants, optimize
+from .pipeline import default_variants, optimize
+from .results import Outcome, Result
+from .settings import OptimizeError, OptimizeSettings, VariantKind
 from .quantize import Calibration, StaticQuantization
-from .training_options import Training
+from .settings import Training
 
 __all__ = [
     "Calibration",

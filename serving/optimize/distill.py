@@ -17,7 +17,7 @@ from torch.nn import functional
 from ..manifest import Manifest
 from .datasets import Dataset
 from .training import export, fit, shrink, to_torch
-from .training_options import Training
+from .settings import Training
 
 
 def distill(

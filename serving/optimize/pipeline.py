@@ -7,88 +7,23 @@ version directory appears in the store at once and complete (a rename), or not a
 
 from __future__ import annotations
 
-import enum
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
-from ..manifest import Device, Manifest, Metrics, Precision, Variant
+from ..manifest import Manifest, Variant
 from ..store import MANIFEST_FILE, from_onnx_file, sha256_file
 from .datasets import Dataset, load_dataset
 from .fp16 import convert_fp16
 from .fp32 import optimize_graph
-from .measure import Metric, SpeedBudget, measure, outputs_on, score, session
-from .quantize import StaticQuantization, quantize_int8_dynamic, quantize_int8_static
-from .training_options import Training
-
-
-class VariantKind(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8_DYNAMIC = "int8-dynamic"
-    INT8_STATIC = "int8-static"
-    PRUNED = "pruned"
-    DISTILLED = "distilled"
-
-    @property
-    def precision(self) -> Precision:
-        return {VariantKind.FP16: Precision.FP16, VariantKind.INT8_DYNAMIC: Precision.INT8,
-                VariantKind.INT8_STATIC: Precision.INT8}.get(self, Precision.FP32)
-
-    @property
-    def device(self) -> Device:
-        return Device.GPU if self is VariantKind.FP16 else Device.CPU
-
-
-class OptimizeError(Exception):
-    """The request cannot be carried out; nothing was written to the store."""
-
-
-@dataclass(frozen=True)
-class OptimizeSettings:
-    model: Path
-    name: str
-    version: str
-    store: Path
-    eval: Path
-    calibration: Path | None = None
-    variants: tuple[VariantKind, ...] | None = None  # None: the defaults for the model's kind
-    max_accuracy_drop: float = 0.01
-    metric: Metric = Metric.TOP1
-    output: str | None = None  # the output to evaluate; the model's first by default
-    static: StaticQuantization = field(default_factory=StaticQuantization)
-    # pruned and distilled: data to train on (inputs, optional labels); distillation falls back
-    # to the calibration inputs, the teacher supplying the targets.
-    train: Path | None = None
-    prune_ratio: float = 0.5
-    student_width: float = 0.5
-    student: Path | None = None  # a user's student model instead of a narrower teacher copy
-    training: Training = field(default_factory=Training)
-    speed: SpeedBudget = field(default_factory=SpeedBudget)
-    force: bool = False
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One variant's result, published or not, and why."""
-
-    kind: VariantKind
-    published: bool
-    reason: str
-    size_bytes: int = 0
-    metrics: Metrics | None = None
-
-
-@dataclass(frozen=True)
-class Result:
-    manifest: Manifest
-    directory: Path
-    reference_score: float
-    outcomes: list[Outcome]
+from .measure import Metric, measure, outputs_on, score, session
+from .quantize import quantize_int8_dynamic, quantize_int8_static
+from .report import write_report
+from .results import Outcome, Result
+from .settings import OptimizeError, OptimizeSettings, VariantKind
 
 
 # Called as each step starts: (stage, variant).
@@ -149,8 +84,6 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
                 (scratch / f"{outcome.kind.value}.onnx").unlink(missing_ok=True)
         (scratch / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
         result = Result(manifest, target, reference_score, outcomes)
-        from .report import write_report  # plotting libraries load only when there is a report to draw
-
         write_report(result, settings, scratch)
         _move_into_place(scratch, target)
         return result

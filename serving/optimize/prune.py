@@ -14,7 +14,7 @@ from torch.nn import functional
 from ..manifest import Manifest
 from .datasets import Dataset
 from .training import export, fit, shrink, to_torch
-from .training_options import Training
+from .settings import Training
 
 
 def prune(source: Path, target: Path, signature: Manifest, ratio: float, train: Dataset | None, options: Training) -> Path:

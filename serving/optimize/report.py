@@ -6,10 +6,9 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .pipeline import OptimizeSettings, Result
+from .results import Result
+from .settings import OptimizeSettings
 
 REPORT_FILE, PLOT_FILE, PAGE_FILE = "report.json", "accuracy_latency.png", "report.html"
 

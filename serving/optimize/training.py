@@ -20,7 +20,7 @@ from torch import nn
 
 from ..manifest import Manifest
 from .datasets import Dataset
-from .training_options import Training
+from .settings import Training
 
 # Layers whose outputs can be thinned; the last of them produces the model's outputs and keeps its width.
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

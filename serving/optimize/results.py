@@ -1,0 +1,28 @@
+"""What one run of the pipeline produced: each variant's outcome, and the published manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..manifest import Manifest, Metrics
+from .settings import VariantKind
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One variant's result, published or not, and why."""
+
+    kind: VariantKind
+    published: bool
+    reason: str
+    size_bytes: int = 0
+    metrics: Metrics | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    manifest: Manifest
+    directory: Path
+    reference_score: float
+    outcomes: list[Outcome]

@@ -1,0 +1,69 @@
+"""What `quiver optimize` is asked to do: the variant kinds and the settings of one run."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..manifest import Device, Precision
+from .measure import Metric, SpeedBudget
+from .quantize import StaticQuantization
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the pruned and distilled variants train."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    temperature: float = 4.0  # distillation: how much the teacher's outputs are softened
+    label_weight: float = 0.5  # distillation: share of cross-entropy on labels, when there are labels
+    seed: int = 0
+
+
+class VariantKind(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8_DYNAMIC = "int8-dynamic"
+    INT8_STATIC = "int8-static"
+    PRUNED = "pruned"
+    DISTILLED = "distilled"
+
+    @property
+    def precision(self) -> Precision:
+        return {VariantKind.FP16: Precision.FP16, VariantKind.INT8_DYNAMIC: Precision.INT8,
+                VariantKind.INT8_STATIC: Precision.INT8}.get(self, Precision.FP32)
+
+    @property
+    def device(self) -> Device:
+        return Device.GPU if self is VariantKind.FP16 else Device.CPU
+
+
+class OptimizeError(Exception):
+    """The request cannot be carried out; nothing was written to the store."""
+
+
+@dataclass(frozen=True)
+class OptimizeSettings:
+    model: Path
+    name: str
+    version: str
+    store: Path
+    eval: Path
+    calibration: Path | None = None
+    variants: tuple[VariantKind, ...] | None = None  # None: the defaults for the model's kind
+    max_accuracy_drop: float = 0.01
+    metric: Metric = Metric.TOP1
+    output: str | None = None  # the output to evaluate; the model's first by default
+    static: StaticQuantization = field(default_factory=StaticQuantization)
+    # pruned and distilled: data to train on (inputs, optional labels); distillation falls back
+    # to the calibration inputs, the teacher supplying the targets.
+    train: Path | None = None
+    prune_ratio: float = 0.5
+    student_width: float = 0.5
+    student: Path | None = None  # a user's student model instead of a narrower teacher copy
+    training: Training = field(default_factory=Training)
+    speed: SpeedBudget = field(default_factory=SpeedBudget)
+    force: bool = False
