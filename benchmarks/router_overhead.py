@@ -94,10 +94,10 @@ def serve_handle(version, x: np.ndarray, seconds: float, concurrency: int, max_o
             variant = variant.model_copy(update={"replicas": variant.replicas.model_copy(update={"max_ongoing_requests": limit})})
             handle = deploy(version, variant)
 
-            async def call() -> object:
+            async def call(handle=handle) -> object:
                 return await handle.infer.remote({"input": x})
 
-            async def run() -> list[dict]:
+            async def run(limit: int = limit) -> list[dict]:
                 await closed_loop(call, 1.0, 1)  # warm-up
                 return [
                     summary(f"serve handle, {c} in flight, max_ongoing {limit}", *await closed_loop(call, seconds, c))
