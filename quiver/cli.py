@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Imported here: the router's generated protobuf module must stay out of processes that
     # only optimize (and of test processes, which load tritonclient's copy of the protocol).
     from quiver.embedded import ServeSettings, serve_locally
-    from quiver.router import RouterSettings
+    from quiver.router import RouterSettings, TlsSettings
 
     router = RouterSettings(
         host=args.host,
@@ -29,7 +30,15 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         dispatch_timeout_s=args.dispatch_timeout_s,
         traffic_file=args.traffic_file,
+        tls=TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        token_file=args.token_file,
     )
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
+        print("quiver: --tls-cert and --tls-key go together (and --tls-client-ca needs them)", file=sys.stderr)
+        return 2
+    if router.tls is None and not args.insecure and not _loopback(args.host):
+        print(f"quiver: refusing plaintext on {args.host}: give --tls-cert/--tls-key, or --insecure", file=sys.stderr)
+        return 2
     return serve_locally(
         ServeSettings(
             model=args.model,
@@ -40,6 +49,13 @@ def _serve(args: argparse.Namespace) -> int:
             router=router,
         )
     )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -75,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
         "--dispatch-timeout-s", type=float, default=30.0, help="longest wait for a variant before another is tried"
     )
     serve.add_argument("--traffic-file", type=Path, help="JSON version weights per model, re-read when it changes")
+    serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path, help="CA whose client certificates are required (mTLS)")
+    serve.add_argument("--token-file", type=Path, help="bearer tokens and their models, re-read when it changes")
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow plaintext on a non-loopback address (loopback is always allowed)"
+    )
     serve.add_argument("--address", help="join this running Ray cluster instead of starting a local instance")
     serve.add_argument("--pools", help="comma-separated pools of the local node (default: cpu, plus gpu when there is one)")
 

@@ -143,6 +143,10 @@ async def _wait_until_ready(router: Router, routes: RouteTable, timeout_s: float
 
 
 async def _run_router(routes: RouteTable, settings: ServeSettings) -> int:
+    if settings.router.tls is None:
+        logger.warning("serving plaintext gRPC on %s: no TLS", settings.router.host)
+    if settings.router.token_file is None:
+        logger.warning("no --token-file: every caller may use every model")
     router = Router(routes, settings.router)
     port = await router.start()
     stop = asyncio.Event()

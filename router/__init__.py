@@ -16,6 +16,7 @@ _PUBLIC = {
     "VersionRoutes": "routes",
     "Router": "server",
     "RouterSettings": "server",
+    "TlsSettings": "server",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
+from .auth import Authenticator
 from .dispatch import Dispatcher
 from .metrics import RouterMetrics
 from .readiness import Readiness
@@ -33,6 +34,21 @@ INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Server certificate and key (PEM); with a client CA, clients must present a certificate it signed (mTLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     host: str = "127.0.0.1"
     port: int = 8001
@@ -43,6 +59,8 @@ class RouterSettings:
     metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; None: not served
     dispatch_timeout_s: float = 30.0  # longest wait for a variant before trying another
     traffic_file: Path | None = None  # version weights, watched (see router/traffic.py)
+    tls: TlsSettings | None = None  # None: plaintext
+    token_file: Path | None = None  # bearer tokens and their models, watched (see router/auth.py); None: no auth
 
 
 class Router:
@@ -60,9 +78,10 @@ class Router:
         self.metrics = RouterMetrics()
         self.readiness = Readiness(routes)
         self.traffic = Traffic(routes.models(), settings.traffic_file)
+        self.auth = Authenticator(settings.token_file)
         dispatcher = Dispatcher(self.metrics, self.readiness, settings.dispatch_timeout_s)
         servicer = InferenceServicer(
-            routes, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes
+            routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
@@ -77,11 +96,16 @@ class Router:
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self._server.add_insecure_port(address)
+        if self.settings.tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, self.settings.tls.credentials())
         await self.readiness.refresh()
         self.traffic.reload()
+        self.auth.file.reload()
         self._tasks.append(asyncio.create_task(self.readiness.watch(), name="quiver-readiness"))
-        self._tasks.append(asyncio.create_task(self.traffic.watch(), name="quiver-traffic"))
+        self._tasks.append(asyncio.create_task(self.traffic.file.watch(), name="quiver-traffic"))
+        self._tasks.append(asyncio.create_task(self.auth.file.watch(), name="quiver-tokens"))
         await self._server.start()
         if self.settings.metrics_port is not None:
             self._metrics_server = self.metrics.serve(self.settings.host, self.settings.metrics_port)

@@ -1,7 +1,7 @@
 """The GRPCInferenceService servicer: thin methods that decode, validate, dispatch and encode.
 
-All policy lives elsewhere (routes, codec, dispatch); errors become statuses in one place,
-`_answering_errors`, so a bad request fails alone and the server keeps serving.
+All policy lives elsewhere (routes, codec, dispatch); tokens are checked and errors become
+statuses in one place, `_rpc`, so a bad request fails alone and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,6 +18,7 @@ from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from . import codec
+from .auth import Authenticator
 from .dispatch import Dispatcher
 from .errors import NotFound, RouterError, status_of
 from .hints import RoutingHints
@@ -32,26 +33,36 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 Method = Callable[["InferenceServicer", Request, grpc.aio.ServicerContext], Awaitable[Response]]
 
+# Who may call a method: anyone (probes), any valid token, or a token scoped to the request's model.
+OPEN, ANY_MODEL = "open", "any-model"
+Scope = str | Callable[[Any], str]
 
-def _answering_errors(method: Method) -> Method:
-    @functools.wraps(method)
-    async def wrapper(self: InferenceServicer, request: Request, context: grpc.aio.ServicerContext) -> Response:
-        try:
-            return await method(self, request, context)
-        except RouterError as exc:
-            code, message = status_of(exc)
-        except Exception:
-            logger.exception("%s failed", method.__name__)
-            code, message = status_of(Exception())
-        await context.abort(code, message)
 
-    return wrapper
+def _rpc(scope: Scope) -> Callable[[Method], Method]:
+    def decorate(method: Method) -> Method:
+        @functools.wraps(method)
+        async def wrapper(self: InferenceServicer, request: Request, context: grpc.aio.ServicerContext) -> Response:
+            try:
+                if scope != OPEN:
+                    self._auth.check(context.invocation_metadata() or (), None if scope == ANY_MODEL else scope(request))
+                return await method(self, request, context)
+            except RouterError as exc:
+                code, message = status_of(exc)
+            except Exception:
+                logger.exception("%s failed", method.__name__)
+                code, message = status_of(Exception())
+            await context.abort(code, message)
+
+        return wrapper
+
+    return decorate
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
         routes: RouteTable,
+        auth: Authenticator,
         traffic: Traffic,
         readiness: Readiness,
         dispatcher: Dispatcher,
@@ -59,23 +70,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         max_request_bytes: int,
     ) -> None:
         self._routes = routes
+        self._auth = auth
         self._traffic = traffic
         self._readiness = readiness
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._max_request_bytes = max_request_bytes
 
-    @_answering_errors
+    @_rpc(OPEN)
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @_answering_errors
+    @_rpc(OPEN)
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
         # Ready when every model version has a variant that can answer.
         versions = [self._routes.lookup(model, v) for model, vs in self._routes.models().items() for v in vs]
         return pb.ServerReadyResponse(ready=bool(versions) and all(map(self._readiness.version_ready, versions)))
 
-    @_answering_errors
+    @_rpc(lambda request: request.name)
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         # An unknown model is simply not ready (as Triton answers), so probes need no special case.
         try:
@@ -84,13 +96,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self._readiness.version_ready(version))
 
-    @_answering_errors
+    @_rpc(ANY_MODEL)
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="quiver", version=__version__, extensions=[])
 
-    @_answering_errors
+    @_rpc(lambda request: request.name)
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
@@ -103,7 +115,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[codec.tensor_metadata(spec) for spec in manifest.outputs],
         )
 
-    @_answering_errors
+    @_rpc(lambda request: request.model_name)
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
             chosen = request.model_version or self._traffic.pick(request.model_name)

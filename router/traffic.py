@@ -13,17 +13,14 @@ names a version that is not deployed is refused with a logged error and the old 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
-logger = logging.getLogger(__name__)
+from .watched import WatchedFile
 
 Weight = Annotated[int, Field(ge=0, le=1_000_000)]
 
@@ -49,48 +46,29 @@ class TrafficSplit(BaseModel):
 
 
 class Traffic:
-    """The current split, and a watcher that replaces it when its file changes."""
+    """The current split, replaced when its file changes."""
 
     def __init__(self, deployed: Mapping[str, list[str]], path: Path | None = None, rng: random.Random | None = None) -> None:
-        self._deployed = deployed
-        self._path = path
         self._rng = rng or random.Random()
-        self._split = TrafficSplit()
-        self._stamp: tuple[int, int] | None = None
+
+        def parse(content: bytes) -> TrafficSplit:
+            split = TrafficSplit.model_validate_json(content)
+            split.check_against(deployed)
+            return split
+
+        self.file = WatchedFile(path, parse, TrafficSplit(), "traffic split")
 
     @property
     def split(self) -> TrafficSplit:
-        return self._split
+        return self.file.value
 
     def pick(self, model: str) -> str:
         """A version for a request that names none ("" when the model has no weights: the newest)."""
-        weights = self._split.models.get(model)
+        weights = self.split.models.get(model)
         if not weights:
             return ""
         versions, shares = zip(*weights.items())
         return self._rng.choices(versions, weights=shares)[0]
 
     def reload(self) -> bool:
-        """Read the file if it changed; returns whether a new split took effect."""
-        if self._path is None:
-            return False
-        try:
-            stat = self._path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            if stamp == self._stamp:
-                return False
-            self._stamp = stamp
-            split = TrafficSplit.model_validate_json(self._path.read_bytes())
-            split.check_against(self._deployed)
-        except (OSError, ValidationError, ValueError) as exc:
-            logger.error("traffic file %s refused, keeping the current split: %s", self._path, exc)
-            return False
-        self._split = split  # one assignment: a request sees the old split or the new one, whole
-        logger.warning("traffic split now %s", split.models)
-        return True
-
-    async def watch(self, interval_s: float = 0.25) -> None:
-        """Re-read the file whenever it changes (a named task the router cancels on stop)."""
-        while True:
-            await asyncio.sleep(interval_s)
-            self.reload()
+        return self.file.reload()
