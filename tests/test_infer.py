@@ -208,17 +208,18 @@ def test_a_new_traffic_split_takes_effect_under_load_within_a_second(
     client: triton.InferenceServerClient, traffic_file: Path
 ) -> None:
     _, tensors = pair_inputs(1)
-    answers: list[tuple[float, str]] = []  # (time answered, version or status)
+    answers: list[tuple[float, str]] = []  # (time sent, version or status)
     stop = threading.Event()
 
     def load() -> None:
         for _ in range(5000):  # bounded; stopped sooner
             if stop.is_set():
                 return
+            sent = time.monotonic()
             try:
-                answers.append((time.monotonic(), client.infer("pair", tensors).get_response().model_version))
+                answers.append((sent, client.infer("pair", tensors).get_response().model_version))
             except triton.InferenceServerException as exc:
-                answers.append((time.monotonic(), exc.status()))
+                answers.append((sent, exc.status()))
 
     threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
     try:
