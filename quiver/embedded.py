@@ -24,6 +24,7 @@ from pathlib import Path
 
 from quiver.router import RouteTable, Router, RouterSettings, VariantRoute
 from quiver.serving import (
+    IntegrityError,
     ModelVersion,
     StoreError,
     app_name,
@@ -33,7 +34,9 @@ from quiver.serving import (
     load_store,
     node_resources,
     pools_with_nodes,
+    variant_bytes,
 )
+from quiver.serving.crypto import read_key
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +49,15 @@ class ServeSettings:
     pools: tuple[str, ...] | None = None  # pools the local node belongs to; None: cpu (+ gpu if present)
     num_cpus: int | None = None
     ready_timeout_s: float = 300.0
+    model_key: Path | None = None  # decrypts variants encrypted at rest
     router: RouterSettings = field(default_factory=RouterSettings)
 
 
 def serve_locally(settings: ServeSettings) -> int:
     with tempfile.TemporaryDirectory(prefix="quiver-") as scratch:
         try:
-            versions = _model_versions(settings, Path(scratch))
-        except StoreError as exc:
+            versions = _verified(_model_versions(settings, Path(scratch)), settings.model_key)
+        except (StoreError, OSError, ValueError) as exc:
             print(f"quiver: {exc}", file=sys.stderr)
             return 2
         routes = _start_ray_and_deploy(versions, settings)
@@ -69,6 +73,24 @@ def _model_versions(settings: ServeSettings, scratch: Path) -> list[ModelVersion
     if settings.model.is_dir():
         return load_store(settings.model)
     return [from_onnx_file(settings.model, name=settings.name)]
+
+
+def _verified(versions: list[ModelVersion], key_file: Path | None) -> list[ModelVersion]:
+    """The versions whose every variant checks out (digest, decryption); the others are refused
+    with a logged reason and not deployed, while the rest serve."""
+    key = read_key(key_file) if key_file else None
+    accepted = []
+    for version in versions:
+        try:
+            for variant in version.manifest.variants:
+                variant_bytes(version, variant, key)
+        except IntegrityError as exc:
+            logger.error("refusing %s: %s", version.key, exc)
+            continue
+        accepted.append(version)
+    if not accepted:
+        raise StoreError("no model version passed its integrity checks")
+    return accepted
 
 
 def local_pools() -> tuple[str, ...]:
@@ -108,7 +130,7 @@ def _start_ray_and_deploy(versions: list[ModelVersion], settings: ServeSettings)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # The router is the only ingress: Serve's own HTTP/gRPC proxies would be a second door.
     serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
-    handles = deploy_all(versions)
+    handles = deploy_all(versions, settings.model_key)
     return RouteTable(
         VariantRoute(version, variant, handles[app_name(version, variant)])
         for version in versions
@@ -134,7 +156,11 @@ async def _wait_until_ready(router: Router, routes: RouteTable, timeout_s: float
     while True:
         await router.readiness.refresh()
         present = await asyncio.to_thread(pools_with_nodes)
-        waiting = [route for route in router.readiness.pending() if route.variant.pool in present]
+        waiting = [
+            route
+            for route in router.readiness.pending()
+            if route.variant.pool in present and not router.readiness.failed(route)
+        ]
         if not waiting:
             return router.readiness.pending()
         if time.monotonic() > deadline:
@@ -160,7 +186,10 @@ async def _run_router(routes: RouteTable, settings: ServeSettings) -> int:
         await router.stop()
         return 1
     for route in pending:
-        logger.warning("%s variant %s waits for a node of pool %r", route.version.key, route.variant.name, route.variant.pool)
+        if router.readiness.failed(route):
+            logger.error("%s variant %s could not start: see its replica's log", route.version.key, route.variant.name)
+        else:
+            logger.warning("%s variant %s waits for a node of pool %r", route.version.key, route.variant.name, route.variant.pool)
     models = ",".join(f"{name}:{'|'.join(versions)}" for name, versions in routes.models().items())
     metrics = f" metrics=http://{settings.router.host}:{router.metrics_port}/metrics" if router.metrics_port else ""
     print(f"ready: {settings.router.host}:{port} models={models}{metrics}", flush=True)

@@ -1,8 +1,8 @@
 """Which variants can answer now: those whose Serve application has all its replicas up.
 
 Polled from Serve in the background (a status call is a round trip to the Serve controller,
-too slow for the request path). A variant whose pool has no nodes stays not ready, and the
-policy routes around it.
+too slow for the request path). A variant whose pool has no nodes stays not ready, and one
+whose replicas could not start (a refused model file) is failed; the policy routes around both.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from quiver.serving import app_name, running_applications
+from quiver.serving import app_name, application_states
 
 from .routes import RouteTable, VariantRoute, VersionRoutes
 
@@ -20,15 +20,18 @@ logger = logging.getLogger(__name__)
 
 class Readiness:
     def __init__(
-        self, routes: RouteTable, poll: Callable[[], set[str]] = running_applications, interval_s: float = 1.0
+        self, routes: RouteTable, poll: Callable[[], dict[str, str]] = application_states, interval_s: float = 1.0
     ) -> None:
         self._routes = routes
         self._poll = poll
         self._interval_s = interval_s
-        self._running: set[str] = set()
+        self._states: dict[str, str] = {}
 
     def ready(self, route: VariantRoute) -> bool:
-        return app_name(route.version, route.variant) in self._running
+        return self._states.get(app_name(route.version, route.variant)) == "RUNNING"
+
+    def failed(self, route: VariantRoute) -> bool:
+        return self._states.get(app_name(route.version, route.variant)) == "DEPLOY_FAILED"
 
     def version_ready(self, version: VersionRoutes) -> bool:
         return any(self.ready(route) for route in version.variants.values())
@@ -37,7 +40,7 @@ class Readiness:
         return [route for route in self._routes.routes() if not self.ready(route)]
 
     async def refresh(self) -> None:
-        self._running = await asyncio.to_thread(self._poll)
+        self._states = await asyncio.to_thread(self._poll)
 
     async def watch(self) -> None:
         """Refresh forever (a named task the router cancels on stop)."""

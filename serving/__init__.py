@@ -4,11 +4,12 @@ The public face other packages use; `serving` never imports `router`.
 """
 
 from .datatypes import Datatype
-from .deployment import InferenceResult, VariantReplica, app_name, deploy, deploy_all, running_applications
+from .deployment import InferenceResult, VariantReplica, app_name, application_states, deploy, deploy_all
 from .example import build_example, example_version
 from .manifest import Autoscaling, Batching, Device, Manifest, Metrics, Precision, Replicas, TensorSpec, Variant
 from .pools import node_resources, pool_resource, pools_with_nodes
-from .runtime import InferenceError, IntegrityError, ModelRuntime
+from .integrity import IntegrityError, variant_bytes
+from .runtime import InferenceError, ModelRuntime
 from .store import ModelVersion, StoreError, from_onnx_file, load_store, read_version, write_version
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Variant",
     "VariantReplica",
     "app_name",
+    "application_states",
     "build_example",
     "deploy",
     "deploy_all",
@@ -40,6 +42,6 @@ __all__ = [
     "pool_resource",
     "pools_with_nodes",
     "read_version",
-    "running_applications",
+    "variant_bytes",
     "write_version",
 ]

@@ -11,6 +11,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, groupby
+from pathlib import Path
 
 import numpy as np
 from ray import serve
@@ -18,6 +19,8 @@ from ray.serve import Application, RunTarget
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
+from .crypto import read_key
+from .integrity import variant_bytes
 from .manifest import Variant
 from .pools import REPLICA_SHARE, pool_resource
 from .runtime import InferenceError, ModelRuntime
@@ -39,12 +42,14 @@ class InferenceResult:
 class VariantReplica:
     """A replica of one variant: verifies and loads the model, then serves `infer` calls."""
 
-    def __init__(self, version: ModelVersion, variant_name: str) -> None:
+    def __init__(self, version: ModelVersion, variant_name: str, key_file: Path | None = None) -> None:
         manifest = version.manifest
         variant = manifest.variant(variant_name)
+        # The key file, not the key, travels in the deployment's arguments: Ray keeps those.
+        key = read_key(key_file) if key_file and variant.encryption else None
         self._runtime = ModelRuntime(
-            version.path(variant),
-            variant.sha256,
+            variant_bytes(version, variant, key),
+            f"{version.key}/{variant.name}",
             manifest.inputs,
             device=variant.device,
             cpus=variant.replicas.num_cpus,
@@ -118,7 +123,7 @@ def app_name(version: ModelVersion, variant: Variant) -> str:
     return f"{version.manifest.name}.{version.manifest.version}.{variant.name}"
 
 
-def application(version: ModelVersion, variant: Variant) -> Application:
+def application(version: ModelVersion, variant: Variant, key_file: Path | None = None) -> Application:
     """A variant as a Serve application, its replicas placed on its pool's nodes only."""
     replicas = variant.replicas
     scaling = replicas.autoscaling
@@ -138,19 +143,19 @@ def application(version: ModelVersion, variant: Variant) -> Application:
         },
         # One log line per request would cost more than the request.
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
-    ).bind(version, variant.name)
+    ).bind(version, variant.name, key_file)
 
 
-def deploy(version: ModelVersion, variant: Variant) -> DeploymentHandle:
+def deploy(version: ModelVersion, variant: Variant, key_file: Path | None = None) -> DeploymentHandle:
     """Deploy (or update) one variant; returns once its replicas are up."""
-    return serve.run(application(version, variant), name=app_name(version, variant), route_prefix=None)
+    return serve.run(application(version, variant, key_file), name=app_name(version, variant), route_prefix=None)
 
 
-def deploy_all(versions: list[ModelVersion]) -> dict[str, DeploymentHandle]:
+def deploy_all(versions: list[ModelVersion], key_file: Path | None = None) -> dict[str, DeploymentHandle]:
     """Deploy every variant at once without waiting for replicas: a variant whose pool has no
     nodes stays pending while the others serve. Returns handles by application name."""
     targets = [
-        RunTarget(application(version, variant), name=app_name(version, variant), route_prefix=None)
+        RunTarget(application(version, variant, key_file), name=app_name(version, variant), route_prefix=None)
         for version in versions
         for variant in version.manifest.variants
     ]
@@ -158,6 +163,6 @@ def deploy_all(versions: list[ModelVersion]) -> dict[str, DeploymentHandle]:
     return {target.name: handle for target, handle in zip(targets, handles)}
 
 
-def running_applications() -> set[str]:
-    """Names of the Serve applications whose replicas are all up."""
-    return {name for name, app in serve.status().applications.items() if app.status == ApplicationStatus.RUNNING}
+def application_states() -> dict[str, str]:
+    """Every Serve application's status (RUNNING, DEPLOYING, DEPLOY_FAILED, ...) by name."""
+    return {name: ApplicationStatus(app.status).value for name, app in serve.status().applications.items()}

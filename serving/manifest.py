@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -122,6 +122,8 @@ class Variant(_Spec):
     batching: Batching = Batching()
     replicas: Replicas = Replicas()
     metrics: Metrics | None = None
+    # "aes-256-gcm": the file is encrypted at rest (serving/crypto.py); replicas need the key.
+    encryption: Literal["aes-256-gcm"] | None = None
 
     @model_validator(mode="after")
     def _file_stays_inside_version(self) -> Variant:

@@ -6,10 +6,8 @@ sees it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -24,10 +22,6 @@ logger = logging.getLogger(__name__)
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-class IntegrityError(Exception):
-    """A variant file does not match the sha256 its manifest declares; nothing was loaded."""
-
-
 class InferenceError(Exception):
     """ONNX Runtime refused to run a request (its message names the problem)."""
 
@@ -37,17 +31,13 @@ class ModelRuntime:
 
     def __init__(
         self,
-        path: Path,
-        sha256: str,
+        model: bytes,
+        name: str,
         inputs: list[TensorSpec],
         device: Device = Device.CPU,
         cpus: float = 1.0,
     ) -> None:
-        model = path.read_bytes()
-        # Hash the bytes we load, not the file: nothing can change between check and load.
-        actual = hashlib.sha256(model).hexdigest()
-        if actual != sha256:
-            raise IntegrityError(f"{path}: sha256 is {actual}, the manifest expects {sha256}")
+        """`model`: the ONNX bytes, already verified (serving/integrity.py); `name` is for logs."""
 
         options = ort.SessionOptions()
         # One replica owns `cpus` cores; more threads than that only contend.
@@ -61,7 +51,7 @@ class ModelRuntime:
         self._session = ort.InferenceSession(model, sess_options=options, providers=wanted)
         self.providers: list[str] = self._session.get_providers()
         if device is Device.GPU and not set(_GPU_PROVIDERS) & set(self.providers):
-            logger.warning("%s: no GPU execution provider could start; running on CPU", path.name)
+            logger.warning("%s: no GPU execution provider could start; running on CPU", name)
         self._inputs = inputs
         self.output_names: list[str] = [output.name for output in self._session.get_outputs()]
         self.warm_up()

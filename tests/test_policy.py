@@ -168,7 +168,7 @@ def test_the_dispatcher_routes_around_a_failed_variant_until_it_cools_down() -> 
     version = ModelVersion(manifest, Path("."))
     # Handles are never called here: choosing is all this test exercises.
     routes = RouteTable(VariantRoute(version, variant, handle=None) for variant in manifest.variants)
-    readiness = Readiness(routes, poll=lambda: {app_name(version, v) for v in manifest.variants})
+    readiness = Readiness(routes, poll=lambda: {app_name(version, v): "RUNNING" for v in manifest.variants})
     asyncio.run(readiness.refresh())
     now = [0.0]
     dispatcher = Dispatcher(RouterMetrics(), readiness, clock=lambda: now[0])

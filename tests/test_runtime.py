@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quiver.serving import Device, InferenceError, IntegrityError, ModelRuntime, from_onnx_file
+from quiver.serving import Device, InferenceError, IntegrityError, ModelRuntime, from_onnx_file, variant_bytes
 
 from .models import build_pair, reference
 
@@ -19,8 +19,7 @@ def pair(tmp_path: Path):
 
 
 def runtime(version, **kwargs) -> ModelRuntime:
-    variant = version.manifest.default
-    return ModelRuntime(version.path(variant), variant.sha256, version.manifest.inputs, **kwargs)
+    return ModelRuntime(variant_bytes(version, version.manifest.default), version.key, version.manifest.inputs, **kwargs)
 
 
 def test_outputs_equal_onnxruntime_run_directly(pair) -> None:
@@ -35,7 +34,7 @@ def test_outputs_equal_onnxruntime_run_directly(pair) -> None:
 def test_a_tampered_file_is_refused_before_loading(pair) -> None:
     path = pair.path(pair.manifest.default)
     path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(IntegrityError, match="sha256 is .*, the manifest expects"):
+    with pytest.raises(IntegrityError, match="pair:1 variant 'fp32': .* has sha256 .*, the manifest expects"):
         runtime(pair)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import onnx
 
+from .. import crypto
+from ..crypto import read_key
 from ..manifest import Manifest, Variant
 from ..store import MANIFEST_FILE, from_onnx_file, sha256_file
 from .datasets import Dataset, load_dataset
@@ -78,10 +80,11 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
                 continue
             progress("measure", kind.value)
             outcomes.append(_gate(kind, path, settings, eval_set, output, reference, reference_score))
-        manifest = _manifest(source, outcomes, scratch)
         for outcome in outcomes:
             if not outcome.published:
                 (scratch / f"{outcome.kind.value}.onnx").unlink(missing_ok=True)
+        key = read_key(settings.encrypt_key) if settings.encrypt_key else None
+        manifest = _manifest(source, outcomes, scratch, key)
         (scratch / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
         result = Result(manifest, target, reference_score, outcomes)
         write_report(result, settings, scratch)
@@ -137,20 +140,24 @@ def _gate(
     return Outcome(kind, True, f"drop {metrics.accuracy_drop:.4f} ≤ {settings.max_accuracy_drop}", size, metrics)
 
 
-def _manifest(source: Manifest, outcomes: list[Outcome], directory: Path) -> Manifest:
-    variants = [
-        Variant(
-            name=outcome.kind.value,
-            precision=outcome.kind.precision,
-            file=f"{outcome.kind.value}.onnx",
-            sha256=sha256_file(directory / f"{outcome.kind.value}.onnx"),
-            pool=outcome.kind.device.value,
-            device=outcome.kind.device,
-            metrics=outcome.metrics,
+def _manifest(source: Manifest, outcomes: list[Outcome], directory: Path, key: bytes | None) -> Manifest:
+    variants = []
+    for outcome in outcomes:
+        if not outcome.published:
+            continue
+        file = _publish(directory, source, outcome.kind.value, key)
+        variants.append(
+            Variant(
+                name=outcome.kind.value,
+                precision=outcome.kind.precision,
+                file=file,
+                sha256=sha256_file(directory / file),
+                pool=outcome.kind.device.value,
+                device=outcome.kind.device,
+                metrics=outcome.metrics,
+                encryption=crypto.ALGORITHM if key else None,
+            )
         )
-        for outcome in outcomes
-        if outcome.published
-    ]
     if not variants:
         reasons = "; ".join(f"{o.kind.value}: {o.reason}" for o in outcomes)
         raise OptimizeError(f"no variant passed the gate, nothing published ({reasons})")
@@ -164,6 +171,17 @@ def _manifest(source: Manifest, outcomes: list[Outcome], directory: Path) -> Man
         variants=variants,
         default_variant=default,
     )
+
+
+def _publish(directory: Path, source: Manifest, variant: str, key: bytes | None) -> str:
+    """The variant's file name in the version directory, encrypted in place when there is a key."""
+    plain = directory / f"{variant}.onnx"
+    if key is None:
+        return plain.name
+    sealed = plain.with_name(plain.name + ".enc")
+    sealed.write_bytes(crypto.encrypt(plain.read_bytes(), key, crypto.associated_data(source.name, source.version, variant)))
+    plain.unlink()
+    return sealed.name
 
 
 def _move_into_place(scratch: Path, target: Path) -> None:

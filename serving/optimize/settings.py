@@ -67,3 +67,4 @@ class OptimizeSettings:
     training: Training = field(default_factory=Training)
     speed: SpeedBudget = field(default_factory=SpeedBudget)
     force: bool = False
+    encrypt_key: Path | None = None  # published variants written AES-256-GCM encrypted with this key
