@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
             pools=tuple(args.pools.split(",")) if args.pools else None,
             num_cpus=args.num_cpus,
             model_key=args.model_key,
+            verify_keys=tuple(args.verify_key),
             router=router,
         )
     )
@@ -95,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     serve.add_argument("--tls-client-ca", type=Path, help="CA whose client certificates are required (mTLS)")
+    serve.add_argument(
+        "--verify-key", type=Path, action="append", default=[],
+        help="EC public key (PEM); when given, only versions signed by one of these keys load (repeatable)",
+    )
     serve.add_argument("--model-key", type=Path, help="32-byte key file that decrypts variants encrypted at rest")
     serve.add_argument("--token-file", type=Path, help="bearer tokens and their models, re-read when it changes")
     serve.add_argument(

@@ -36,6 +36,7 @@ from quiver.serving import (
     pools_with_nodes,
     variant_bytes,
 )
+from quiver.serving import signing
 from quiver.serving.crypto import read_key
 
 logger = logging.getLogger(__name__)
@@ -50,13 +51,14 @@ class ServeSettings:
     num_cpus: int | None = None
     ready_timeout_s: float = 300.0
     model_key: Path | None = None  # decrypts variants encrypted at rest
+    verify_keys: tuple[Path, ...] = ()  # when given, every version must carry a signature one of them verifies
     router: RouterSettings = field(default_factory=RouterSettings)
 
 
 def serve_locally(settings: ServeSettings) -> int:
     with tempfile.TemporaryDirectory(prefix="quiver-") as scratch:
         try:
-            versions = _verified(_model_versions(settings, Path(scratch)), settings.model_key)
+            versions = _verified(_model_versions(settings, Path(scratch)), settings.model_key, settings.verify_keys)
         except (StoreError, OSError, ValueError) as exc:
             print(f"quiver: {exc}", file=sys.stderr)
             return 2
@@ -75,13 +77,15 @@ def _model_versions(settings: ServeSettings, scratch: Path) -> list[ModelVersion
     return [from_onnx_file(settings.model, name=settings.name)]
 
 
-def _verified(versions: list[ModelVersion], key_file: Path | None) -> list[ModelVersion]:
-    """The versions whose every variant checks out (digest, decryption); the others are refused
+def _verified(versions: list[ModelVersion], key_file: Path | None, verify_keys: tuple[Path, ...]) -> list[ModelVersion]:
+    """The versions that check out (signature, digests, decryption); the others are refused
     with a logged reason and not deployed, while the rest serve."""
     key = read_key(key_file) if key_file else None
     accepted = []
     for version in versions:
         try:
+            if verify_keys:
+                signing.verify(version.directory, list(verify_keys), version.key)
             for variant in version.manifest.variants:
                 variant_bytes(version, variant, key)
         except IntegrityError as exc:

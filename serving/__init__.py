@@ -3,6 +3,7 @@
 The public face other packages use; `serving` never imports `router`.
 """
 
+from . import signing
 from .datatypes import Datatype
 from .deployment import InferenceResult, VariantReplica, app_name, application_states, deploy, deploy_all
 from .example import build_example, example_version
@@ -42,6 +43,7 @@ __all__ = [
     "pool_resource",
     "pools_with_nodes",
     "read_version",
+    "signing",
     "variant_bytes",
     "write_version",
 ]

@@ -13,7 +13,10 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 
-from quiver.serving import IntegrityError, build_example, read_version, variant_bytes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from quiver.serving import IntegrityError, build_example, read_version, signing, variant_bytes
 from quiver.serving.optimize import OptimizeSettings, SpeedBudget, VariantKind, optimize
 
 from .serverproc import quiver_serve
@@ -22,14 +25,23 @@ KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 
 
-def encrypted_store(tmp_path: Path, name: str = "secret", version: str = "1") -> Path:
+def signing_keys(directory: Path, name: str) -> tuple[Path, Path]:
+    """An EC key pair as PEM files: (private, public)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def encrypted_store(tmp_path: Path, name: str = "secret", version: str = "1", sign_key: Path | None = None) -> Path:
     model = build_example(tmp_path / "example.onnx")
     np.savez(tmp_path / "eval.npz", input=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
     (tmp_path / "model.key").write_text(KEY.hex())
     optimize(OptimizeSettings(
         model=model, name=name, version=version, store=tmp_path / "store", eval=tmp_path / "eval.npz",
         variants=(VariantKind.FP32,), speed=SpeedBudget(seconds=0.05, max_runs=20, throughput_batch=8),
-        encrypt_key=tmp_path / "model.key", force=True,
+        encrypt_key=tmp_path / "model.key", sign_key=sign_key, force=True,
     ))
     return tmp_path / "store"
 
@@ -84,14 +96,38 @@ def test_a_refused_variant_names_its_model_and_loads_nothing(tmp_path: Path, att
         variant_bytes(version, version.manifest.variant("fp32"), key)
 
 
-def test_a_refused_version_stays_out_and_the_good_one_serves(tmp_path: Path) -> None:
-    store = encrypted_store(tmp_path)
-    shutil.copytree(store / "secret/1", store / "secret/2")
-    manifest = json.loads((store / "secret/2/manifest.json").read_text())
-    manifest["version"] = "2"  # version 2 carries version 1's ciphertext: bound to "1", refused
-    (store / "secret/2/manifest.json").write_text(json.dumps(manifest))
+@pytest.mark.parametrize("attack", ["none", "changed file", "added file", "unsigned", "signed by another key"])
+def test_signatures_are_verified_before_anything_loads(tmp_path: Path, attack: str) -> None:
+    private, public = signing_keys(tmp_path, "ours")
+    other_private, _ = signing_keys(tmp_path, "theirs")
+    store = encrypted_store(tmp_path, sign_key=other_private if attack == "signed by another key" else private)
+    version_dir = store / "secret/1"
+    if attack == "changed file":
+        (version_dir / "report.json").write_text("{}")
+    elif attack == "added file":
+        (version_dir / "extra.onnx").write_bytes(b"onnx")
+    elif attack == "unsigned":
+        (version_dir / signing.SIGNATURE_FILE).unlink()
+    if attack == "none":
+        signing.verify(version_dir, [public], "secret:1")
+        return
+    expected = "is not signed" if attack == "unsigned" else "signature not verified"
+    with pytest.raises(IntegrityError, match=f"secret:1.*{expected}"):
+        signing.verify(version_dir, [public], "secret:1")
+
+
+def test_refused_versions_stay_out_and_the_good_one_serves(tmp_path: Path) -> None:
+    private, public = signing_keys(tmp_path, "ours")
+    store = encrypted_store(tmp_path, sign_key=private)
+    for version in ("2", "3"):
+        # A copy of version 1 relabelled: its ciphertext stays bound to version 1.
+        shutil.copytree(store / "secret/1", store / f"secret/{version}")
+        manifest = json.loads((store / f"secret/{version}/manifest.json").read_text())
+        manifest["version"] = version
+        (store / f"secret/{version}/manifest.json").write_text(json.dumps(manifest))
+    signing.sign(store / "secret/3", private)  # version 3 is re-signed: only decryption can object
     x = np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)
-    with quiver_serve(str(store), "--model-key", str(tmp_path / "model.key")) as server:
+    with quiver_serve(str(store), "--model-key", str(tmp_path / "model.key"), "--verify-key", str(public)) as server:
         assert server.models == "secret:1"
         client = triton.InferenceServerClient(server.address)
         tensor = triton.InferInput("input", [3, 64], "FP32")
@@ -102,5 +138,6 @@ def test_a_refused_version_stays_out_and_the_good_one_serves(tmp_path: Path) -> 
     source = ort.InferenceSession(str(tmp_path / "example.onnx")).run(None, {"input": x})[0]
     np.testing.assert_allclose(output, source, rtol=0, atol=1e-5)
     log = server.log()
-    assert "refusing secret:2: secret:2 variant 'fp32': cannot decrypt" in log
+    assert "refusing secret:2: secret:2: signature not verified" in log
+    assert "refusing secret:3: secret:3 variant 'fp32': cannot decrypt" in log
     assert KEY.hex() not in log and KEY.hex().upper() not in log

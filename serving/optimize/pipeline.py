@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from .. import crypto
+from .. import crypto, signing
 from ..crypto import read_key
 from ..manifest import Manifest, Variant
 from ..store import MANIFEST_FILE, from_onnx_file, sha256_file
@@ -88,6 +88,8 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
         (scratch / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
         result = Result(manifest, target, reference_score, outcomes)
         write_report(result, settings, scratch)
+        if settings.sign_key:
+            signing.sign(scratch, settings.sign_key)
         _move_into_place(scratch, target)
         return result
     finally:

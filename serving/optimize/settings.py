@@ -68,3 +68,4 @@ class OptimizeSettings:
     speed: SpeedBudget = field(default_factory=SpeedBudget)
     force: bool = False
     encrypt_key: Path | None = None  # published variants written AES-256-GCM encrypted with this key
+    sign_key: Path | None = None  # EC private key (PEM) that signs the version directory
