@@ -18,10 +18,10 @@ import numpy as np
 from ray import exceptions as ray_errors
 from ray.serve import exceptions as serve_errors
 
-from quiver.serving import InferenceError, InferenceResult
+from quiver.serving import DeadlinePassed, InferenceError, InferenceResult
 
 from . import policy
-from .errors import InvalidArgument, Unavailable
+from .errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from .hints import RoutingHints
 from .metrics import RouterMetrics
 from .readiness import Readiness
@@ -68,10 +68,12 @@ class Dispatcher:
         key = (route.manifest.name, route.manifest.version, route.variant.name)
         if key not in self._stats:
             measured = route.variant.metrics
+            replicas = route.variant.replicas
             self._stats[key] = VariantStats(
-                replicas=route.variant.replicas.count,
+                replicas=replicas.count,
                 batch_size=route.variant.batching.max_batch_size,
                 prior_ms=measured.p50_ms if measured else 1.0,
+                queue_limit=replicas.count * replicas.max_queued_requests,
             )
         return self._stats[key]
 
@@ -97,11 +99,34 @@ class Dispatcher:
         except Unavailable:
             return policy.choose(self.candidates(version, skip_cooling=False), default, hints, excluded)
 
-    async def infer(self, version: VersionRoutes, hints: RoutingHints, inputs: dict[str, np.ndarray]) -> Served:
+    def admit(self, version: VersionRoutes, hints: RoutingHints) -> policy.Decision:
+        """The policy's pick if its queue has room for the request's priority; else the next
+        allowed variant that has room ("spill-over"); else the request is shed."""
         decision = self.choose(version, hints)
+        full: set[str] = set()
+        while not self.stats(version.variants[decision.variant]).admits(hints.priority):
+            full.add(decision.variant)
+            try:
+                decision = policy.Decision(self.choose(version, hints, frozenset(full)).variant, "spill-over")
+            except (policy.NoVariantFits, Unavailable, NotFound):
+                stats = self.stats(version.variants[decision.variant])
+                raise ResourceExhausted(
+                    f"model {version.manifest.name!r}: every variant that may serve this request is at its queue limit",
+                    retry_after_ms=max(1, round(stats.predicted_ms())),
+                ) from None
+            if hints.variant is not None:
+                break
+        return decision
+
+    async def infer(
+        self, version: VersionRoutes, hints: RoutingHints, inputs: dict[str, np.ndarray], deadline_s: float | None = None
+    ) -> Served:
+        """Serve one request; `deadline_s` is the time it has left (None: no deadline)."""
+        expires = None if deadline_s is None else self._clock() + deadline_s
+        decision = self.admit(version, hints)
         route = version.variants[decision.variant]
         try:
-            return Served(await self._call(route, inputs, decision.reason), route, decision.reason)
+            return Served(await self._call(route, inputs, decision.reason, expires), route, decision.reason)
         except Unavailable:
             if hints.variant is not None:
                 raise
@@ -111,20 +136,27 @@ class Dispatcher:
         except (policy.NoVariantFits, Unavailable):
             retry = decision
         route = version.variants[retry.variant]
-        return Served(await self._call(route, inputs, "retry"), route, "retry")
+        return Served(await self._call(route, inputs, "retry", expires), route, "retry")
 
-    async def _call(self, route: VariantRoute, inputs: dict[str, np.ndarray], reason: str) -> InferenceResult:
+    async def _call(
+        self, route: VariantRoute, inputs: dict[str, np.ndarray], reason: str, expires: float | None
+    ) -> InferenceResult:
         labels = (route.manifest.name, route.manifest.version, route.variant.name, route.variant.pool)
+        start = self._clock()
+        left = None if expires is None else expires - start
+        if left is not None and left <= 0:
+            self._metrics.requests.labels(*labels, grpc.StatusCode.DEADLINE_EXCEEDED.name).inc()
+            raise DeadlineExceeded("the deadline passed before the request was dispatched")
         stats = self.stats(route)
         self._metrics.decisions.labels(*labels, reason).inc()
         in_flight = self._metrics.in_flight.labels(*labels)
         stats.started()
         in_flight.inc()
-        start = self._clock()
         code, elapsed_ms, failed_at = grpc.StatusCode.INTERNAL, None, None
-        response = route.handle.infer.remote(inputs)
+        # The replica learns the deadline in wall-clock time: it runs in another process, maybe on another node.
+        response = route.handle.infer.remote(inputs, None if left is None else time.time() + left)
         try:
-            result = await asyncio.wait_for(response, self._timeout_s)
+            result = await asyncio.wait_for(response, self._timeout_s if left is None else min(left, self._timeout_s))
             code, elapsed_ms = grpc.StatusCode.OK, 1000 * (self._clock() - start)
             self._metrics.latency.labels(*labels).observe(elapsed_ms / 1000)
             self._metrics.batch_requests.labels(*labels).observe(result.batch_requests)
@@ -133,7 +165,18 @@ class Dispatcher:
             # Ray re-raises the replica's exception as a subclass of it (RayTaskError).
             code = grpc.StatusCode.INVALID_ARGUMENT
             raise InvalidArgument(f"model {route.manifest.name!r} rejected the input: {_cause(exc)}") from exc
-        except (*_REPLICA_LOST, TimeoutError) as exc:
+        except DeadlinePassed as exc:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            raise DeadlineExceeded("the deadline passed while the request waited for its batch") from exc
+        except TimeoutError as exc:
+            response.cancel()
+            if left is not None and left <= self._timeout_s:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                raise DeadlineExceeded(f"no answer from variant {route.variant.name!r} within the deadline") from exc
+            code, failed_at = grpc.StatusCode.UNAVAILABLE, self._clock()
+            logger.warning("%s variant %s did not answer in %.0f s", route.version.key, route.variant.name, self._timeout_s)
+            raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
+        except _REPLICA_LOST as exc:
             code, failed_at = grpc.StatusCode.UNAVAILABLE, self._clock()
             response.cancel()
             logger.warning("%s variant %s did not answer: %r", route.version.key, route.variant.name, exc)

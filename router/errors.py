@@ -13,6 +13,8 @@ class RouterError(Exception):
     """An error the client is told about, with its message."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # When set, sent as `grpc-retry-pushback-ms`: gRPC's own hint for when to try again.
+    retry_after_ms: int | None = None
 
 
 class NotFound(RouterError):
@@ -31,6 +33,22 @@ class Unavailable(RouterError):
     """No replica could answer: it died, or the deployment is down."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(RouterError):
+    """The request's deadline passed before it could be answered; its work was not started."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResourceExhausted(RouterError):
+    """Every variant that may serve the request is at its queue limit: shed, not queued."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

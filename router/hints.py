@@ -18,6 +18,7 @@ PRECISION = "quiver.precision"
 POOL = "quiver.pool"
 LATENCY_BUDGET_MS = "quiver.latency_budget_ms"
 MIN_ACCURACY = "quiver.min_accuracy"
+PRIORITY = "quiver.priority"
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class RoutingHints:
     pool: str | None = None
     latency_budget_ms: float | None = None
     min_accuracy: float | None = None  # against the manifest's measured accuracy
+    priority: int = 0  # below 0: shed first; above 0: shed last
 
     @property
     def constrained(self) -> bool:
@@ -46,6 +48,7 @@ class RoutingHints:
             pool=_text(parameters, POOL),
             latency_budget_ms=budget,
             min_accuracy=_number(parameters, MIN_ACCURACY, minimum=0.0),
+            priority=_priority(parameters),
         )
 
 
@@ -70,3 +73,15 @@ def _number(parameters: Mapping[str, object], key: str, minimum: float) -> float
     if number is None or number != number or number < minimum:
         raise InvalidArgument(f"parameter {key!r} must be a number ≥ {minimum:g}, got {value!r}")
     return number
+
+
+def _priority(parameters: Mapping[str, object]) -> int:
+    value = parameters.get(PRIORITY, 0)
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"parameter {PRIORITY!r} must be an integer, got {value!r}")
+    return value

@@ -20,7 +20,7 @@ from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from . import codec
 from .auth import Authenticator
 from .dispatch import Dispatcher
-from .errors import NotFound, RouterError, status_of
+from .errors import DeadlineExceeded, NotFound, RouterError, status_of
 from .hints import RoutingHints
 from .metrics import RouterMetrics
 from .readiness import Readiness
@@ -48,6 +48,8 @@ def _rpc(scope: Scope) -> Callable[[Method], Method]:
                 return await method(self, request, context)
             except RouterError as exc:
                 code, message = status_of(exc)
+                if exc.retry_after_ms is not None:
+                    context.set_trailing_metadata((("grpc-retry-pushback-ms", str(exc.retry_after_ms)),))
             except Exception:
                 logger.exception("%s failed", method.__name__)
                 code, message = status_of(Exception())
@@ -122,13 +124,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             version = self._routes.lookup(request.model_name, chosen)
             parameters = {key: codec.parameter_value(value) for key, value in request.parameters.items()}
             remaining_s = context.time_remaining()
+            if remaining_s is not None and remaining_s <= 0:
+                raise DeadlineExceeded("the deadline passed before the request was read")
             hints = RoutingHints.from_parameters(parameters, None if remaining_s is None else 1000 * remaining_s)
             inputs = codec.decode_inputs(request, version.manifest, self._max_request_bytes)
             names = codec.requested_outputs(request, version.manifest)
         except RouterError as exc:
             self._metrics.rejected.labels(request.model_name, exc.code.name).inc()
             raise
-        served = await self._dispatcher.infer(version, hints, inputs)
+        served = await self._dispatcher.infer(version, hints, inputs, remaining_s)
         return codec.encode_response(
             request,
             version.manifest,

@@ -19,6 +19,8 @@ class VariantStats:
     alpha: float = 0.2  # weight of the newest sample
     # Queued work beyond this many full batches per replica counts as saturated.
     saturation_batches: float = 2.0
+    # Requests in flight beyond which this variant sheds load (normal priority).
+    queue_limit: int = 256
     # After a call finds no replica, the variant is passed over this long (when others can serve).
     cooldown_s: float = 5.0
     in_flight: int = 0
@@ -54,6 +56,12 @@ class VariantStats:
 
     def cooling(self, now: float) -> bool:
         return self.failed_at is not None and now - self.failed_at < self.cooldown_s
+
+    def admits(self, priority: int) -> bool:
+        """Whether one more request of this priority may queue: low priority is shed at half
+        the limit, high priority is let through up to one and a half times it."""
+        share = 0.5 if priority < 0 else 1.5 if priority > 0 else 1.0
+        return self.in_flight < share * self.queue_limit
 
     @property
     def saturated(self) -> bool:

@@ -5,7 +5,7 @@ The public face other packages use; `serving` never imports `router`.
 
 from . import signing
 from .datatypes import Datatype
-from .deployment import InferenceResult, VariantReplica, app_name, application_states, deploy, deploy_all
+from .deployment import DeadlinePassed, InferenceResult, VariantReplica, app_name, application_states, deploy, deploy_all
 from .example import build_example, example_version
 from .manifest import Autoscaling, Batching, Device, Manifest, Metrics, Precision, Replicas, TensorSpec, Variant
 from .pools import node_resources, pool_resource, pools_with_nodes
@@ -17,6 +17,7 @@ __all__ = [
     "Autoscaling",
     "Batching",
     "Datatype",
+    "DeadlinePassed",
     "Device",
     "InferenceError",
     "InferenceResult",

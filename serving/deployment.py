@@ -8,6 +8,7 @@ ONNX Runtime call, and split back. The router calls `infer` through a Deployment
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, groupby
@@ -27,6 +28,20 @@ from .runtime import InferenceError, ModelRuntime
 from .store import ModelVersion
 
 Tensors = dict[str, np.ndarray]
+
+
+class DeadlinePassed(Exception):
+    """The request's deadline passed while it waited for a batch: its work was not started."""
+
+
+@dataclass(frozen=True)
+class _Queued:
+    inputs: Tensors
+    deadline: float | None  # wall-clock (time.time()) seconds
+
+    @property
+    def rows(self) -> int:
+        return _rows(self.inputs)
 
 
 @dataclass(frozen=True)
@@ -62,24 +77,29 @@ class VariantReplica:
         # gather while this one computes. One thread, because batches run one at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
 
-    async def infer(self, inputs: Tensors) -> InferenceResult:
+    async def infer(self, inputs: Tensors, deadline: float | None = None) -> InferenceResult:
+        """Run one request; `deadline` (time.time() seconds) skips it if it passes while queued."""
         rows = _rows(inputs)
         if not self._batchable or rows > self._max_rows:
             return InferenceResult(await self._run(inputs), batch_requests=1, batch_rows=rows)
-        result = await self._infer_batch(inputs)
-        if isinstance(result, InferenceError):
+        result = await self._infer_batch(_Queued(inputs, deadline))
+        if isinstance(result, Exception):
             raise result
         return result
 
     # Sizes are set per variant in __init__; batch_size_fn makes them count rows, not requests.
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=lambda batch: sum(map(_rows, batch)))
-    async def _infer_batch(self, requests: list[Tensors]) -> list[InferenceResult | InferenceError]:
-        results: list[InferenceResult | InferenceError] = [None] * len(requests)  # type: ignore[list-item]
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=lambda batch: sum(q.rows for q in batch))
+    async def _infer_batch(self, queued: list[_Queued]) -> list[InferenceResult | Exception]:
+        now = time.time()
+        results: list[InferenceResult | Exception] = [
+            DeadlinePassed("the deadline passed before the request's batch started") for _ in queued
+        ]
+        live = [i for i, item in enumerate(queued) if item.deadline is None or item.deadline > now]
         # Only requests whose non-batch dimensions agree can share one run.
-        order = sorted(range(len(requests)), key=lambda i: _signature(requests[i]))
-        for _, group in groupby(order, key=lambda i: _signature(requests[i])):
+        live.sort(key=lambda i: _signature(queued[i].inputs))
+        for _, group in groupby(live, key=lambda i: _signature(queued[i].inputs)):
             indices = list(group)
-            for index, result in zip(indices, await self._run_group([requests[i] for i in indices])):
+            for index, result in zip(indices, await self._run_group([queued[i].inputs for i in indices])):
                 results[index] = result
         return results
 

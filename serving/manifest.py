@@ -83,6 +83,9 @@ class Replicas(_Spec):
     # Serve queues at most this many requests per replica before the caller waits; it must
     # be well above the batch size or Serve's backpressure caps the batches.
     max_ongoing_requests: Annotated[int, Field(ge=1, le=100_000)] = 1024
+    # The router sheds load beyond this many requests in flight per replica (RESOURCE_EXHAUSTED
+    # with a retry hint) rather than queueing without bound.
+    max_queued_requests: Annotated[int, Field(ge=1, le=100_000)] = 256
     # When set, Serve scales between its bounds and `count` is where it starts.
     autoscaling: Autoscaling | None = None
 

@@ -240,3 +240,24 @@ def test_a_new_traffic_split_takes_effect_under_load_within_a_second(
     after_second = [v for t, v in answers if t > changes[1] + 1]
     assert during_first and set(during_first) == {"1"}
     assert after_second and set(after_second) == {"2"}
+
+
+def test_an_expired_deadline_comes_back_on_time_and_the_server_serves_on(client: triton.InferenceServerClient) -> None:
+    tensor = triton.InferInput("input", [64, 64], "FP32")
+    tensor.set_data_from_numpy(example_input(64))
+
+    def with_deadline(seconds: float) -> tuple[str, float]:
+        start = time.monotonic()
+        try:
+            client.infer("example", [tensor], client_timeout=seconds)
+            status = "OK"
+        except triton.InferenceServerException as exc:
+            status = exc.status()
+        return status, time.monotonic() - start
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(with_deadline, [0.002] * 64))
+    assert {status for status, _ in outcomes} <= {"OK", "StatusCode.DEADLINE_EXCEEDED"}
+    assert any(status == "StatusCode.DEADLINE_EXCEEDED" for status, _ in outcomes)
+    assert max(elapsed for status, elapsed in outcomes if status != "OK") < 0.5
+    assert with_deadline(30)[0] == "OK"

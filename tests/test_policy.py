@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from quiver.router.dispatch import Dispatcher
-from quiver.router.errors import InvalidArgument, NotFound, Unavailable
+from quiver.router.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from quiver.router.hints import RoutingHints
 from quiver.router.metrics import RouterMetrics
 from quiver.router.policy import Candidate, Decision, NoVariantFits, choose
@@ -185,3 +185,55 @@ def test_the_dispatcher_routes_around_a_failed_variant_until_it_cools_down() -> 
     assert dispatcher.choose(target, RoutingHints(), excluded=frozenset({"b"})).variant == "a"
     now[0] = 6.0
     assert dispatcher.choose(target, RoutingHints()) == Decision("a", "default")
+
+
+def _two_variant_dispatcher(queue_limit: int) -> tuple[Dispatcher, object]:
+    manifest = Manifest.model_validate({
+        "name": "m", "version": "1", "default_variant": "a",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+        "variants": [
+            {"name": name, "file": "m.onnx", "sha256": "0" * 64, "replicas": {"max_queued_requests": queue_limit}}
+            for name in ("a", "b")
+        ],
+    })
+    version = ModelVersion(manifest, Path("."))
+    routes = RouteTable(VariantRoute(version, variant, handle=None) for variant in manifest.variants)
+    readiness = Readiness(routes, poll=lambda: {app_name(version, v): "RUNNING" for v in manifest.variants})
+    asyncio.run(readiness.refresh())
+    return Dispatcher(RouterMetrics(), readiness), routes.lookup("m")
+
+
+def fill(dispatcher: Dispatcher, target, variant: str, requests: int) -> None:
+    for _ in range(requests):
+        dispatcher.stats(target.variants[variant]).started()
+
+
+def test_a_full_queue_spills_over_then_sheds_with_a_retry_hint() -> None:
+    dispatcher, target = _two_variant_dispatcher(queue_limit=4)
+    fill(dispatcher, target, "a", 4)
+    assert dispatcher.admit(target, RoutingHints()) == Decision("b", "spill-over")
+    fill(dispatcher, target, "b", 4)
+    with pytest.raises(ResourceExhausted, match="at its queue limit") as error:
+        dispatcher.admit(target, RoutingHints())
+    assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.value.retry_after_ms >= 1
+
+
+def test_low_priority_is_shed_first_and_high_priority_last() -> None:
+    dispatcher, target = _two_variant_dispatcher(queue_limit=4)
+    fill(dispatcher, target, "a", 2)
+    fill(dispatcher, target, "b", 2)  # both half full
+    with pytest.raises(ResourceExhausted):
+        dispatcher.admit(target, RoutingHints(priority=-1))
+    assert dispatcher.admit(target, RoutingHints()).variant == "a"
+    fill(dispatcher, target, "a", 3)
+    fill(dispatcher, target, "b", 3)  # both past their limit of 4, below 1.5 × 4
+    assert dispatcher.admit(target, RoutingHints(priority=1)).variant == "a"
+    with pytest.raises(ResourceExhausted):
+        dispatcher.admit(target, RoutingHints())
+
+
+def test_priority_must_be_an_integer() -> None:
+    assert RoutingHints.from_parameters({"quiver.priority": "-2"}).priority == -2
+    with pytest.raises(InvalidArgument, match="'quiver.priority' must be an integer"):
+        RoutingHints.from_parameters({"quiver.priority": "urgent"})
