@@ -9,11 +9,16 @@ import sys
 from pathlib import Path
 
 from quiver import __version__
+from quiver.router.logcontext import RequestIdFilter
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [request %(request_id)s]: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("quiver").setLevel(args.log_level)  # ours only: Ray's and gRPC's debug output is its own
     return args.run(args)
 
 
@@ -69,11 +74,13 @@ def _optimize(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quiver", description=__doc__)
     parser.add_argument("--version", action="version", version=f"quiver {__version__}")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
         "serve",
+        parents=[common],
         help="serve a model on a local Ray instance (router → Ray Serve replicas)",
         description="Serve MODEL.onnx or every model version in STORE_DIR; with neither, the bundled example model.",
     )
@@ -112,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
     optimize = commands.add_parser(
         "optimize",
+        parents=[common],
         help="make measured, accuracy-gated variants of an ONNX model in a store",
         description="Build variants of MODEL.onnx, measure them on an eval set, publish those within the accuracy limit.",
     )

@@ -148,6 +148,7 @@ class Dispatcher:
             self._metrics.requests.labels(*labels, grpc.StatusCode.DEADLINE_EXCEEDED.name).inc()
             raise DeadlineExceeded("the deadline passed before the request was dispatched")
         stats = self.stats(route)
+        logger.debug("dispatching to %s variant %s (%s)", route.version.key, route.variant.name, reason)
         self._metrics.decisions.labels(*labels, reason).inc()
         in_flight = self._metrics.in_flight.labels(*labels)
         stats.started()

@@ -22,6 +22,7 @@ from .auth import Authenticator
 from .dispatch import Dispatcher
 from .errors import DeadlineExceeded, NotFound, RouterError, status_of
 from .hints import RoutingHints
+from .logcontext import begin_request
 from .metrics import RouterMetrics
 from .readiness import Readiness
 from .routes import RouteTable
@@ -51,7 +52,7 @@ def _rpc(scope: Scope) -> Callable[[Method], Method]:
                 if exc.retry_after_ms is not None:
                     context.set_trailing_metadata((("grpc-retry-pushback-ms", str(exc.retry_after_ms)),))
             except Exception:
-                logger.exception("%s failed", method.__name__)
+                logger.exception("%s failed", method.__name__)  # the record carries the request id
                 code, message = status_of(Exception())
             await context.abort(code, message)
 
@@ -119,6 +120,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc(lambda request: request.model_name)
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        begin_request(request.id)
         try:
             chosen = request.model_version or self._traffic.pick(request.model_name)
             version = self._routes.lookup(request.model_name, chosen)
