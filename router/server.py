@@ -2,7 +2,8 @@
 
 Runs in any process that is a Ray driver on a node with a raylet (`quiver serve` locally;
 router pods that are Ray nodes on a cluster). `Router.start` binds and serves; `Router.stop`
-turns health to NOT_SERVING first, then drains in-flight requests within the grace period.
+turns health to NOT_SERVING first, keeps serving for a short drain delay, then stops taking
+requests and finishes those in flight within the grace period.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class RouterSettings:
     # (RESOURCE_EXHAUSTED) before they are read, with a little room for the envelope.
     max_request_bytes: int = 64 << 20
     grace_period_s: float = 10.0
+    # After health turns NOT_SERVING the router keeps taking requests this long, so that load
+    # balancers notice before the listener closes: calls that arrived but were not picked up
+    # yet would otherwise be cancelled by the server's stop.
+    drain_delay_s: float = 1.0
     metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; None: not served
     dispatch_timeout_s: float = 30.0  # longest wait for a variant before trying another
     traffic_file: Path | None = None  # version weights, watched (see router/traffic.py)
@@ -121,6 +126,7 @@ class Router:
     async def stop(self) -> None:
         # Probes see NOT_SERVING before the listener goes, so traffic moves away first.
         await self._health.enter_graceful_shutdown()
+        await asyncio.sleep(self.settings.drain_delay_s)
         await self._server.stop(self.settings.grace_period_s)
         for task in self._tasks:
             task.cancel()
