@@ -21,7 +21,7 @@ from ray.serve import exceptions as serve_errors
 from quiver.serving import DeadlinePassed, InferenceError, InferenceResult
 
 from . import policy
-from .errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from .hints import RoutingHints
 from .metrics import RouterMetrics
 from .readiness import Readiness
@@ -106,17 +106,20 @@ class Dispatcher:
         full: set[str] = set()
         while not self.stats(version.variants[decision.variant]).admits(hints.priority):
             full.add(decision.variant)
-            try:
-                decision = policy.Decision(self.choose(version, hints, frozenset(full)).variant, "spill-over")
-            except (policy.NoVariantFits, Unavailable, NotFound):
-                stats = self.stats(version.variants[decision.variant])
+            spill = None if hints.variant is not None else self._spill(version, hints, frozenset(full))
+            if spill is None:
                 raise ResourceExhausted(
                     f"model {version.manifest.name!r}: every variant that may serve this request is at its queue limit",
-                    retry_after_ms=max(1, round(stats.predicted_ms())),
-                ) from None
-            if hints.variant is not None:
-                break
+                    retry_after_ms=max(1, round(self.stats(version.variants[decision.variant]).predicted_ms())),
+                )
+            decision = spill
         return decision
+
+    def _spill(self, version: VersionRoutes, hints: RoutingHints, full: frozenset[str]) -> policy.Decision | None:
+        try:
+            return policy.Decision(self.choose(version, hints, full).variant, "spill-over")
+        except (policy.NoVariantFits, Unavailable):
+            return None
 
     async def infer(
         self, version: VersionRoutes, hints: RoutingHints, inputs: dict[str, np.ndarray], deadline_s: float | None = None

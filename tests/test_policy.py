@@ -213,6 +213,8 @@ def test_a_full_queue_spills_over_then_sheds_with_a_retry_hint() -> None:
     dispatcher, target = _two_variant_dispatcher(queue_limit=4)
     fill(dispatcher, target, "a", 4)
     assert dispatcher.admit(target, RoutingHints()) == Decision("b", "spill-over")
+    with pytest.raises(ResourceExhausted):  # pinned to the full variant: shed, not moved
+        dispatcher.admit(target, RoutingHints(variant="a"))
     fill(dispatcher, target, "b", 4)
     with pytest.raises(ResourceExhausted, match="at its queue limit") as error:
         dispatcher.admit(target, RoutingHints())
