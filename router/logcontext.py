@@ -2,7 +2,7 @@
 
 The servicer sets it per call (the request's `id`, or a fresh one); a logging filter copies it
 onto each record, so a line about a lost replica or a refused input names the request it
-concerns. Lines written outside a request carry "-".
+concerns. Lines written outside a request carry none.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ def begin_request(request_id: str) -> str:
 
 
 class RequestIdFilter(logging.Filter):
+    """Sets `record.request` to " [request <id>]" while a request is served, "" otherwise."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = REQUEST_ID.get()
+        request_id = REQUEST_ID.get()
+        record.request = "" if request_id == "-" else f" [request {request_id}]"
         return True
