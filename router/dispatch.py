@@ -1,8 +1,10 @@
-"""Dispatch: choose a variant by policy, call it through its Serve handle, retry once elsewhere.
+"""Dispatch: admit a request, choose its variant by policy, call it, retry once elsewhere.
 
-The router's one wrapper around Ray: Ray's and Serve's exceptions are translated here into
-the router's taxonomy, so nothing above this module knows Ray exists. It also keeps each
-variant's live statistics (the policy's input) and the metrics that export them.
+Admission sheds load when every allowed variant's queue is full (RESOURCE_EXHAUSTED with a
+retry hint); the call goes through the variant's Serve handle, bounded by the request's
+deadline. This is the router's one wrapper around Ray: Ray's and Serve's exceptions are
+translated here into the router's taxonomy, so nothing above this module knows Ray exists.
+It also keeps each variant's live statistics (the policy's input) and the metrics that export them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Served:
 
 
 class Dispatcher:
+    """Admits, routes and sends each request; owns every variant's live statistics."""
+
     def __init__(
         self,
         metrics: RouterMetrics,
