@@ -21,8 +21,8 @@ from quiver.serving.optimize import (
     StaticQuantization,
     Training,
     VariantKind,
-    default_variants,
     optimize,
+    variant_kinds,
 )
 
 
@@ -89,7 +89,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     )
     console = Console(stderr=True)
     try:
-        kinds = settings.variants or default_variants(settings.model, settings.calibration is not None, settings.train is not None)
+        kinds = variant_kinds(settings)
         with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
                       console=console, transient=False) as bars:
             stages = {

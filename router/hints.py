@@ -30,10 +30,6 @@ class RoutingHints:
     min_accuracy: float | None = None  # against the manifest's measured accuracy
     priority: int = 0  # below 0: shed first; above 0: shed last
 
-    @property
-    def constrained(self) -> bool:
-        return any(value is not None for value in (self.precision, self.pool, self.min_accuracy))
-
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, object], deadline_ms: float | None = None) -> RoutingHints:
         budget = _number(parameters, LATENCY_BUDGET_MS, minimum=0.0)

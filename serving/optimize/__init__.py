@@ -6,7 +6,7 @@ Public face: `optimize(OptimizeSettings)` and the choices it takes. Used by `qui
 
 from .datasets import Dataset, DatasetError, load_dataset
 from .measure import Metric, SpeedBudget
-from .pipeline import default_variants, optimize
+from .pipeline import default_variants, optimize, variant_kinds
 from .results import Outcome, Result
 from .settings import OptimizeError, OptimizeSettings, VariantKind
 from .quantize import Calibration, StaticQuantization
@@ -28,4 +28,5 @@ __all__ = [
     "default_variants",
     "load_dataset",
     "optimize",
+    "variant_kinds",
 ]

@@ -44,12 +44,17 @@ def default_variants(model: Path, calibration: bool, train: bool = False) -> tup
     return (VariantKind.FP32, VariantKind.FP16, *int8, *trained)
 
 
+def variant_kinds(settings: OptimizeSettings) -> tuple[VariantKind, ...]:
+    """The variants a run builds: those asked for, or the defaults for the model's kind."""
+    return settings.variants or default_variants(settings.model, settings.calibration is not None, settings.train is not None)
+
+
 def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, variant: None) -> Result:
     source = from_onnx_file(settings.model, name=settings.name, version=settings.version).manifest
     target = settings.store / settings.name / settings.version
     if target.exists() and not settings.force:
         raise OptimizeError(f"{target} already exists; pass --force to replace it")
-    kinds = settings.variants or default_variants(settings.model, settings.calibration is not None, settings.train is not None)
+    kinds = variant_kinds(settings)
     if VariantKind.INT8_STATIC in kinds and settings.calibration is None:
         raise OptimizeError("variant int8-static needs a calibration set (--calibration)")
     if VariantKind.DISTILLED in kinds and settings.train is None and settings.calibration is None:
