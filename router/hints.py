@@ -1,7 +1,8 @@
 """Routing hints: what a request asks of the variant that serves it.
 
 They ride in the request's `parameters` (strings, integers and booleans only, so every client
-can send them) under `quiver.*` names, and the gRPC deadline bounds the latency budget.
+can send them) under `quiver.*` names. The gRPC deadline tightens an asked-for latency budget;
+alone, it only steers a request away from a default variant that could not answer in time.
 """
 
 from __future__ import annotations
@@ -26,15 +27,16 @@ class RoutingHints:
     variant: str | None = None  # an exact variant name: no policy
     precision: Precision | None = None
     pool: str | None = None
-    latency_budget_ms: float | None = None
+    latency_budget_ms: float | None = None  # asked for; already tightened by the deadline
+    deadline_ms: float | None = None  # time left before the gRPC deadline
     min_accuracy: float | None = None  # against the manifest's measured accuracy
     priority: int = 0  # below 0: shed first; above 0: shed last
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, object], deadline_ms: float | None = None) -> RoutingHints:
         budget = _number(parameters, LATENCY_BUDGET_MS, minimum=0.0)
-        if deadline_ms is not None:  # the deadline is a budget too: whichever is tighter
-            budget = deadline_ms if budget is None else min(budget, deadline_ms)
+        if budget is not None and deadline_ms is not None:  # whichever is tighter
+            budget = min(budget, deadline_ms)
         precision = _text(parameters, PRECISION)
         if precision is not None and precision not in {p.value for p in Precision}:
             raise InvalidArgument(f"parameter {PRECISION!r}: {precision!r} is not one of {[p.value for p in Precision]}")
@@ -43,6 +45,7 @@ class RoutingHints:
             precision=Precision(precision) if precision else None,
             pool=_text(parameters, POOL),
             latency_budget_ms=budget,
+            deadline_ms=deadline_ms,
             min_accuracy=_number(parameters, MIN_ACCURACY, minimum=0.0),
             priority=_priority(parameters),
         )

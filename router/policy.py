@@ -4,10 +4,12 @@
    against the manifest's measured accuracy) leave the candidates; if one removes them all,
    the request fails naming it (FAILED_PRECONDITION). Variants still starting (their pool has
    no nodes yet) are routed around; if none is ready: UNAVAILABLE.
-2. With a latency budget (`quiver.latency_budget_ms`, or the gRPC deadline): the most accurate
-   candidate whose predicted latency fits ("budget"); if none fits, the fastest ("best-effort").
+2. With a latency budget (`quiver.latency_budget_ms`, tightened by the gRPC deadline): the most
+   accurate candidate whose predicted latency fits ("budget"); if none fits, the fastest
+   ("best-effort").
 3. Without one: the manifest's default variant ("default"), unless it is saturated and another
-   candidate is not: then the most accurate of those ("spill-over").
+   candidate is not: then the most accurate of those ("spill-over"). A deadline alone only
+   moves a request off a default predicted to miss it, as a budget would ("budget").
 A pinned variant (`quiver.variant`) bypasses the policy ("pinned").
 """
 
@@ -68,17 +70,23 @@ def choose(candidates: Sequence[Candidate], default: str, hints: RoutingHints, e
         raise Unavailable(f"no variant that fits the request is ready yet (starting: {[c.name for c in allowed]})")
 
     if hints.latency_budget_ms is not None:
-        fitting = [c for c in ready if c.stats.predicted_ms() <= hints.latency_budget_ms]
-        if fitting:
-            return Decision(max(fitting, key=_accuracy_then_speed).name, "budget")
-        return Decision(min(ready, key=lambda c: c.stats.predicted_ms()).name, "best-effort")
+        return _within(ready, hints.latency_budget_ms)
 
     preferred = next((c for c in ready if c.name == default), None) or max(ready, key=_accuracy_then_speed)
+    if hints.deadline_ms is not None and preferred.stats.predicted_ms() > hints.deadline_ms:
+        return _within(ready, hints.deadline_ms)
     if preferred.stats.saturated:
         others = [c for c in ready if c is not preferred and not c.stats.saturated]
         if others:
             return Decision(max(others, key=_accuracy_then_speed).name, "spill-over")
     return Decision(preferred.name, "default" if preferred.name == default else "most-accurate")
+
+
+def _within(ready: Sequence[Candidate], budget_ms: float) -> Decision:
+    fitting = [c for c in ready if c.stats.predicted_ms() <= budget_ms]
+    if fitting:
+        return Decision(max(fitting, key=_accuracy_then_speed).name, "budget")
+    return Decision(min(ready, key=lambda c: c.stats.predicted_ms()).name, "best-effort")
 
 
 def _pinned(candidates: Sequence[Candidate], name: str) -> Decision:

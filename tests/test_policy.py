@@ -148,6 +148,14 @@ def test_hints_accept_strings_and_the_deadline_tightens_the_budget() -> None:
     hints = RoutingHints.from_parameters({"quiver.latency_budget_ms": "30", "quiver.min_accuracy": 0.9}, deadline_ms=12.5)
     assert (hints.latency_budget_ms, hints.min_accuracy) == (12.5, 0.9)
     assert RoutingHints.from_parameters({"quiver.latency_budget_ms": 8}, deadline_ms=500).latency_budget_ms == 8
+    assert RoutingHints.from_parameters({}, deadline_ms=500).latency_budget_ms is None
+
+
+def test_a_deadline_alone_keeps_the_default_unless_it_would_miss() -> None:
+    # fp32 is the default and predicted at 20 ms: a 500 ms deadline changes nothing ...
+    assert choose(variants(), "fp32", RoutingHints(deadline_ms=500)) == Decision("fp32", "default")
+    # ... a 10 ms one moves the request to the most accurate variant that makes it.
+    assert choose(variants(), "fp32", RoutingHints(deadline_ms=10)) == Decision("int8", "budget")
 
 
 def test_a_variant_that_failed_is_passed_over_while_it_cools_down() -> None:
