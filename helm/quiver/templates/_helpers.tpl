@@ -169,7 +169,7 @@ Call with (dict "size" "1Gi").
 {{- end }}
 
 {{/*
-The nodes a pool's pods may land on. Call with (dict "ctx" $ "pool" $pool): a GPU pool adds
+The nodes a pool's pods may land on (empty when unconstrained; callers indent it with `with`). Call with (dict "ctx" $ "pool" $pool): a GPU pool adds
 ray.gpuNodeSelector to its own nodeSelector, so it lands only on GPU nodes.
 */}}
 {{- define "quiver.poolNodeSelector" -}}
@@ -177,7 +177,7 @@ ray.gpuNodeSelector to its own nodeSelector, so it lands only on GPU nodes.
 {{- if gt (int (.pool.gpus | default 0)) 0 }}
 {{- $selector = merge $selector .ctx.Values.ray.gpuNodeSelector }}
 {{- end }}
-{{- with $selector }}
+{{- with $selector -}}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -192,7 +192,7 @@ plugin's convention) for a GPU pool. Call with (dict "pool" $pool).
 {{- if gt (int (.pool.gpus | default 0)) 0 }}
 {{- $tolerations = append $tolerations (dict "key" "nvidia.com/gpu" "operator" "Exists" "effect" "NoSchedule") }}
 {{- end }}
-{{- with $tolerations }}
+{{- with $tolerations -}}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -215,7 +215,7 @@ probe cannot speak TLS) and by `helm test`. Call with (dict "ctx" $ "address" "h
 */}}
 {{- define "quiver.healthCommand" -}}
 - python
-- /etc/quiver/health/grpc_health.py
+- /etc/quiver/health/router_health.py
 - {{ .address }}
 - --{{ .mode }}
 {{- if .ctx.Values.router.tls.enabled }}

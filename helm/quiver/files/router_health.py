@@ -4,7 +4,7 @@ The chart mounts this file from a ConfigMap and runs it with the image's Python 
 cryptography are Quiver dependencies). It exists because the kubelet's native gRPC probe speaks
 plaintext only, while the chart serves TLS by default.
 
-    python grpc_health.py HOST:PORT --ready|--alive [--tls-cert CERT [--client-cert C --client-key K]]
+    python router_health.py HOST:PORT --ready|--alive [--tls-cert CERT [--client-cert C --client-key K]]
 
 --ready passes only when the server answers SERVING (readiness, `helm test`); --alive passes on
 any answer, NOT_SERVING included, so a router that is draining or still joining Ray is not
@@ -12,7 +12,8 @@ restarted (liveness). With --tls-cert the router's own certificate is the trust 
 first DNS (or IP) name the expected server name, so the check needs no CA bundle and works
 whatever address it dials (the pod's loopback or the Service). --client-cert/--client-key are
 presented when the router requires client certificates (mTLS). Exit 0 on success, 1 otherwise,
-with one line on stderr saying why.
+with one line on stderr saying why. (Not named grpc_health.py: Python puts a script's own
+directory first on sys.path, and that name would shadow the grpc_health package it imports.)
 """
 
 from __future__ import annotations
