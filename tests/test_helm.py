@@ -38,16 +38,15 @@ EVERYTHING = {
     "imagePullSecrets": [{"name": "registry"}],
     "router": {
         "tls": {"clientCA": {"enabled": True, "secretName": "client-ca"}, "probeClientSecret": "probe-client"},
-        "modelKeySecret": "model-key",
-        "verifyKeySecret": "verify-key",
         "autoscaling": {"enabled": False},
     },
+    "modelSecurity": {"encryptionKeySecret": "model-key", "verifyKeySecret": "verify-key"},
     "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     "modelStore": {"existingClaim": "shared-models"},
 }
-# A trial: no TLS, no tokens.
-PLAINTEXT = {"router": {"tls": {"enabled": False}, "tokens": {"enabled": False}}}
+# A trial: no TLS, no tokens, no Ray token authentication.
+PLAINTEXT = {"router": {"tls": {"enabled": False}, "tokens": {"enabled": False}}, "ray": {"auth": {"enabled": False}}}
 
 SETUPS = {
     "default": ((), None),
@@ -369,6 +368,7 @@ def test_router_flags_point_into_its_mounts(rendered: dict[str, list[hc.Obj]]) -
     router = hc.one(objects, "Deployment", "-router")
     flags, mounts = _args(router), _mounts(router)
     assert flags["--ray-address"] == f"{hc.one(objects, 'RayCluster')['metadata']['name']}-head-svc:6379"
+    assert "--join" in flags  # the router pod becomes a CPU-less Ray node itself
     assert flags["--host"] == "0.0.0.0" and flags["--port"] == "8001" and flags["--metrics-port"] == "8002"
     assert "--insecure" not in flags
     assert _mounted(mounts, flags["--routes"])["configMap"]["name"] == hc.one(objects, "ConfigMap", "-routes")["metadata"]["name"]
@@ -378,12 +378,48 @@ def test_router_flags_point_into_its_mounts(rendered: dict[str, list[hc.Obj]]) -
         "name": "client-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
     assert _mounted(mounts, flags["--token-file"])["secret"] == {
         "secretName": "quiver-router-tokens", "items": [{"key": "tokens", "path": "tokens"}]}
-    assert _mounted(mounts, flags["--model-key"])["secret"]["secretName"] == "model-key"
-    assert _mounted(mounts, flags["--verify-key"])["secret"]["items"] == [{"key": "key.pub", "path": "key.pub"}]
     assert mounts["/models"]["persistentVolumeClaim"]["claimName"] == "shared-models"
     # Routes must reach the running router when the operator patches them: no subPath.
     [container] = router["spec"]["template"]["spec"]["containers"]
     assert all("subPath" not in m for m in container["volumeMounts"])
+
+
+def test_model_keys_reach_the_replicas_and_the_operator_names_their_paths(rendered: dict[str, list[hc.Obj]]) -> None:
+    objects = rendered["everything"]
+    flags = _args(hc.one(objects, "Deployment", "-operator"))
+    assert flags["--model-key"] == "/etc/quiver/model-key/key"
+    assert flags["--verify-key"] == "/etc/quiver/verify-key/key.pub"
+    assert flags["--pools"] == "cpu,gpu"
+    ray_pods = [(where, spec) for where, _, spec in hc.pod_templates(objects) if where.startswith("RayCluster")]
+    assert len(ray_pods) == 3
+    for where, spec in ray_pods:
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in spec["containers"][0]["volumeMounts"]}
+        assert _mounted(mounts, flags["--model-key"])["secret"] == {
+            "secretName": "model-key", "items": [{"key": "key", "path": "key"}]}, where
+        assert _mounted(mounts, flags["--verify-key"])["secret"]["secretName"] == "verify-key", where
+    # The operator checks signatures but never decrypts; the router does neither.
+    operator_mounts = _mounts(hc.one(objects, "Deployment", "-operator"))
+    assert "/etc/quiver/verify-key" in operator_mounts and "/etc/quiver/model-key" not in operator_mounts
+    assert not {"/etc/quiver/verify-key", "/etc/quiver/model-key"} & _mounts(hc.one(objects, "Deployment", "-router")).keys()
+    default_flags = _args(hc.one(rendered["default"], "Deployment", "-operator"))
+    assert "--model-key" not in default_flags and "--verify-key" not in default_flags
+
+
+def test_ray_token_auth_reaches_the_router_and_the_operator(rendered: dict[str, list[hc.Obj]]) -> None:
+    objects = rendered["default"]
+    cluster = hc.one(objects, "RayCluster")
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}
+    token = {"secretKeyRef": {"name": cluster["metadata"]["name"], "key": "auth_token"}}  # KubeRay's Secret
+    for suffix in ("-router", "-operator"):
+        [container] = hc.one(objects, "Deployment", suffix)["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token", suffix
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"] == token, suffix
+    plain = rendered["plaintext"]
+    assert "authOptions" not in hc.one(plain, "RayCluster")["spec"]
+    [router] = hc.one(plain, "Deployment", "-router")["spec"]["template"]["spec"]["containers"]
+    assert "RAY_AUTH_TOKEN" not in {e["name"] for e in router["env"]}
 
 
 def test_router_service_and_probes(rendered: dict[str, list[hc.Obj]]) -> None:

@@ -65,6 +65,13 @@ app.kubernetes.io/component: {{ .component }}
 {{/* KubeRay names the head Service "<raycluster>-head-svc". */}}
 {{- define "quiver.rayHeadService" -}}{{ include "quiver.rayClusterName" . }}-head-svc{{- end }}
 
+{{/* The pools' names, comma-separated, as the operator takes them. */}}
+{{- define "quiver.poolNames" -}}
+{{- $names := list }}
+{{- range .Values.pools }}{{ $names = append $names .name }}{{ end }}
+{{- join "," $names }}
+{{- end }}
+
 {{- define "quiver.modelsClaim" -}}
 {{- .Values.modelStore.existingClaim | default (printf "%s-models" (include "quiver.fullname" .)) }}
 {{- end }}
@@ -166,6 +173,66 @@ Call with (dict "size" "1Gi").
 {{- define "quiver.rayEnv" -}}
 - name: RAY_USAGE_STATS_ENABLED
   value: {{ ternary "1" "0" .Values.ray.usageStats | quote }}
+{{- end }}
+
+{{/* The Secret with Ray's auth token (key auth_token); KubeRay generates it unless named. */}}
+{{- define "quiver.rayAuthSecret" -}}
+{{- .Values.ray.auth.secretName | default (include "quiver.rayClusterName" .) }}
+{{- end }}
+
+{{/*
+Ray token authentication for the processes KubeRay does not manage (the routers join the
+cluster, the operator calls the Serve REST API); KubeRay injects the same into its own pods.
+*/}}
+{{- define "quiver.rayAuthEnv" -}}
+{{- if .Values.ray.auth.enabled }}
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "quiver.rayAuthSecret" . }}
+      key: auth_token
+{{- end }}
+{{- end }}
+
+{{/*
+The model keys (modelSecurity), where the operator tells the replicas to find them. Call the
+volumes with (dict "ctx" $ "decrypt" true|false): the operator verifies, only replicas decrypt.
+*/}}
+{{- define "quiver.modelKeyPath" -}}/etc/quiver/model-key/key{{- end }}
+{{- define "quiver.verifyKeyPath" -}}/etc/quiver/verify-key/key.pub{{- end }}
+{{- define "quiver.modelKeyVolumes" -}}
+{{- $keys := .ctx.Values.modelSecurity }}
+{{- if and .decrypt $keys.encryptionKeySecret }}
+- name: model-key
+  secret:
+    secretName: {{ $keys.encryptionKeySecret }}
+    items:
+      - key: key
+        path: key
+{{- end }}
+{{- with $keys.verifyKeySecret }}
+- name: verify-key
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: key.pub
+        path: key.pub
+{{- end }}
+{{- end }}
+{{- define "quiver.modelKeyMounts" -}}
+{{- $keys := .ctx.Values.modelSecurity }}
+{{- if and .decrypt $keys.encryptionKeySecret }}
+- name: model-key
+  mountPath: /etc/quiver/model-key
+  readOnly: true
+{{- end }}
+{{- if $keys.verifyKeySecret }}
+- name: verify-key
+  mountPath: /etc/quiver/verify-key
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/*
