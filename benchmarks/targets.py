@@ -1,0 +1,118 @@
+"""The targets the harness compares, and how each is started: a command, its environment, its port.
+
+Every server listens on 127.0.0.1 and serves the same `.onnx` file with ONNX Runtime on one
+intra-op thread per CPU of the share (benchmarks/peers/ortmodel.py opens sessions exactly as
+Quiver's replicas do). `onnxruntime` is not a server: the load generator runs it in-process
+(benchmarks/inprocess.py). Called by benchmarks/harness.py, which starts, pins and stops them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.models import BenchModel
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "benchmarks/peers"
+PEER_VENVS = {"kserve": ROOT / ".venv-bench-kserve", "mlserver": ROOT / ".venv-bench-mlserver"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A server to start; `address` is None when its `ready: HOST:PORT` line says where it listens."""
+
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    address: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()  # gRPC metadata every request carries
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    about: str
+    # (model, scratch directory, CPUs of the server's share) → what to start; None: in-process.
+    launch: Callable[[BenchModel, Path, int], Launch] | None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _peer_env() -> dict[str, str]:
+    return {"PYTHONPATH": str(PEERS), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _quiver(model: BenchModel, scratch: Path, cpus: int) -> Launch:
+    # The console script beside this interpreter, as a user runs it (`-m quiver` would put the
+    # working directory first on sys.path); servers run in the scratch directory.
+    script = Path(sys.executable).with_name("quiver")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "quiver"]
+    return Launch(
+        [*command, "serve", str(model.file), "--name", model.name,
+         "--port", "0", "--metrics-port", "-1", "--num-cpus", str(cpus), "--log-level", "WARNING"],
+        {"RAY_USAGE_STATS_ENABLED": "0"},
+    )
+
+
+def _plain(model: BenchModel, scratch: Path, cpus: int) -> Launch:
+    port = free_port()
+    return Launch([sys.executable, str(PEERS / "plain_grpc.py"), "--model", str(model.file), "--port", str(port),
+                   "--threads", str(cpus)], _peer_env(), f"127.0.0.1:{port}")
+
+
+def _serve(model: BenchModel, scratch: Path, cpus: int) -> Launch:
+    port = free_port()
+    return Launch([sys.executable, str(PEERS / "serve_grpc.py"), "--model", str(model.file), "--port", str(port),
+                   "--num-cpus", str(cpus)], _peer_env(), f"127.0.0.1:{port}",
+                  # Serve's gRPC proxy picks the application from this metadata, as its docs show.
+                  metadata=(("application", "model"),))
+
+
+def _venv_python(peer: str, program: str = "python") -> str:
+    path = PEER_VENVS[peer] / "bin" / program
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: install the peers first (python -m benchmarks peers)")
+    return str(path)
+
+
+def _kserve(model: BenchModel, scratch: Path, cpus: int) -> Launch:
+    port = free_port()
+    return Launch([_venv_python("kserve"), str(PEERS / "kserve_server.py"), "--model", str(model.file),
+                   "--name", model.name, "--port", str(port), "--threads", str(cpus)], _peer_env(), f"127.0.0.1:{port}")
+
+
+def _mlserver(model: BenchModel, scratch: Path, cpus: int) -> Launch:
+    port = free_port()
+    directory = scratch / f"mlserver-{model.key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    # parallel_workers 0: inference runs in the server process. MLServer's default (1) sends
+    # every request to a worker process and back, which only costs on a one-CPU share.
+    settings = {"host": "127.0.0.1", "grpc_port": port, "http_port": free_port(), "metrics_port": free_port(),
+                "parallel_workers": 0, "debug": False}
+    model_settings = {"name": model.name, "implementation": "mlserver_runtime.OrtRuntime",
+                      "parameters": {"uri": str(model.file)}}
+    (directory / "settings.json").write_text(json.dumps(settings))
+    (directory / "model-settings.json").write_text(json.dumps(model_settings))
+    return Launch([_venv_python("mlserver", "mlserver"), "start", str(directory)],
+                  {**_peer_env(), "BENCH_ORT_THREADS": str(cpus)}, f"127.0.0.1:{port}")
+
+
+TARGETS: dict[str, Target] = {
+    target.name: target
+    for target in (
+        Target("onnxruntime", "ONNX Runtime in-process, ideal batching (no network, no serving)", None),
+        Target("grpc-plain", "one grpc.aio process calling ONNX Runtime (no hop, no batching)", _plain),
+        Target("quiver", "quiver serve: router → Serve DeploymentHandle → replica (batching)", _quiver),
+        Target("ray-serve", "Ray Serve's gRPC proxy → ingress deployment (v2 ModelInfer)", _serve),
+        Target("kserve", "KServe ModelServer (Python), gRPC v2, ORT model class", _kserve),
+        Target("mlserver", "MLServer, gRPC v2, custom ORT runtime", _mlserver),
+    )
+}
