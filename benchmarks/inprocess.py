@@ -75,14 +75,14 @@ def open_batched(run: Callable[[Feeds], object], batches: Batches, rate: float, 
 
 def run(plan: dict, emit: Callable[[dict], None]) -> None:
     sys.path.insert(0, str(Path(__file__).parent / "peers"))
-    from ortmodel import OrtModel
+    from ortmodel import OrtModel, datatype
 
     settings = plan["inprocess"]
     model = OrtModel(settings["model_file"], settings.get("threads", 1))
     batches = Batches(request_rows(Path(plan["inputs"])))
     outputs = model.run(batches(1))
     emit({"ready": {"ok": True, "after_s": 0.0, "outputs": [
-        {"name": name, "dtype": str(array.dtype), "shape": list(array.shape)} for name, array in zip(model.output_names, outputs)
+        {"name": name, "datatype": datatype(array), "shape": list(array.shape)} for name, array in zip(model.output_names, outputs)
     ]}})
     max_batch = settings.get("max_batch", 64)
     for point in plan["points"]:
