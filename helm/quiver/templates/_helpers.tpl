@@ -185,7 +185,7 @@ Ray token authentication for the processes KubeRay does not manage (the routers 
 cluster, the operator calls the Serve REST API); KubeRay injects the same into its own pods.
 */}}
 {{- define "quiver.rayAuthEnv" -}}
-{{- if .Values.ray.auth.enabled }}
+{{- if .Values.ray.auth.enabled -}}
 - name: RAY_AUTH_MODE
   value: token
 - name: RAY_AUTH_TOKEN
@@ -197,13 +197,14 @@ cluster, the operator calls the Serve REST API); KubeRay injects the same into i
 {{- end }}
 
 {{/*
-The model keys (modelSecurity), where the operator tells the replicas to find them. Call the
-volumes with (dict "ctx" $ "decrypt" true|false): the operator verifies, only replicas decrypt.
+The model keys (modelSecurity), where the operator tells the replicas to find them. Call with
+(dict "ctx" $ "decrypt" true|false): the operator verifies, only replicas decrypt. These and
+quiver.rayAuthEnv may render nothing: callers indent them with `with include`.
 */}}
 {{- define "quiver.modelKeyPath" -}}/etc/quiver/model-key/key{{- end }}
 {{- define "quiver.verifyKeyPath" -}}/etc/quiver/verify-key/key.pub{{- end }}
 {{- define "quiver.modelKeyVolumes" -}}
-{{- $keys := .ctx.Values.modelSecurity }}
+{{- $keys := .ctx.Values.modelSecurity -}}
 {{- if and .decrypt $keys.encryptionKeySecret }}
 - name: model-key
   secret:
@@ -222,7 +223,7 @@ volumes with (dict "ctx" $ "decrypt" true|false): the operator verifies, only re
 {{- end }}
 {{- end }}
 {{- define "quiver.modelKeyMounts" -}}
-{{- $keys := .ctx.Values.modelSecurity }}
+{{- $keys := .ctx.Values.modelSecurity -}}
 {{- if and .decrypt $keys.encryptionKeySecret }}
 - name: model-key
   mountPath: /etc/quiver/model-key
