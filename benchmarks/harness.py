@@ -157,6 +157,7 @@ def load(address: str | None, model: BenchModel, settings: BenchSettings, cpus: 
         "address": address, "model": model.name, "inputs": str(model.inputs), "points": points(settings, model),
         "seconds": settings.seconds, "warmup_s": settings.warmup_s, "rpc_timeout_s": settings.rpc_timeout_s,
         "ready_timeout_s": settings.ready_timeout_s, "max_in_flight": settings.max_in_flight, "metadata": metadata,
+        "parameters": model.parameters, "tally": "quiver.variant" if model.store else None,
         "inprocess": {"model_file": str(model.file), "max_batch": settings.max_batch, "threads": len(cpus or (0,))}
         if inprocess else None,
     }
@@ -217,6 +218,8 @@ def run(settings: BenchSettings, log: Log = print) -> dict:
         scratch = Path(directory)
         for model in bench_models.prepare(list(settings.models), scratch, log):
             for name in settings.targets:
+                if model.store is not None and name != "quiver":
+                    continue  # only Quiver routes between a model's variants
                 log(f"{model.key} × {name} ...")
                 record = run_target(name, model, settings, pins, scratch, log)
                 results["runs"].append(record)

@@ -69,7 +69,7 @@ def open_batched(run: Callable[[Feeds], object], batches: Batches, rate: float, 
         sample.latencies_s += list(finished - arrivals[done : done + size])
         done += size
     sample.sent = total
-    sample.elapsed_s, sample.cpu_s = time.perf_counter() - begin, time.process_time() - cpu
+    sample.elapsed_s, sample.cpu_s = max(seconds, time.perf_counter() - begin), time.process_time() - cpu
     return sample
 
 

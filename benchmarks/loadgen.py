@@ -133,7 +133,8 @@ async def open_loop(call: Callable[[], Awaitable[object]], rate: float, seconds:
         task.add_done_callback(in_flight.discard)
     if in_flight:
         await asyncio.gather(*in_flight)
-    sample.elapsed_s, sample.cpu_s = time.perf_counter() - begin, time.process_time() - cpu
+    # The schedule spans SECONDS; a slower server stretches the window, never a faster one shrinks it.
+    sample.elapsed_s, sample.cpu_s = max(seconds, time.perf_counter() - begin), time.process_time() - cpu
     return sample
 
 
@@ -201,8 +202,18 @@ async def run_grpc(plan: dict, emit: Callable[[dict], None]) -> None:
             return await infer(payload, timeout=timeout, metadata=metadata)
 
         emit({"ready": await wait_ready(call, plan["ready_timeout_s"])})
+        tally_key, tally = plan.get("tally"), Counter()
+        if tally_key:  # which value of one response parameter answered (e.g. quiver.variant)
+            from quiver._proto import grpc_predict_v2_pb2 as pb
+
+            async def counted() -> bytes:
+                answer = await call()
+                tally[pb.ModelInferResponse.FromString(answer).parameters[tally_key].string_param] += 1
+                return answer
+
         for point in plan["points"]:
-            emit({"point": point, **summarize(await measure(call, point, plan))})
+            sample = await measure(counted if tally_key else call, point, plan, on_warm=tally.clear)
+            emit({"point": point, **summarize(sample), **({"tally": dict(tally)} if tally_key else {})})
 
 
 async def wait_ready(call: Callable[[], Awaitable[bytes]], timeout_s: float) -> dict:
@@ -224,11 +235,13 @@ async def wait_ready(call: Callable[[], Awaitable[bytes]], timeout_s: float) -> 
         await asyncio.sleep(0.2)
 
 
-async def measure(call: Callable[[], Awaitable[object]], point: dict, plan: dict) -> Sample:
+async def measure(call: Callable[[], Awaitable[object]], point: dict, plan: dict, on_warm: Callable[[], None]) -> Sample:
     if point["mode"] == "closed":
         await closed_loop(call, plan["warmup_s"], point["concurrency"])
+        on_warm()
         return await closed_loop(call, plan["seconds"], point["concurrency"])
     await open_loop(call, point["rate"], plan["warmup_s"], plan["max_in_flight"])
+    on_warm()
     return await open_loop(call, point["rate"], plan["seconds"], plan["max_in_flight"])
 
 

@@ -109,6 +109,8 @@ def markdown(results: dict, plot_name: str) -> str:
         for p in record["points"]:
             lat = p["latency_ms"]
             errors = ", ".join(f"{code} {n}" for code, n in p["errors"].items()) or "0"
+            if p.get("tally"):  # which variant answered, for the routed model
+                errors += " (served by " + ", ".join(f"{k} {n}" for k, n in sorted(p["tally"].items())) + ")"
             lines.append(f"| {record['model']} | {record['target']} | {_load(p['point'])} | {_fmt(p['throughput'])} "
                          f"| {_fmt(lat['p50'])} | {_fmt(lat['p90'])} | {_fmt(lat['p99'])} | {_fmt(lat['max'])} | {errors} "
                          f"| {p['client_cpu']:.2f} |")

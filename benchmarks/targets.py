@@ -55,9 +55,9 @@ def _quiver(model: BenchModel, scratch: Path, cpus: int) -> Launch:
     # working directory first on sys.path); servers run in the scratch directory.
     script = Path(sys.executable).with_name("quiver")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "quiver"]
+    served = [str(model.store)] if model.store else [str(model.file), "--name", model.name]
     return Launch(
-        [*command, "serve", str(model.file), "--name", model.name,
-         "--port", "0", "--metrics-port", "-1", "--num-cpus", str(cpus), "--log-level", "WARNING"],
+        [*command, "serve", *served, "--port", "0", "--metrics-port", "-1", "--num-cpus", str(cpus), "--log-level", "WARNING"],
         {"RAY_USAGE_STATS_ENABLED": "0"},
     )
 
