@@ -7,9 +7,13 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quiver import __version__
 from quiver.router.logcontext import RequestIdFilter
+
+if TYPE_CHECKING:
+    from quiver.router import RouterSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,27 +26,37 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    # Imported here: the router's generated protobuf module must stay out of processes that
-    # only optimize (and of test processes, which load tritonclient's copy of the protocol).
-    from quiver.embedded import ServeSettings, serve_locally
+def _router_settings(args: argparse.Namespace) -> RouterSettings | None:
+    """The router's settings from the flags `quiver serve` and `quiver router` share; None if they conflict."""
     from quiver.router import RouterSettings, TlsSettings
 
-    router = RouterSettings(
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
+        print("quiver: --tls-cert and --tls-key go together (and --tls-client-ca needs them)", file=sys.stderr)
+        return None
+    if args.tls_cert is None and not args.insecure and not _loopback(args.host):
+        print(f"quiver: refusing plaintext on {args.host}: give --tls-cert/--tls-key, or --insecure", file=sys.stderr)
+        return None
+    return RouterSettings(
         host=args.host,
         port=args.port,
         max_request_bytes=args.max_request_mb << 20,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         dispatch_timeout_s=args.dispatch_timeout_s,
-        traffic_file=args.traffic_file,
+        traffic_file=getattr(args, "traffic_file", None),
+        routes_file=getattr(args, "routes", None),
+        store=getattr(args, "store", None),
         tls=TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         token_file=args.token_file,
     )
-    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
-        print("quiver: --tls-cert and --tls-key go together (and --tls-client-ca needs them)", file=sys.stderr)
-        return 2
-    if router.tls is None and not args.insecure and not _loopback(args.host):
-        print(f"quiver: refusing plaintext on {args.host}: give --tls-cert/--tls-key, or --insecure", file=sys.stderr)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the router's generated protobuf module must stay out of processes that
+    # only optimize (and of test processes, which load tritonclient's copy of the protocol).
+    from quiver.embedded import ServeSettings, serve_locally
+
+    router = _router_settings(args)
+    if router is None:
         return 2
     return serve_locally(
         ServeSettings(
@@ -56,6 +70,21 @@ def _serve(args: argparse.Namespace) -> int:
             router=router,
         )
     )
+
+
+def _route(args: argparse.Namespace) -> int:
+    from quiver.cluster import ClusterRouterSettings, route_cluster
+
+    router = _router_settings(args)
+    if router is None:
+        return 2
+    return route_cluster(ClusterRouterSettings(ray_address=args.ray_address, join=args.join, router=router))
+
+
+def _operate(args: argparse.Namespace) -> int:
+    from quiver.operator.main import run_operator
+
+    return run_operator(args)
 
 
 def _loopback(host: str) -> bool:
@@ -78,42 +107,70 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
 
+    # What the router listens on and whom it admits: shared by `serve` and `router`.
+    listener = argparse.ArgumentParser(add_help=False)
+    listener.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    listener.add_argument("--port", type=int, default=8001, help="gRPC port; 0 picks a free one (default: %(default)s)")
+    listener.add_argument(
+        "--max-request-mb", type=int, default=64, help="largest request accepted, in MiB (default: %(default)s)"
+    )
+    listener.add_argument(
+        "--metrics-port", type=int, default=8002, help="Prometheus /metrics port; 0 picks one, -1 turns it off (default: %(default)s)"
+    )
+    listener.add_argument(
+        "--dispatch-timeout-s", type=float, default=30.0, help="longest wait for a variant before another is tried"
+    )
+    listener.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
+    listener.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    listener.add_argument("--tls-client-ca", type=Path, help="CA whose client certificates are required (mTLS)")
+    listener.add_argument("--token-file", type=Path, help="bearer tokens and their models, re-read when it changes")
+    listener.add_argument(
+        "--insecure", action="store_true", help="allow plaintext on a non-loopback address (loopback is always allowed)"
+    )
+
     serve = commands.add_parser(
         "serve",
-        parents=[common],
+        parents=[common, listener],
         help="serve a model on a local Ray instance (router → Ray Serve replicas)",
         description="Serve MODEL.onnx or every model version in STORE_DIR; with neither, the bundled example model.",
     )
     serve.set_defaults(run=_serve)
     serve.add_argument("model", nargs="?", type=Path, metavar="MODEL.onnx | STORE_DIR")
     serve.add_argument("--name", help="model name for a single .onnx file (default: the file stem)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8001, help="gRPC port; 0 picks a free one (default: %(default)s)")
-    serve.add_argument(
-        "--max-request-mb", type=int, default=64, help="largest request accepted, in MiB (default: %(default)s)"
-    )
-    serve.add_argument(
-        "--metrics-port", type=int, default=8002, help="Prometheus /metrics port; 0 picks one, -1 turns it off (default: %(default)s)"
-    )
     serve.add_argument("--num-cpus", type=int, help="CPUs the local Ray instance may use (default: all)")
-    serve.add_argument(
-        "--dispatch-timeout-s", type=float, default=30.0, help="longest wait for a variant before another is tried"
-    )
     serve.add_argument("--traffic-file", type=Path, help="JSON version weights per model, re-read when it changes")
-    serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
-    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    serve.add_argument("--tls-client-ca", type=Path, help="CA whose client certificates are required (mTLS)")
     serve.add_argument(
         "--verify-key", type=Path, action="append", default=[],
         help="EC public key (PEM); when given, only versions signed by one of these keys load (repeatable)",
     )
     serve.add_argument("--model-key", type=Path, help="32-byte key file that decrypts variants encrypted at rest")
-    serve.add_argument("--token-file", type=Path, help="bearer tokens and their models, re-read when it changes")
-    serve.add_argument(
-        "--insecure", action="store_true", help="allow plaintext on a non-loopback address (loopback is always allowed)"
-    )
     serve.add_argument("--address", help="join this running Ray cluster instead of starting a local instance")
     serve.add_argument("--pools", help="comma-separated pools of the local node (default: cpu, plus gpu when there is one)")
+
+    router = commands.add_parser(
+        "router",
+        parents=[common, listener],
+        help="the router of a cluster: serve the routes the operator writes",
+        description="Join a Ray cluster and route requests to the Serve applications the routes file names.",
+    )
+    router.set_defaults(run=_route)
+    router.add_argument("--ray-address", required=True, help="the Ray head's GCS address, HOST:PORT")
+    router.add_argument(
+        "--join", action="store_true", help="first make this container a Ray node without CPUs or GPUs (router pods)"
+    )
+    router.add_argument("--store", type=Path, required=True, help="the shared model store (manifests are read from it)")
+    router.add_argument("--routes", type=Path, required=True, help="the routes file the operator writes (a mounted ConfigMap)")
+
+    operator = commands.add_parser(
+        "operator",
+        parents=[common],
+        help="run the ModelDeployment operator (kopf)",
+        description="Watch ModelDeployments in a namespace: optimize, deploy, roll out, roll back.",
+    )
+    operator.set_defaults(run=_operate)
+    from quiver.operator.main import add_arguments as add_operator_arguments
+
+    add_operator_arguments(operator)
 
     from quiver.optimizing import add_arguments
 

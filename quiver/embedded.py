@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quiver.lifecycle import run_router
 from quiver.router import RouteTable, Router, RouterSettings, VariantRoute
 from quiver.serving import (
     IntegrityError,
@@ -173,31 +173,13 @@ async def _wait_until_ready(router: Router, routes: RouteTable, timeout_s: float
 
 
 async def _run_router(routes: RouteTable, settings: ServeSettings) -> int:
-    if settings.router.tls is None:
-        logger.warning("serving plaintext gRPC on %s: no TLS", settings.router.host)
-    if settings.router.token_file is None:
-        logger.warning("no --token-file: every caller may use every model")
     router = Router(routes, settings.router)
-    port = await router.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        pending = await _wait_until_ready(router, routes, settings.ready_timeout_s)
-    except TimeoutError as exc:
-        print(f"quiver: {exc}", file=sys.stderr)
-        await router.stop()
-        return 1
-    for route in pending:
-        if router.readiness.failed(route):
-            logger.error("%s variant %s could not start: see its replica's log", route.version.key, route.variant.name)
-        else:
-            logger.warning("%s variant %s waits for a node of pool %r", route.version.key, route.variant.name, route.variant.pool)
-    models = ",".join(f"{name}:{'|'.join(versions)}" for name, versions in routes.models().items())
-    metrics = f" metrics=http://{settings.router.host}:{router.metrics_port}/metrics" if router.metrics_port else ""
-    print(f"ready: {settings.router.host}:{port} models={models}{metrics}", flush=True)
-    await stop.wait()
-    logger.warning("shutting down: draining requests for up to %.0f s", settings.router.grace_period_s)
-    await router.stop()
-    return 0
+
+    async def until_ready() -> None:
+        for route in await _wait_until_ready(router, routes, settings.ready_timeout_s):
+            if router.readiness.failed(route):
+                logger.error("%s variant %s could not start: see its replica's log", route.version.key, route.variant.name)
+            else:
+                logger.warning("%s variant %s waits for a node of pool %r", route.version.key, route.variant.name, route.variant.pool)
+
+    return await run_router(router, until_ready)

@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs for pruned/distilled (default: %(default)s)")
     parser.add_argument("--bench-seconds", type=float, default=1.0, help="time per speed measurement")
     parser.add_argument("--bench-batch", type=int, default=64, help="batch for the throughput measurement")
+    parser.add_argument("--expect-sha256", help="refuse MODEL.onnx unless its sha256 is this")
     parser.add_argument("--force", action="store_true", help="replace an existing version")
     parser.add_argument("--sign-key", type=Path, help="EC private key (PEM) to sign the version with (model-signing)")
     parser.add_argument("--encrypt-key", type=Path, help="write variants AES-256-GCM encrypted with this 32-byte key file")
@@ -84,6 +85,7 @@ def run_optimize(args: argparse.Namespace) -> int:
         training=Training(epochs=args.epochs),
         speed=SpeedBudget(seconds=args.bench_seconds, throughput_batch=args.bench_batch),
         force=args.force,
+        expect_sha256=args.expect_sha256,
         encrypt_key=args.encrypt_key,
         sign_key=args.sign_key,
     )

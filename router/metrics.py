@@ -39,9 +39,20 @@ class RouterMetrics:
         self.decisions = Counter(
             "quiver_routing_decisions", "Routing decisions by reason", [*VARIANT_LABELS, "reason"], registry=self.registry
         )
+        self.route_weight = Gauge(
+            "quiver_route_weight", "Versions in the route table and their traffic weights", ["model", "version"], registry=self.registry
+        )
         self.rejected = Counter(
             "quiver_rejected_requests", "Requests refused before dispatch, by gRPC status", ["model", "code"], registry=self.registry
         )
+
+    def show_routes(self, weights: dict[str, dict[str, int]]) -> None:
+        """The route table in force (model → version → weight); the operator retires a version
+        only once no router lists it."""
+        self.route_weight.clear()
+        for model, versions in weights.items():
+            for version, weight in versions.items():
+                self.route_weight.labels(model, version).set(weight)
 
     def serve(self, host: str, port: int) -> HTTPServer:
         """Expose /metrics over HTTP on host:port from a daemon thread; `shutdown()` stops it."""

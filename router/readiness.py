@@ -26,6 +26,7 @@ class Readiness:
         self._poll = poll
         self._interval_s = interval_s
         self._states: dict[str, str] = {}
+        self._failing = False
 
     def ready(self, route: VariantRoute) -> bool:
         return self._states.get(app_name(route.version, route.variant)) == "RUNNING"
@@ -48,5 +49,9 @@ class Readiness:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.refresh()
-            except Exception:  # noqa: BLE001 - a missed poll keeps the last answer; the next one may work
-                logger.warning("could not read Serve's application status", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - a missed poll keeps the last answer; the next one may work
+                if not self._failing:  # once until it recovers (a cluster router may start before Serve does)
+                    logger.warning("could not read Serve's application status: %s", exc)
+                self._failing = True
+            else:
+                self._failing = False

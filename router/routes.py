@@ -42,11 +42,16 @@ class VersionRoutes:
 
 
 class RouteTable:
-    def __init__(self, routes: Iterable[VariantRoute]) -> None:
-        self._models: dict[str, dict[str, VersionRoutes]] = {}
+    def __init__(self, routes: Iterable[VariantRoute] = ()) -> None:
+        self.replace(routes)
+
+    def replace(self, routes: Iterable[VariantRoute]) -> None:
+        """Serve these routes from now on; swapped in one assignment, requests in flight keep theirs."""
+        models: dict[str, dict[str, VersionRoutes]] = {}
         for route in routes:
-            versions = self._models.setdefault(route.manifest.name, {})
+            versions = models.setdefault(route.manifest.name, {})
             versions.setdefault(route.manifest.version, VersionRoutes(route.version)).variants[route.variant.name] = route
+        self._models = models
 
     def models(self) -> dict[str, list[str]]:
         """Every model name and its versions, oldest first."""

@@ -22,6 +22,7 @@ from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from .auth import Authenticator
+from .catalog import Catalog
 from .dispatch import Dispatcher
 from .metrics import RouterMetrics
 from .readiness import Readiness
@@ -64,6 +65,10 @@ class RouterSettings:
     metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; None: not served
     dispatch_timeout_s: float = 30.0  # longest wait for a variant before trying another
     traffic_file: Path | None = None  # version weights, watched (see router/traffic.py)
+    # A cluster router's route table, written by the operator (see router/catalog.py), and the
+    # store its manifests are read from. When set, the versions it names are what is served.
+    routes_file: Path | None = None
+    store: Path | None = None
     tls: TlsSettings | None = None  # None: plaintext
     token_file: Path | None = None  # bearer tokens and their models, watched (see router/auth.py); None: no auth
 
@@ -71,6 +76,7 @@ class RouterSettings:
 class Router:
     def __init__(self, routes: RouteTable, settings: RouterSettings) -> None:
         self.settings = settings
+        self.routes = routes
         envelope = 1 << 20
         self._server = grpc.aio.server(
             options=[
@@ -83,6 +89,11 @@ class Router:
         self.metrics = RouterMetrics()
         self.readiness = Readiness(routes)
         self.traffic = Traffic(routes.models(), settings.traffic_file)
+        self.catalog = (
+            Catalog(routes, self.traffic, settings.store or Path("."), settings.routes_file, self.metrics.show_routes)
+            if settings.routes_file
+            else None
+        )
         self.auth = Authenticator(settings.token_file)
         dispatcher = Dispatcher(self.metrics, self.readiness, settings.dispatch_timeout_s)
         servicer = InferenceServicer(
@@ -105,12 +116,16 @@ class Router:
             self.port = self._server.add_insecure_port(address)
         else:
             self.port = self._server.add_secure_port(address, self.settings.tls.credentials())
-        await self.readiness.refresh()
+        if self.catalog is None:  # a cluster router may start before Serve does: its watch() copes
+            await self.readiness.refresh()
         self.traffic.reload()
         self.auth.file.reload()
         self._tasks.append(asyncio.create_task(self.readiness.watch(), name="quiver-readiness"))
         self._tasks.append(asyncio.create_task(self.traffic.file.watch(), name="quiver-traffic"))
         self._tasks.append(asyncio.create_task(self.auth.file.watch(), name="quiver-tokens"))
+        if self.catalog is not None:
+            await asyncio.to_thread(self.catalog.reload)
+            self._tasks.append(asyncio.create_task(self.catalog.watch(), name="quiver-routes"))
         await self._server.start()
         if self.settings.metrics_port is not None:
             self._metrics_server = self.metrics.serve(self.settings.host, self.settings.metrics_port)

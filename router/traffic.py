@@ -5,6 +5,13 @@ version gets; models it does not name go to their newest version:
 
     {"models": {"digits": {"1": 90, "2": 10}}}
 
+On a cluster the same file is the route table the operator writes (router/catalog.py): the
+versions it names are the ones served, and `placement` says where the operator placed each
+variant when that differs from its manifest:
+
+    {"models": {"digits": {"2": 100}}, "placement": {"digits": {"2": {"fp32": {"pool": "cpu"}}}},
+     "default_variant": {"digits": {"2": "int8-static"}}}
+
 Weights are relative (they need not sum to 100); a version at 0 gets no unpinned traffic but
 still answers requests that name it. The router re-reads the file when it changes and swaps the
 table in one assignment, so requests in flight are untouched; a file that does not parse or
@@ -20,6 +27,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from quiver.serving.manifest import Name, Placement
+
 from .watched import WatchedFile
 
 Weight = Annotated[int, Field(ge=0, le=1_000_000)]
@@ -29,6 +38,8 @@ class TrafficSplit(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     models: dict[str, dict[str, Weight]] = {}
+    placement: dict[str, dict[str, dict[str, Placement]]] = {}  # model → version → variant
+    default_variant: dict[str, dict[str, Name]] = {}  # model → version → variant, over the manifest's
 
     @model_validator(mode="after")
     def _some_traffic(self) -> TrafficSplit:
@@ -39,6 +50,8 @@ class TrafficSplit(BaseModel):
 
     def check_against(self, deployed: Mapping[str, list[str]]) -> None:
         """Refuse versions that are not deployed (`deployed`: model → versions)."""
+        if self.placement or self.default_variant:
+            raise ValueError("placement, default_variant: only a cluster's route table sets them (quiver serve reads manifests)")
         for model, weights in self.models.items():
             missing = sorted(set(weights) - set(deployed.get(model, [])))
             if missing:
@@ -69,6 +82,10 @@ class Traffic:
             return ""
         versions, shares = zip(*weights.items())
         return self._rng.choices(versions, weights=shares)[0]
+
+    def use(self, split: TrafficSplit) -> None:
+        """Take a split checked elsewhere (a cluster's route table)."""
+        self.file.value = split
 
     def reload(self) -> bool:
         return self.file.reload()

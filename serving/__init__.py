@@ -1,50 +1,57 @@
 """quiver.serving: model store and manifest, the ONNX Runtime runtime, the Ray Serve deployments.
 
-The public face other packages use; `serving` never imports `router`.
+The public face other packages use; `serving` never imports `router`. Names load on first use,
+so a process that only reads manifests (the operator) never loads ONNX Runtime or Ray.
 """
 
-from . import signing
-from .datatypes import Datatype
-from .deployment import DeadlinePassed, InferenceResult, VariantReplica, app_name, application_states, deploy, deploy_all
-from .example import build_example, example_version
-from .manifest import Autoscaling, Batching, Device, Manifest, Metrics, Precision, Replicas, TensorSpec, Variant
-from .pools import node_resources, pool_resource, pools_with_nodes
-from .integrity import IntegrityError, variant_bytes
-from .runtime import InferenceError, ModelRuntime
-from .store import ModelVersion, StoreError, from_onnx_file, load_store, read_version, write_version
+from __future__ import annotations
 
-__all__ = [
-    "Autoscaling",
-    "Batching",
-    "Datatype",
-    "DeadlinePassed",
-    "Device",
-    "InferenceError",
-    "InferenceResult",
-    "IntegrityError",
-    "Manifest",
-    "Metrics",
-    "ModelRuntime",
-    "ModelVersion",
-    "Precision",
-    "Replicas",
-    "StoreError",
-    "TensorSpec",
-    "Variant",
-    "VariantReplica",
-    "app_name",
-    "application_states",
-    "build_example",
-    "deploy",
-    "deploy_all",
-    "example_version",
-    "from_onnx_file",
-    "load_store",
-    "node_resources",
-    "pool_resource",
-    "pools_with_nodes",
-    "read_version",
-    "signing",
-    "variant_bytes",
-    "write_version",
-]
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "Datatype": "datatypes",
+    "DeadlinePassed": "deployment",
+    "InferenceResult": "deployment",
+    "VariantReplica": "deployment",
+    "application_states": "deployment",
+    "deploy": "deployment",
+    "deploy_all": "deployment",
+    "app_name": "apps",
+    "VariantApp": "apps",
+    "build_example": "example",
+    "example_version": "example",
+    "Autoscaling": "manifest",
+    "Batching": "manifest",
+    "Device": "manifest",
+    "Manifest": "manifest",
+    "Metrics": "manifest",
+    "Placement": "manifest",
+    "Precision": "manifest",
+    "Replicas": "manifest",
+    "TensorSpec": "manifest",
+    "Variant": "manifest",
+    "node_resources": "pools",
+    "pool_resource": "pools",
+    "pools_with_nodes": "pools",
+    "IntegrityError": "integrity",
+    "variant_bytes": "integrity",
+    "InferenceError": "runtime",
+    "ModelRuntime": "runtime",
+    "ModelVersion": "store",
+    "StoreError": "store",
+    "from_onnx_file": "store",
+    "load_store": "store",
+    "read_version": "store",
+    "write_version": "store",
+}
+
+__all__ = sorted([*_PUBLIC, "signing"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "signing":
+        return importlib.import_module(".signing", __name__)
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)

@@ -20,12 +20,13 @@ from ray.serve import Application, RunTarget
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
+from .apps import VariantApp, app_name
 from .crypto import read_key
 from .integrity import variant_bytes
 from .manifest import Variant
 from .pools import REPLICA_SHARE, pool_resource
 from .runtime import InferenceError, ModelRuntime
-from .store import ModelVersion
+from .store import ModelVersion, read_version
 
 Tensors = dict[str, np.ndarray]
 
@@ -138,11 +139,6 @@ def _signature(inputs: Tensors) -> tuple:
     return tuple((name, array.shape[1:]) for name, array in sorted(inputs.items()))
 
 
-def app_name(version: ModelVersion, variant: Variant) -> str:
-    """The Serve application of a variant; one per (model, version, variant)."""
-    return f"{version.manifest.name}.{version.manifest.version}.{variant.name}"
-
-
 def application(version: ModelVersion, variant: Variant, key_file: Path | None = None) -> Application:
     """A variant as a Serve application, its replicas placed on its pool's nodes only."""
     replicas = variant.replicas
@@ -164,6 +160,13 @@ def application(version: ModelVersion, variant: Variant, key_file: Path | None =
         # One log line per request would cost more than the request.
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
     ).bind(version, variant.name, key_file)
+
+
+def build_variant_app(args: dict) -> Application:
+    """Serve's application builder for declarative configs (the `import_path` of a `VariantApp`)."""
+    spec = VariantApp.model_validate(args)
+    version = read_version(spec.store / spec.model / spec.version)
+    return application(version, spec.placement.apply(version.manifest.variant(spec.variant)), spec.key_file)
 
 
 def deploy(version: ModelVersion, variant: Variant, key_file: Path | None = None) -> DeploymentHandle:

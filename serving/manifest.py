@@ -44,6 +44,26 @@ class Device(str, enum.Enum):
     GPU = "gpu"
 
 
+class VariantKind(str, enum.Enum):
+    """The kinds of variant `quiver optimize` makes; each is published under its kind's name."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8_DYNAMIC = "int8-dynamic"
+    INT8_STATIC = "int8-static"
+    PRUNED = "pruned"
+    DISTILLED = "distilled"
+
+    @property
+    def precision(self) -> Precision:
+        return {VariantKind.FP16: Precision.FP16, VariantKind.INT8_DYNAMIC: Precision.INT8,
+                VariantKind.INT8_STATIC: Precision.INT8}.get(self, Precision.FP32)
+
+    @property
+    def device(self) -> Device:
+        return Device.GPU if self is VariantKind.FP16 else Device.CPU
+
+
 class Batching(_Spec):
     """Dynamic batching of concurrent requests inside one replica.
 
@@ -133,6 +153,21 @@ class Variant(_Spec):
         if self.file.startswith("/") or ".." in re.split(r"[/\\]", self.file):
             raise ValueError(f"file {self.file!r} must be a relative path inside the version directory")
         return self
+
+
+class Placement(_Spec):
+    """Where and how a deployment runs a published variant, overriding what its manifest says.
+
+    The operator sets it from a ModelDeployment's `spec.placement`; the manifest stays as
+    `quiver optimize` wrote (and signed) it.
+    """
+
+    pool: Name | None = None
+    replicas: Replicas | None = None
+    batching: Batching | None = None
+
+    def apply(self, variant: Variant) -> Variant:
+        return variant.model_copy(update={k: v for k, v in self if v is not None})
 
 
 class Manifest(_Spec):

@@ -1,4 +1,4 @@
-"""`quiver serve` in a child process, as a user runs it: started, awaited, stopped with SIGTERM.
+"""`quiver serve` or `quiver router` in a child process, as a user runs it: started, awaited, stopped with SIGTERM.
 
 The server runs in its own process also because Quiver's generated `inference` protobuf
 messages and tritonclient's cannot be loaded into one process (duplicate descriptor symbols).
@@ -35,12 +35,21 @@ class ServerProcess:
 @contextmanager
 def quiver_serve(*args: str, startup_timeout_s: float = 180) -> Iterator[ServerProcess]:
     """Run `quiver serve ARGS --port 0`; yields once it prints its ready line."""
+    with quiver_process("serve", *args, startup_timeout_s=startup_timeout_s) as server:
+        yield server
+
+
+@contextmanager
+def quiver_process(
+    command: str, *args: str, startup_timeout_s: float = 180, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """Run `quiver COMMAND ARGS --port 0 --metrics-port 0`; yields once it prints its ready line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "quiver", "serve", *args, "--port", "0", "--metrics-port", "0"],
+        [sys.executable, "-m", "quiver", command, *args, "--port", "0", "--metrics-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
     )
     server = ServerProcess(process)
     ready = threading.Event()
@@ -59,7 +68,7 @@ def quiver_serve(*args: str, startup_timeout_s: float = 180) -> Iterator[ServerP
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             reader.join(5)
-            raise RuntimeError(f"quiver serve did not become ready:\n{server.log()}")
+            raise RuntimeError(f"quiver {command} did not become ready:\n{server.log()}")
     try:
         yield server
     finally:
@@ -70,4 +79,4 @@ def quiver_serve(*args: str, startup_timeout_s: float = 180) -> Iterator[ServerP
             process.kill()
             raise
         reader.join(5)
-        assert code == 0, f"quiver serve exited with {code}:\n{server.log()}"
+        assert code == 0, f"quiver {command} exited with {code}:\n{server.log()}"

@@ -50,6 +50,8 @@ def variant_kinds(settings: OptimizeSettings) -> tuple[VariantKind, ...]:
 
 
 def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, variant: None) -> Result:
+    if settings.expect_sha256 and (digest := sha256_file(settings.model)) != settings.expect_sha256:
+        raise OptimizeError(f"{settings.model} has sha256 {digest}, expected {settings.expect_sha256}: refusing another file")
     source = from_onnx_file(settings.model, name=settings.name, version=settings.version).manifest
     target = settings.store / settings.name / settings.version
     if target.exists() and not settings.force:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..manifest import Device, Precision
+from ..manifest import VariantKind
 from .measure import Metric, SpeedBudget
 from .quantize import StaticQuantization
 
@@ -21,24 +20,6 @@ class Training:
     temperature: float = 4.0  # distillation: how much the teacher's outputs are softened
     label_weight: float = 0.5  # distillation: share of cross-entropy on labels, when there are labels
     seed: int = 0
-
-
-class VariantKind(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8_DYNAMIC = "int8-dynamic"
-    INT8_STATIC = "int8-static"
-    PRUNED = "pruned"
-    DISTILLED = "distilled"
-
-    @property
-    def precision(self) -> Precision:
-        return {VariantKind.FP16: Precision.FP16, VariantKind.INT8_DYNAMIC: Precision.INT8,
-                VariantKind.INT8_STATIC: Precision.INT8}.get(self, Precision.FP32)
-
-    @property
-    def device(self) -> Device:
-        return Device.GPU if self is VariantKind.FP16 else Device.CPU
 
 
 class OptimizeError(Exception):
@@ -67,5 +48,6 @@ class OptimizeSettings:
     training: Training = field(default_factory=Training)
     speed: SpeedBudget = field(default_factory=SpeedBudget)
     force: bool = False
+    expect_sha256: str | None = None  # refuse a source model with another digest
     encrypt_key: Path | None = None  # published variants written AES-256-GCM encrypted with this key
     sign_key: Path | None = None  # EC private key (PEM) that signs the version directory

@@ -1,0 +1,120 @@
+"""Rollout gates: a version's error rate and p99 latency, read from the routers' Prometheus metrics.
+
+A sample sums, over every router, the version's request counters and latency histogram (all
+its variants). A step is judged on the difference between the sample at its start and now, so
+the verdict covers exactly the requests of that step. Errors are the server's failures
+(INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, DATA_LOSS), not the callers' bad requests.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import urllib.request
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .spec import Gates
+
+SERVER_ERRORS = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "DATA_LOSS"})
+
+
+@dataclass(frozen=True)
+class Sample:
+    requests: float = 0.0
+    errors: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # latency upper bound (s) → cumulative count
+
+    def to_status(self) -> dict:
+        return {"requests": self.requests, "errors": self.errors, "buckets": [[le, n] for le, n in sorted(self.buckets.items())]}
+
+    @classmethod
+    def from_status(cls, data: dict) -> Sample:
+        return cls(data.get("requests", 0.0), data.get("errors", 0.0), {float(le): n for le, n in data.get("buckets", [])})
+
+
+class Outcome(str, enum.Enum):
+    PASS = "Pass"
+    BREACH = "Breach"
+    WAIT = "Wait"  # too few requests to judge yet
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    message: str
+    requests: float = 0.0
+    error_rate: float = 0.0
+    p99_ms: float | None = None
+
+
+def scrape(urls: list[str], model: str, version: str, timeout_s: float = 5.0) -> Sample:
+    """The version's counters summed over these routers' /metrics pages."""
+    requests = errors = 0.0
+    buckets: dict[float, float] = {}
+    for url in urls:
+        for family in _families(url, timeout_s):
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("model") != model or labels.get("version") != version:
+                    continue
+                if sample.name == "quiver_requests_total":
+                    requests += sample.value
+                    errors += sample.value if labels.get("code") in SERVER_ERRORS else 0.0
+                elif sample.name == "quiver_request_latency_seconds_bucket":
+                    bound = float(labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return Sample(requests, errors, buckets)
+
+
+def routed_versions(urls: list[str], model: str, timeout_s: float = 5.0) -> set[str]:
+    """The model's versions that any of these routers still has in its route table."""
+    versions: set[str] = set()
+    for url in urls:
+        for family in _families(url, timeout_s):
+            versions.update(
+                sample.labels["version"]
+                for sample in family.samples
+                if sample.name == "quiver_route_weight" and sample.labels.get("model") == model
+            )
+    return versions
+
+
+def judge(before: Sample, after: Sample, gates: Gates) -> Verdict:
+    requests = after.requests - before.requests
+    if requests < gates.min_requests:  # also a router restart (counters back at zero)
+        return Verdict(Outcome.WAIT, f"{max(requests, 0):.0f} requests so far, {gates.min_requests} needed to judge")
+    error_rate = (after.errors - before.errors) / requests
+    p99 = _quantile(0.99, {le: n - before.buckets.get(le, 0.0) for le, n in after.buckets.items()})
+    p99_ms = None if p99 is None else p99 * 1000
+    measured = f"{requests:.0f} requests, error rate {error_rate:.2%}, p99 " + ("n/a" if p99_ms is None else f"{p99_ms:.1f} ms")
+    if error_rate > gates.max_error_rate:
+        return Verdict(Outcome.BREACH, f"error rate {error_rate:.2%} above {gates.max_error_rate:.2%} ({measured})", requests, error_rate, p99_ms)
+    if gates.max_p99_latency_ms is not None and p99_ms is not None and p99_ms > gates.max_p99_latency_ms:
+        return Verdict(
+            Outcome.BREACH, f"p99 {p99_ms:.1f} ms above {gates.max_p99_latency_ms:g} ms ({measured})", requests, error_rate, p99_ms
+        )
+    return Verdict(Outcome.PASS, measured, requests, error_rate, p99_ms)
+
+
+def _quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile: linear within the bucket that holds the q-th observation."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower  # beyond the last finite bound: its value is all that is known
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return bounds[-1]
+
+
+def _families(url: str, timeout_s: float) -> list:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return list(text_string_to_metric_families(response.read().decode()))

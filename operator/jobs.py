@@ -1,0 +1,83 @@
+"""The optimization Job: `quiver optimize` in the chart's image, writing into the shared store."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .settings import OperatorSettings
+from .spec import ModelDeploymentSpec, local_path
+
+MANAGED_BY = "quiver-operator"
+
+
+def job_name(deployment: str, version: str) -> str:
+    """A DNS-1123 name, unique per (ModelDeployment, version)."""
+    safe = re.sub(r"[^a-z0-9-]", "-", version.lower()).strip("-") or "v"
+    return f"{deployment}-optimize-{safe}"[:63].rstrip("-")
+
+
+def optimize_command(spec: ModelDeploymentSpec, settings: OperatorSettings) -> list[str]:
+    model, optimization = spec.model, spec.optimization
+    command = [
+        "quiver", "optimize", str(local_path(model.source)),
+        "--name", model.name,
+        "--version", model.version,
+        "--store", str(settings.store),
+        "--eval", str(local_path(optimization.eval_data)),
+        "--variants", ",".join(kind.value for kind in optimization.variants),
+        "--max-accuracy-drop", str(optimization.max_accuracy_drop),
+        "--metric", optimization.metric,
+        "--target", optimization.target,
+    ]
+    if model.sha256:
+        command += ["--expect-sha256", model.sha256]
+    if optimization.calibration_data:
+        command += ["--calibration", str(local_path(optimization.calibration_data))]
+    if optimization.train_data:
+        command += ["--train", str(local_path(optimization.train_data))]
+    return command
+
+
+def optimize_job(deployment: str, uid: str | None, spec: ModelDeploymentSpec, settings: OperatorSettings) -> dict[str, Any]:
+    labels = {
+        "app.kubernetes.io/name": "quiver",
+        "app.kubernetes.io/component": "optimize",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "serving.quiver.dev/model-deployment": deployment,
+    }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+        "containers": [
+            {
+                "name": "optimize",
+                "image": settings.image,
+                "command": optimize_command(spec, settings),
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if settings.store_claim:
+        pod["volumes"].append({"name": "models", "persistentVolumeClaim": {"claimName": settings.store_claim}})
+        pod["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": str(settings.store)})
+    if settings.job_service_account:
+        pod["serviceAccountName"] = settings.job_service_account
+    metadata: dict[str, Any] = {"name": job_name(deployment, spec.model.version), "labels": labels}
+    if uid:  # deleting the ModelDeployment deletes its Jobs
+        metadata["ownerReferences"] = [
+            {"apiVersion": "serving.quiver.dev/v1alpha1", "kind": "ModelDeployment", "name": deployment, "uid": uid, "controller": True}
+        ]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        # One try: a failure is a fact about the model or the data, reported in the status.
+        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": pod}},
+    }

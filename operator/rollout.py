@@ -1,0 +1,328 @@
+"""One look at a ModelDeployment: compare spec and status, take the next step, return the new status.
+
+Idempotent and resumable: everything it decides from is in the status, so the same look after
+a restart takes the same step, and a step already taken is not taken again. The order of each
+transition keeps the serving version safe: a new version's applications run before any traffic
+moves to it; a version leaves the route table before its applications are removed (at the
+next look, so that routers have re-read the table); on any failure the weights go back first.
+
+    (new version) → Optimizing → Deploying → Shifting (step by step, gates read) → Serving
+                         ↘            ↘             ↘ breach: weights back, applications removed
+                          Failed (the version before keeps serving; a new spec.model.version retries)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from quiver.serving.apps import VariantApp, app_prefix
+from quiver.serving.manifest import Manifest, Placement
+from quiver.serving.store import StoreError, read_version
+
+from . import gates
+from .jobs import job_name, optimize_job
+from .kube import JobPhase, Kube
+from .serve_api import ServeApi
+from .settings import OperatorSettings
+from .spec import ModelDeploymentSpec
+from .status import ConditionType as C
+from .status import Phase, Status
+
+logger = logging.getLogger(__name__)
+
+
+class NotDeployable(Exception):
+    """The spec passed the schema but cannot work with what the optimization produced."""
+
+
+@dataclass
+class Reconciler:
+    settings: OperatorSettings
+    kube: Kube
+    serve: ServeApi
+    clock: Callable[[], float] = time.time
+
+    def look(self, name: str, uid: str | None, spec: ModelDeploymentSpec, status: Status) -> Status:
+        status = status.model_copy(deep=True)
+        self._retire(spec.model.name, status)
+        wanted = spec.model.version
+        busy = status.phase in (Phase.OPTIMIZING, Phase.DEPLOYING, Phase.SHIFTING)
+        if busy and status.target_version != wanted:
+            self._abandon(spec, status, f"spec.model.version changed to {wanted!r}")
+            busy = False
+        if not busy and wanted not in (status.current_version, status.failed_version):
+            self._start(name, uid, spec, status)
+        if status.phase is Phase.OPTIMIZING:
+            self._optimizing(name, spec, status)
+        if status.phase is Phase.DEPLOYING:
+            self._deploying(spec, status)
+        if status.phase is Phase.SHIFTING:
+            self._shifting(spec, status)
+        return status
+
+    # Transitions
+
+    def _start(self, name: str, uid: str | None, spec: ModelDeploymentSpec, status: Status) -> None:
+        version = spec.model.version
+        status.target_version = version
+        try:
+            self._check_pools(spec)
+        except NotDeployable as exc:
+            self._fail(spec, status, "InvalidSpec", str(exc))
+            return
+        self.kube.create_job(optimize_job(name, uid, spec, self.settings))
+        status.phase, status.target_version, status.failed_version = Phase.OPTIMIZING, version, None
+        status.set(C.OPTIMIZED, None, "JobRunning", f"job {job_name(name, version)} optimizes version {version}")
+        status.set(C.ROLLOUT_PROGRESSING, True, "Optimizing", f"version {version}: optimizing")
+        logger.info("%s: version %s: optimization job started", name, version)
+
+    def _optimizing(self, name: str, spec: ModelDeploymentSpec, status: Status) -> None:
+        version = status.target_version
+        job = job_name(name, version)
+        state = self.kube.job_state(job)
+        if state.phase is JobPhase.RUNNING:
+            return
+        if state.phase is not JobPhase.SUCCEEDED:
+            why = f"job {job}: {state.reason or state.phase.value}" + (f": {state.message}" if state.message else "")
+            status.set(C.OPTIMIZED, False, "JobFailed", why)
+            self._fail(spec, status, "OptimizationFailed", why)
+            return
+        try:
+            manifest = self._published(spec, version)
+        except NotDeployable as exc:
+            status.set(C.OPTIMIZED, True, "Published", f"version {version} published")
+            status.set(C.DEPLOYED, False, "NotDeployable", str(exc))
+            self._fail(spec, status, "NotDeployable", str(exc))
+            return
+        status.set(C.OPTIMIZED, True, "Published", f"version {version}: published {', '.join(manifest.variant_names)}")
+        self.serve.put_apps([app.config() for app in self._apps(spec, manifest)])
+        status.phase, status.deploy_started_at = Phase.DEPLOYING, self.clock()
+        status.variants = [self._variant_status(spec, manifest, v) for v in manifest.variant_names]
+        status.set(C.DEPLOYED, None, "Deploying", f"version {version}: starting {len(manifest.variants)} applications")
+
+    def _deploying(self, spec: ModelDeploymentSpec, status: Status) -> None:
+        version = status.target_version
+        prefix = app_prefix(spec.model.name, version)
+        states = {n: s for n, s in self.serve.statuses().items() if n.startswith(prefix)}
+        failed = [n for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
+        if failed:
+            messages = self.serve.messages()
+            why = "; ".join(f"{n}: {messages.get(n, '')[:300]}" for n in failed)
+            status.set(C.DEPLOYED, False, "DeployFailed", why)
+            self._fail(spec, status, "DeployFailed", why, remove_target=True)
+            return
+        if not states or any(s != "RUNNING" for s in states.values()):
+            if self.clock() - (status.deploy_started_at or self.clock()) > self.settings.deploy_timeout_s:
+                why = f"applications not running after {self.settings.deploy_timeout_s:.0f} s: {states}"
+                status.set(C.DEPLOYED, False, "DeployTimeout", why)
+                self._fail(spec, status, "DeployTimeout", why, remove_target=True)
+            return
+        status.set(C.DEPLOYED, True, "Running", f"version {version}: {len(states)} applications running")
+        if status.current_version is None:  # nothing to compare with: the first version takes all traffic
+            self._route(spec, status, {version: 100})
+            self._complete(spec, status)
+            return
+        status.phase, status.step = Phase.SHIFTING, 0
+        self._begin_step(spec, status)
+
+    def _shifting(self, spec: ModelDeploymentSpec, status: Status) -> None:
+        if self.clock() - (status.step_started_at or 0) < spec.rollout.interval_seconds:
+            return
+        sample = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
+        verdict = gates.judge(gates.Sample.from_status(status.baseline or {}), sample, spec.rollout.gates)
+        weights = spec.rollout.weights
+        if verdict.outcome is gates.Outcome.WAIT:
+            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForTraffic", f"step {status.step + 1}/{len(weights)}: {verdict.message}")
+            return
+        if verdict.outcome is gates.Outcome.BREACH:
+            why = f"version {status.target_version} at {weights[status.step]}%: {verdict.message}"
+            self._fail(spec, status, "GateBreached", why, remove_target=True)
+            return
+        logger.info("version %s passed step %d (%d%%): %s", status.target_version, status.step + 1, weights[status.step], verdict.message)
+        if status.step + 1 == len(weights):
+            self._complete(spec, status)
+            return
+        status.step += 1
+        self._begin_step(spec, status, baseline=sample)
+
+    def _begin_step(self, spec: ModelDeploymentSpec, status: Status, baseline: gates.Sample | None = None) -> None:
+        weights = spec.rollout.weights
+        share = weights[status.step]
+        self._route(spec, status, {status.current_version: 100 - share, status.target_version: share})
+        if baseline is None:
+            baseline = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
+        status.baseline, status.step_started_at = baseline.to_status(), self.clock()
+        status.set(
+            C.ROLLOUT_PROGRESSING, True, "Shifting",
+            f"version {status.target_version}: step {status.step + 1}/{len(weights)} at {share}%",
+        )
+
+    def _complete(self, spec: ModelDeploymentSpec, status: Status) -> None:
+        version, old = status.target_version, status.current_version
+        self._route(spec, status, {version: 100})
+        if old is not None and old != version:
+            status.retiring.append(old)
+            status.previous_version = old
+        status.current_version, status.target_version = version, None
+        status.phase, status.baseline, status.step_started_at = Phase.SERVING, None, None
+        status.set(C.ROLLOUT_PROGRESSING, False, "Complete", f"version {version} takes all traffic")
+        status.set(C.READY, True, "Serving", f"version {version} serves")
+        status.set(C.DEGRADED, False, "Healthy", "")
+        logger.info("%s: version %s takes all traffic", spec.model.name, version)
+
+    def _fail(self, spec: ModelDeploymentSpec, status: Status, reason: str, why: str, remove_target: bool = False) -> None:
+        """The target version failed: traffic back to the serving version, its applications removed."""
+        target, current = status.target_version, status.current_version
+        if remove_target and target:
+            if current is not None:
+                self._route(spec, status, {current: 100})
+            status.retiring.append(target)
+        status.failed_version, status.target_version = target, None
+        status.phase, status.baseline, status.step_started_at = Phase.FAILED, None, None
+        status.set(C.ROLLOUT_PROGRESSING, False, reason, why)
+        status.set(C.DEGRADED, True, reason, why)
+        if current is None:
+            status.set(C.READY, False, reason, why)
+        logger.warning("version %s failed (%s): %s", target, reason, why)
+
+    def _abandon(self, spec: ModelDeploymentSpec, status: Status, why: str) -> None:
+        target, current = status.target_version, status.current_version
+        if current is not None and target in status.traffic:
+            self._route(spec, status, {current: 100})
+        if target:
+            status.retiring.append(target)
+        status.target_version, status.phase = None, Phase.SERVING if current else None
+        status.set(C.ROLLOUT_PROGRESSING, False, "Superseded", f"version {target} abandoned: {why}")
+
+    def _retire(self, model: str, status: Status) -> None:
+        """Remove the applications of versions out of the route table once no router lists them
+        (a mounted ConfigMap reaches the pods a while after it changes)."""
+        if not status.retiring:
+            return
+        urls = self._router_metrics()
+        try:
+            routed = gates.routed_versions(urls, model) if urls else set()
+        except OSError as exc:
+            logger.warning("cannot read the routers' route tables, retiring later: %s", exc)
+            return
+        waiting = []
+        for version in dict.fromkeys(status.retiring):
+            if version in (status.current_version, status.target_version):
+                continue
+            if version in routed:
+                waiting.append(version)
+                continue
+            self.serve.remove_apps(app_prefix(model, version))
+            logger.info("%s: version %s retired", model, version)
+        status.retiring = waiting
+
+    # The world
+
+    def _published(self, spec: ModelDeploymentSpec, version: str) -> Manifest:
+        try:
+            manifest = read_version(self.settings.store / spec.model.name / version).manifest
+        except StoreError as exc:
+            raise NotDeployable(str(exc)) from exc
+        published = set(manifest.variant_names)
+        for index, placed in enumerate(spec.placement):
+            if placed.variant not in published:
+                raise NotDeployable(
+                    f"spec.placement[{index}].variant {placed.variant!r} was not published "
+                    f"(published: {sorted(published)}; see the optimization report)"
+                )
+        default = spec.routing.default_variant
+        if default and default not in published:
+            raise NotDeployable(f"spec.routing.defaultVariant {default!r} was not published (published: {sorted(published)})")
+        limit = spec.rollout.gates.max_p99_latency_ms
+        measured = [v.metrics.p99_ms for v in manifest.variants if v.metrics]
+        if limit is not None and measured and min(measured) > limit:
+            raise NotDeployable(
+                f"spec.rollout.gates.maxP99LatencyMs {limit:g} cannot be met: the fastest variant measured "
+                f"p99 {min(measured):.2f} ms at batch 1 before any serving overhead"
+            )
+        return manifest
+
+    def _check_pools(self, spec: ModelDeploymentSpec) -> None:
+        known = self.settings.pools
+        for index, placed in enumerate(spec.placement):
+            if known and placed.pool not in known:
+                raise NotDeployable(f"spec.placement[{index}].pool {placed.pool!r} is not a pool of this cluster ({sorted(known)})")
+
+    def _apps(self, spec: ModelDeploymentSpec, manifest: Manifest) -> list[VariantApp]:
+        return [
+            VariantApp(
+                store=self.settings.store,
+                model=manifest.name,
+                version=manifest.version,
+                variant=name,
+                placement=self._placement(spec, name),
+                key_file=self.settings.model_key,
+            )
+            for name in manifest.variant_names
+        ]
+
+    def _placement(self, spec: ModelDeploymentSpec, variant: str) -> Placement:
+        placed = spec.placement_of(variant)
+        return placed.serve_placement() if placed else Placement()
+
+    def _variant_status(self, spec: ModelDeploymentSpec, manifest: Manifest, name: str) -> dict:
+        variant = self._placement(spec, name).apply(manifest.variant(name))
+        scaling = variant.replicas.autoscaling
+        return {
+            "name": name,
+            "version": manifest.version,
+            "pool": variant.pool,
+            "precision": variant.precision.value,
+            "minReplicas": scaling.min_replicas if scaling else variant.replicas.count,
+            "maxReplicas": scaling.max_replicas if scaling else variant.replicas.count,
+            "accuracy": variant.metrics.accuracy if variant.metrics else None,
+            "accuracyDrop": variant.metrics.accuracy_drop if variant.metrics else None,
+        }
+
+    def _route(self, spec: ModelDeploymentSpec, status: Status, weights: dict[str, int]) -> None:
+        """Weights for the model's versions, with the placement and default of a version new to the table."""
+        model = spec.model.name
+        target = status.target_version
+
+        def edit(routes: dict) -> dict:
+            routes.setdefault("models", {})[model] = weights
+            for key in ("placement", "default_variant"):
+                entries = routes.setdefault(key, {}).setdefault(model, {})
+                for version in list(entries):
+                    if version not in weights:
+                        del entries[version]
+            if target in weights:
+                placement = {p.variant: p.serve_placement().model_dump(mode="json", exclude_none=True) for p in spec.placement}
+                if placement:
+                    routes["placement"][model][target] = placement
+                if spec.routing.default_variant:
+                    routes["default_variant"][model][target] = spec.routing.default_variant
+            return routes
+
+        self.kube.edit_routes(self.settings.routes_configmap, edit)
+        self._record_traffic(status, weights)
+
+    def _record_traffic(self, status: Status, weights: dict[str, int]) -> None:
+        status.traffic = dict(weights)
+        status.traffic_summary = " ".join(f"{v}:{w}%" for v, w in weights.items())
+
+    def _router_metrics(self) -> list[str]:
+        urls = list(self.settings.router_metrics)
+        if self.settings.router_selector:
+            port = self.settings.router_metrics_port
+            urls += [f"http://{ip}:{port}/metrics" for ip in self.kube.pod_ips(self.settings.router_selector)]
+        return urls
+
+    def forget(self, model: str) -> None:
+        """The ModelDeployment is gone: its routes first, then its applications."""
+
+        def edit(routes: dict) -> dict:
+            for key in ("models", "placement", "default_variant"):
+                routes.get(key, {}).pop(model, None)
+            return routes
+
+        self.kube.edit_routes(self.settings.routes_configmap, edit)
+        self.serve.remove_apps(f"{model}.")

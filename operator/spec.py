@@ -1,0 +1,174 @@
+"""The ModelDeployment spec as typed models: what a user asks for, validated at the edge.
+
+The CRD's schema (helm/quiver/crds/) rejects malformed objects at the API server; these models
+validate again here, where the operator reads a spec (an emulator or an old CRD may let anything
+through), and add the cross-field checks a schema cannot express. Errors name the field path.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from quiver.serving.manifest import Autoscaling, Batching, Name, Replicas, VariantKind
+from quiver.serving.manifest import Placement as ServePlacement
+
+Uri = Annotated[str, Field(pattern=r"^(file://)?/\S+$")]
+
+
+class SpecError(ValueError):
+    """The spec cannot work as written; the message names the field."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+def local_path(uri: str) -> Path:
+    """The path on the shared model volume a `file://` URI or absolute path names."""
+    return Path(uri.removeprefix("file://"))
+
+
+class ModelSource(_Spec):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")]
+    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    source: Uri
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class Optimization(_Spec):
+    variants: Annotated[list[VariantKind], Field(min_length=1)] = [VariantKind.FP32]
+    eval_data: Uri
+    calibration_data: Uri | None = None
+    train_data: Uri | None = None
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
+    metric: Annotated[str, Field(pattern="^(top1|cosine)$")] = "top1"
+    target: Annotated[str, Field(pattern="^(cpu|gpu)$")] = "cpu"
+
+    @model_validator(mode="after")
+    def _data_for_each_variant(self) -> Optimization:
+        if VariantKind.INT8_STATIC in self.variants and self.calibration_data is None:
+            raise ValueError("variants has int8-static, which needs calibrationData")
+        return self
+
+
+class BatchingSpec(_Spec):
+    max_batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
+    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
+
+
+class VariantPlacement(_Spec):
+    variant: Name
+    pool: Name
+    min_replicas: Annotated[int, Field(ge=0, le=1024)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+    target_ongoing_requests: Annotated[float, Field(gt=0)] = 32
+    num_cpus: Annotated[float, Field(gt=0, le=256)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0, le=16)] = 0.0
+    max_queued_requests: Annotated[int, Field(ge=1, le=100_000)] = 256
+    batching: BatchingSpec = BatchingSpec()
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> VariantPlacement:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) is above maxReplicas ({self.max_replicas})")
+        return self
+
+    def serve_placement(self) -> ServePlacement:
+        """What the Serve application and the router use: replicas, autoscaling when the bounds differ."""
+        scaling = (
+            Autoscaling(
+                min_replicas=self.min_replicas,
+                max_replicas=self.max_replicas,
+                target_ongoing_requests=self.target_ongoing_requests,
+            )
+            if self.max_replicas > self.min_replicas
+            else None
+        )
+        return ServePlacement(
+            pool=self.pool,
+            replicas=Replicas(
+                count=max(self.min_replicas, 1),
+                num_cpus=self.num_cpus,
+                num_gpus=self.num_gpus,
+                max_queued_requests=self.max_queued_requests,
+                autoscaling=scaling,
+            ),
+            batching=Batching(max_batch_size=self.batching.max_batch_size, max_wait_ms=self.batching.max_wait_ms),
+        )
+
+
+class Strategy(str, enum.Enum):
+    CANARY = "Canary"
+    IMMEDIATE = "Immediate"
+
+
+class Gates(_Spec):
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    max_p99_latency_ms: Annotated[float, Field(gt=0)] | None = None
+    min_requests: Annotated[int, Field(ge=1)] = 20
+
+
+class Rollout(_Spec):
+    strategy: Strategy = Strategy.CANARY
+    steps: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=20)] = [10, 50, 100]
+    interval_seconds: Annotated[int, Field(ge=1, le=86400)] = 60
+    gates: Gates = Gates()
+    on_breach: Annotated[str, Field(pattern="^Rollback$")] = "Rollback"
+
+    @model_validator(mode="after")
+    def _steps_climb_to_100(self) -> Rollout:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:])) or self.steps[-1] != 100:
+            raise ValueError(f"steps {self.steps} must rise and end at 100")
+        return self
+
+    @property
+    def weights(self) -> list[int]:
+        """The new version's share at each step (Immediate: one step of 100)."""
+        return [100] if self.strategy is Strategy.IMMEDIATE else list(self.steps)
+
+
+class Routing(_Spec):
+    default_variant: Name | None = None
+
+
+class ModelDeploymentSpec(_Spec):
+    model: ModelSource
+    optimization: Optimization
+    placement: list[VariantPlacement] = []
+    rollout: Rollout = Rollout()
+    routing: Routing = Routing()
+
+    @model_validator(mode="after")
+    def _names_refer_to_variants(self) -> ModelDeploymentSpec:
+        wanted = {kind.value for kind in self.optimization.variants}
+        for index, placed in enumerate(self.placement):
+            if placed.variant not in wanted:
+                raise ValueError(f"placement[{index}].variant {placed.variant!r} is not one of optimization.variants {sorted(wanted)}")
+        names = [placed.variant for placed in self.placement]
+        if len(names) != len(set(names)):
+            raise ValueError(f"placement: each variant at most once, got {names}")
+        if self.routing.default_variant and self.routing.default_variant not in wanted:
+            raise ValueError(
+                f"routing.defaultVariant {self.routing.default_variant!r} is not one of optimization.variants {sorted(wanted)}"
+            )
+        return self
+
+    def placement_of(self, variant: str) -> VariantPlacement | None:
+        return next((placed for placed in self.placement if placed.variant == variant), None)
+
+
+def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:
+    """The typed spec, or SpecError naming each field that is wrong (`spec.placement[1].maxReplicas`)."""
+    try:
+        return ModelDeploymentSpec.model_validate(spec)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+            problems.append(f"spec{path}: {error['msg']}")
+        raise SpecError("; ".join(problems)) from None

@@ -1,0 +1,43 @@
+"""A router process's life, shared by `quiver serve` and `quiver router`: start, say ready, drain.
+
+Prints one `ready: HOST:PORT models=a:1|2,... metrics=URL` line once requests can be served, and
+on SIGINT/SIGTERM turns health to NOT_SERVING, drains and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from quiver.router import Router
+
+logger = logging.getLogger(__name__)
+
+
+async def run_router(router: Router, until_ready: Callable[[], Awaitable[None]]) -> int:
+    """Serve until a signal; `until_ready` may raise TimeoutError (exit status 1)."""
+    settings = router.settings
+    if settings.tls is None:
+        logger.warning("serving plaintext gRPC on %s: no TLS", settings.host)
+    if settings.token_file is None:
+        logger.warning("no --token-file: every caller may use every model")
+    port = await router.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await until_ready()
+    except TimeoutError as exc:
+        logger.error("%s", exc)
+        await router.stop()
+        return 1
+    models = ",".join(f"{name}:{'|'.join(versions)}" for name, versions in router.routes.models().items())
+    metrics = f" metrics=http://{settings.host}:{router.metrics_port}/metrics" if router.metrics_port else ""
+    print(f"ready: {settings.host}:{port} models={models}{metrics}", flush=True)
+    await stop.wait()
+    logger.warning("shutting down: draining requests for up to %.0f s", settings.grace_period_s)
+    await router.stop()
+    return 0

@@ -1,0 +1,294 @@
+"""The operator end to end: the real kopf operator against kmock's Kubernetes API, deploying to a
+real Ray head through its Serve REST API, a real `quiver router` following the routes it writes,
+and a steady load of real gRPC requests through that router all along.
+
+What the cluster does besides the API server (run a Job's pod, mount a ConfigMap) is played by
+tests/cluster.py through the same API. One module-scoped stack; the tests build on each other
+in order: first version, a canary rollout, a rollback on a breached gate, an operator killed
+mid-rollout, a spec that cannot work, deletion.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from kubernetes import client
+
+from tests.cluster import NAMESPACE, JobRunner, Kubelet, Operator, environment, routes
+from tests.kubeapi import kubernetes_api
+from tests.models import build_gemm, reference
+from tests.raycluster import RayHead, ray_head
+from tests.serverproc import ServerProcess, quiver_process
+
+GROUP, VERSION, PLURAL = "serving.quiver.dev", "v1alpha1", "modeldeployments"
+MODEL = "digits"
+
+
+def weights(version: int) -> np.ndarray:
+    return np.random.default_rng(version).standard_normal((64, 10)).astype(np.float32)
+
+
+@dataclass
+class Load:
+    """Requests without a version, one after another from a few threads, each outcome counted."""
+
+    address: str
+    outcomes: Counter = field(default_factory=Counter)  # "ok:<version>" or the gRPC status name
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, threads: int = 2) -> None:
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> Counter:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        return self.outcomes
+
+    def failures(self) -> dict[str, int]:
+        return {key: n for key, n in self.outcomes.items() if not key.startswith("ok:")}
+
+    def _run(self) -> None:
+        connection = triton.InferenceServerClient(self.address)
+        x = np.ones((1, 64), np.float32)
+        request = triton.InferInput("x", [1, 64], "FP32")
+        request.set_data_from_numpy(x)
+        sent = 0
+        while not self._stop.is_set() and sent < 100_000:  # bounded, whatever happens
+            sent += 1
+            try:
+                result = connection.infer(MODEL, [request], client_timeout=30)
+                self.outcomes[f"ok:{result.get_response().parameters['quiver.version'].string_param}"] += 1
+            except triton.InferenceServerException as exc:
+                self.outcomes[exc.status() or "error"] += 1
+
+
+@dataclass
+class Stack:
+    head: RayHead
+    router: ServerProcess
+    operator: Operator
+    jobs: JobRunner
+    kubelet: Kubelet
+    custom: client.CustomObjectsApi
+    batch: client.BatchV1Api
+    inputs: Path
+    routes_file: Path
+    load: Load
+
+    def deployment(self, name: str = MODEL) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
+
+    def apply(self, name: str, spec: dict[str, Any]) -> None:
+        try:
+            self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
+        except client.ApiException:
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
+                    "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+        else:
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name, {"spec": spec})
+
+    def wait(self, what: str, check: Callable[[dict], bool], timeout_s: float = 120, name: str = MODEL) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            body = self.deployment(name)
+            if check(body):
+                return body
+            time.sleep(0.2)
+        raise AssertionError(
+            f"timed out waiting for {what}; status: {body.get('status')}\noperator log:\n{self.operator.log()[-6000:]}\n"
+            f"router log:\n{self.router.log()[-3000:]}\njob errors: {self.jobs.errors}, kubelet errors: {self.kubelet.errors}"
+        )
+
+
+def condition(body: dict, kind: str) -> dict:
+    return next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def spec_for(stack: Stack, version: int, **rollout: Any) -> dict[str, Any]:
+    source = build_gemm(stack.inputs / f"digits-{version}.onnx", weights(version))
+    return {
+        "model": {"name": MODEL, "version": str(version), "source": f"file://{source}"},
+        "optimization": {"variants": ["fp32"], "evalData": str(stack.inputs / "eval.npz"), "maxAccuracyDrop": 0.05},
+        "placement": [{"variant": "fp32", "pool": "cpu", "minReplicas": 1, "maxReplicas": 1, "numCpus": 0.5}],
+        "rollout": {"strategy": "Canary", "steps": [10, 50, 100], "intervalSeconds": 2,
+                    "gates": {"maxErrorRate": 0.01, "maxP99LatencyMs": 150, "minRequests": 10}} | rollout,
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("operator")
+    store, inputs = work / "store", work / "inputs"
+    store.mkdir()
+    inputs.mkdir()
+    np.savez(inputs / "eval.npz", x=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+    routes_file = work / "routes.json"
+    routes_file.write_text('{"models": {}}')  # what the chart's ConfigMap starts with
+    with ray_head(num_cpus=4) as head, kubernetes_api(work) as (kubeconfig, api):
+        env = environment({**head.env, "KUBECONFIG": str(kubeconfig)})
+        router_args = ["--ray-address", head.gcs_address, "--store", str(store), "--routes", str(routes_file)]
+        with quiver_process("router", *router_args, env=env) as router:
+            kubelet, jobs = Kubelet(api, "quiver-routes", routes_file), JobRunner(api, work / "jobs.log")
+            operator = Operator(
+                ["--namespace", NAMESPACE, "--store", str(store), "--image", "quiver:test", "--ray-dashboard", head.dashboard_url,
+                 "--routes-configmap", "quiver-routes", "--router-metrics", router.metrics_url, "--pools", "cpu", "--tick-s", "0.5"],
+                env, work / "operator.log",
+            )
+            kubelet.start()
+            jobs.start()
+            operator.start()
+            stack = Stack(head, router, operator, jobs, kubelet, client.CustomObjectsApi(api), client.BatchV1Api(api),
+                          inputs, routes_file, Load(router.address))
+            try:
+                yield stack
+            finally:
+                stack.load.stop()
+                operator.stop()
+                jobs.stop()
+                kubelet.stop()
+
+
+def test_first_version_is_optimized_deployed_routed_and_ready(stack: Stack) -> None:
+    stack.apply(MODEL, spec_for(stack, 1))
+    body = stack.wait("version 1 ready", lambda b: condition(b, "Ready").get("status") == "True")
+    status = body["status"]
+    assert status["currentVersion"] == "1" and status["traffic"] == {"1": 100}
+    assert condition(body, "Optimized")["status"] == "True" and condition(body, "Deployed")["status"] == "True"
+    assert status["variants"][0]["name"] == "fp32" and status["variants"][0]["pool"] == "cpu"
+    # The Job ran the optimization the spec asked for, into the shared store.
+    command = stack.jobs.commands[0]
+    assert command[:3] == ["quiver", "optimize", str(stack.inputs / "digits-1.onnx")]
+    assert command[command.index("--variants") + 1] == "fp32" and command[command.index("--version") + 1] == "1"
+    job = stack.batch.read_namespaced_job("digits-optimize-1", NAMESPACE)
+    assert job.spec.template.spec.containers[0].image == "quiver:test"
+    # Deployed through the Serve REST API; routed by the router from the routes the operator wrote.
+    assert stack.head.serve_applications()["digits.1.fp32"]["status"] == "RUNNING"
+    assert routes(stack.routes_file)["models"] == {MODEL: {"1": 100}}
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    request = triton.InferInput("x", [3, 64], "FP32")
+    request.set_data_from_numpy(x)
+    deadline = time.monotonic() + 30
+    while True:  # the router follows the routes file a moment after the kubelet wrote it
+        try:
+            result = triton.InferenceServerClient(stack.router.address).infer(MODEL, [request])
+            break
+        except triton.InferenceServerException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    expected = reference(stack.inputs / "digits-1.onnx", {"x": x})["y"]
+    np.testing.assert_allclose(result.as_numpy("y"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_canary_moves_traffic_step_by_step_without_failing_a_request(stack: Stack) -> None:
+    stack.load.start()
+    time.sleep(1)
+    started = time.monotonic()
+    stack.apply(MODEL, spec_for(stack, 2))
+    seen: list[dict] = []
+
+    def track(body: dict) -> bool:
+        traffic = body.get("status", {}).get("traffic")
+        if traffic and (not seen or seen[-1] != traffic):
+            seen.append(traffic)
+        return body["status"].get("currentVersion") == "2"
+
+    body = stack.wait("version 2 to take all traffic", track)
+    elapsed = time.monotonic() - started
+    assert [t for t in seen if "2" in t] == [{"1": 90, "2": 10}, {"1": 50, "2": 50}, {"1": 0, "2": 100}, {"2": 100}]
+    assert body["status"]["previousVersion"] == "1"
+    assert condition(body, "RolloutProgressing")["reason"] == "Complete"
+    stack.wait("version 1's applications removed", lambda b: not b["status"].get("retiring"))
+    assert "digits.1.fp32" not in stack.head.serve_applications()
+    time.sleep(1)
+    outcomes = stack.load.stop()
+    assert not stack.load.failures(), outcomes
+    assert outcomes["ok:1"] > 0 and outcomes["ok:2"] > 0
+    print(f"apply → 100% of traffic on version 2: {elapsed:.1f} s; outcomes {dict(outcomes)}")
+
+
+def test_breached_latency_gate_rolls_back_and_the_serving_version_keeps_serving(stack: Stack) -> None:
+    stack.load.outcomes.clear()
+    stack.load.start()
+    spec = spec_for(stack, 3)
+    # A deliberately slow variant: each batch waits 400 ms to fill, far beyond the 150 ms p99 gate.
+    spec["placement"][0]["batching"] = {"maxBatchSize": 64, "maxWaitMs": 400}
+    stack.apply(MODEL, spec)
+    body = stack.wait("version 3 rolled back", lambda b: condition(b, "Degraded").get("status") == "True")
+    degraded = condition(body, "Degraded")
+    assert degraded["reason"] == "GateBreached" and "p99" in degraded["message"], degraded
+    assert body["status"]["currentVersion"] == "2" and body["status"]["failedVersion"] == "3"
+    assert body["status"]["traffic"] == {"2": 100}
+    stack.wait("version 3's applications removed", lambda b: not b["status"].get("retiring"))
+    assert "digits.3.fp32" not in stack.head.serve_applications()
+    time.sleep(1)
+    outcomes = stack.load.stop()
+    assert not stack.load.failures(), outcomes
+    assert outcomes["ok:3"] > 0  # it did take its share before the gate closed
+
+
+def test_operator_killed_mid_rollout_resumes_without_repeating_or_skipping_a_step(stack: Stack) -> None:
+    stack.load.outcomes.clear()
+    stack.load.start()
+    stack.apply(MODEL, spec_for(stack, 4, intervalSeconds=4))
+    body = stack.wait("step 2 of version 4", lambda b: b["status"].get("traffic") == {"2": 50, "4": 50})
+    step_started = body["status"]["stepStartedAt"]
+    stack.operator.kill()
+    time.sleep(2)
+    assert stack.deployment()["status"]["traffic"] == {"2": 50, "4": 50}
+    stack.operator.start()
+    seen: list[tuple[dict, float]] = []
+
+    def track(body: dict) -> bool:
+        status = body["status"]
+        seen.append((status.get("traffic"), status.get("stepStartedAt")))
+        return status.get("currentVersion") == "4"
+
+    stack.wait("version 4 to take all traffic", track)
+    # The step in progress kept its start (not begun again) and the next step followed it.
+    assert all(started == step_started for traffic, started in seen if traffic == {"2": 50, "4": 50})
+    assert {"2": 0, "4": 100} in [traffic for traffic, _ in seen] or seen[-1][0] == {"4": 100}
+    outcomes = stack.load.stop()
+    assert not stack.load.failures(), outcomes
+
+
+def test_a_spec_that_cannot_work_says_why_and_deploys_nothing(stack: Stack) -> None:
+    spec = spec_for(stack, 1)
+    spec["model"]["name"] = "other"
+    spec["placement"][0]["pool"] = "tpu"
+    stack.apply("other", spec)
+    body = stack.wait("the unknown pool reported", lambda b: condition(b, "Degraded").get("status") == "True", name="other")
+    assert condition(body, "Degraded")["reason"] == "InvalidSpec"
+    assert "spec.placement[0].pool 'tpu'" in condition(body, "Degraded")["message"]
+    spec["placement"][0]["pool"] = "cpu"
+    spec["rollout"]["steps"] = [50, 20]
+    stack.apply("other", spec)
+    body = stack.wait("the steps reported", lambda b: "spec.rollout" in condition(b, "Degraded").get("message", ""), name="other")
+    assert "must rise and end at 100" in condition(body, "Degraded")["message"]
+    assert not [job for job in stack.batch.list_namespaced_job(NAMESPACE).items if job.metadata.name.startswith("other-")]
+    assert not [name for name in stack.head.serve_applications() if name.startswith("other.")]
+    stack.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "other")
+
+
+def test_delete_removes_the_applications_and_routes_and_nothing_else(stack: Stack) -> None:
+    stack.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, MODEL)
+    deadline = time.monotonic() + 60
+    while any(name.startswith(f"{MODEL}.") for name in stack.head.serve_applications()) or MODEL in routes(stack.routes_file)["models"]:
+        assert time.monotonic() < deadline, f"not cleaned up:\n{stack.operator.log()[-4000:]}"
+        time.sleep(0.3)
+    assert stack.batch.list_namespaced_job(NAMESPACE).items  # the Jobs stay (their owner's GC is the API server's)
