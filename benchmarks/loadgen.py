@@ -57,10 +57,9 @@ def error_name(exc: BaseException) -> str:
     """A gRPC status code's name (UNAVAILABLE, ...), or the exception's type for anything else."""
     code = getattr(exc, "code", None)
     if callable(code):
-        try:
-            return code().name
-        except Exception:  # noqa: BLE001 - a code() that fails is still an error to count
-            pass
+        name = getattr(code(), "name", None)
+        if name:
+            return name
     return type(exc).__name__
 
 
@@ -224,7 +223,8 @@ async def wait_ready(call: Callable[[], Awaitable[bytes]], timeout_s: float) -> 
         try:
             answer = await call()
         except Exception as exc:  # noqa: BLE001
-            last = f"{error_name(exc)}: {getattr(exc, 'details', lambda: exc)()}"
+            details = exc.details() if callable(getattr(exc, "details", None)) else exc
+            last = f"{error_name(exc)}: {details}"
         else:
             try:
                 return {"ok": True, "after_s": round(time.perf_counter() - begin, 3), **check_response(answer)}

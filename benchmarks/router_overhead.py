@@ -9,8 +9,9 @@ hold on a noisy machine:
    the replica's batching, ORT;
 3. ServerLive through `quiver serve` (gRPC and the client alone, no model);
 4. ModelInfer through `quiver serve`, one request at a time and CONCURRENCY in flight.
-Every loop is bounded by --seconds. The client is grpc.aio with tritonclient's stubs, so
-this process never loads Quiver's own generated protobuf module.
+Every loop is bounded by --seconds (the harness's loops, benchmarks/loadgen.py). The client is
+grpc.aio with tritonclient's stubs, so this process never loads Quiver's own generated
+protobuf module.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -32,6 +32,7 @@ import onnxruntime as ort
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from benchmarks.loadgen import Sample, closed_loop, summarize
 from quiver.serving import example_version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,43 +40,30 @@ sys.path.insert(0, str(ROOT))
 from tests.serverproc import quiver_serve  # noqa: E402  (the same launcher the tests use)
 
 
-def summary(name: str, latencies_s: list[float], elapsed_s: float) -> dict[str, float | str]:
-    ms = sorted(1000 * t for t in latencies_s)
+def summary(name: str, sample: Sample) -> dict[str, float | str]:
+    numbers = summarize(sample)
     return {
         "path": name,
-        "requests": len(ms),
-        "req_per_s": round(len(ms) / elapsed_s, 1),
-        "p50_ms": round(statistics.median(ms), 3),
-        "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 3),
+        "requests": numbers["requests"],
+        "req_per_s": numbers["throughput"],
+        "p50_ms": numbers["latency_ms"]["p50"],
+        "p99_ms": numbers["latency_ms"]["p99"],
+        **({"errors": numbers["errors"]} if numbers["errors"] else {}),
     }
-
-
-async def closed_loop(call: Callable[[], Awaitable[object]], seconds: float, concurrency: int) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - start)
-
-    begin = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - begin
 
 
 def onnxruntime_direct(model: Path, x: np.ndarray, seconds: float) -> dict:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    latencies, deadline = [], time.perf_counter() + seconds
+    sample, deadline = Sample(), time.perf_counter() + seconds
     begin = time.perf_counter()
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         session.run(None, {"input": x})
-        latencies.append(time.perf_counter() - start)
-    return summary("onnxruntime in-process", latencies, time.perf_counter() - begin)
+        sample.latencies_s.append(time.perf_counter() - start)
+    sample.elapsed_s = time.perf_counter() - begin
+    return summary("onnxruntime in-process", sample)
 
 
 def serve_handle(version, x: np.ndarray, seconds: float, concurrency: int, max_ongoing: list[int]) -> list[dict]:
@@ -100,7 +88,7 @@ def serve_handle(version, x: np.ndarray, seconds: float, concurrency: int, max_o
             async def run(limit: int = limit) -> list[dict]:
                 await closed_loop(call, 1.0, 1)  # warm-up
                 return [
-                    summary(f"serve handle, {c} in flight, max_ongoing {limit}", *await closed_loop(call, seconds, c))
+                    summary(f"serve handle, {c} in flight, max_ongoing {limit}", await closed_loop(call, seconds, c))
                     for c in sorted({1, concurrency})
                 ]
 
@@ -129,9 +117,9 @@ def through_router(address: str, x: np.ndarray, seconds: float, concurrency: int
 
             await closed_loop(infer, 1.0, concurrency)  # warm-up
             return [
-                summary("gRPC ServerLive (no model)", *await closed_loop(live, seconds, 1)),
-                summary("router ModelInfer, 1 in flight", *await closed_loop(infer, seconds, 1)),
-                summary(f"router ModelInfer, {concurrency} in flight", *await closed_loop(infer, seconds, concurrency)),
+                summary("gRPC ServerLive (no model)", await closed_loop(live, seconds, 1)),
+                summary("router ModelInfer, 1 in flight", await closed_loop(infer, seconds, 1)),
+                summary(f"router ModelInfer, {concurrency} in flight", await closed_loop(infer, seconds, concurrency)),
             ]
 
     return asyncio.run(run())

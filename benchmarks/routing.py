@@ -25,7 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from benchmarks.router_overhead import closed_loop, summary
+from benchmarks.loadgen import closed_loop
+from benchmarks.router_overhead import summary
 from quiver.router.hints import RoutingHints
 from quiver.router.policy import Candidate, choose
 from quiver.router.stats import VariantStats
@@ -130,9 +131,9 @@ def main() -> None:
 
                         await closed_loop(call, 1.0, args.concurrency)  # warm-up, and live latency estimates
                         served.clear()
-                        latencies, elapsed = await closed_loop(call, args.seconds, args.concurrency)
-                        within = sum(t * 1000 <= args.budget_ms for t in latencies) / len(latencies)
-                        rows.append((label, summary(label, latencies, elapsed) | {"within_budget": within}, served))
+                        sample = await closed_loop(call, args.seconds, args.concurrency)
+                        within = sum(t * 1000 <= args.budget_ms for t in sample.latencies_s) / max(1, len(sample.latencies_s))
+                        rows.append((label, summary(label, sample) | {"within_budget": within}, served))
                 return rows
 
             rows = asyncio.run(run())

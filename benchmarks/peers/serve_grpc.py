@@ -34,7 +34,7 @@ class OrtIngress:
     def __init__(self, model: str, threads: int) -> None:
         self._model = OrtModel(model, threads)
 
-    def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:  # noqa: N802 (the gRPC method's name)
+    def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:  # the gRPC method's name
         return infer(self._model, request)
 
 
