@@ -2,6 +2,7 @@
 
     python -m benchmarks peers                 # make .venv-bench-kserve and .venv-bench-mlserver
     python -m benchmarks bench [options]       # run, then write JSON, Markdown and PNG
+    python -m benchmarks report RESULTS.json   # write the Markdown and PNG again from a run's JSON
 
 `bench` runs every model × target (benchmarks/harness.py) and writes
 OUT/bench.json, OUT/bench.md and OUT/bench.png (benchmarks/report.py); OUT defaults to
@@ -36,6 +37,12 @@ def bench(args: argparse.Namespace) -> None:
         print(path)
     if args.print_json:
         print(json.dumps(results))
+
+
+def rerender(args: argparse.Namespace) -> None:
+    results = json.loads(args.results.read_text())
+    for path in report.write(results, args.results.parent, args.results.stem):
+        print(path)
 
 
 def peers(args: argparse.Namespace) -> None:
@@ -73,6 +80,10 @@ def main() -> None:
     run.add_argument("--stem", default="bench", help="file names: STEM.json, STEM.md, STEM.png")
     run.add_argument("--print-json", action="store_true", help="also print the results as one JSON line")
     run.set_defaults(func=bench)
+
+    again = commands.add_parser("report", help="write STEM.md and STEM.png again from STEM.json")
+    again.add_argument("results", type=Path)
+    again.set_defaults(func=rerender)
 
     install = commands.add_parser("peers", help="create the peers' virtual environments")
     install.add_argument("--only", type=_csv(str), default=None, help=f"of {list(PEER_VENVS)}")

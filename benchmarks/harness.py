@@ -302,6 +302,8 @@ def _peer_versions(peer: str, packages: tuple[str, ...]) -> dict | None:
     code = ("import importlib.metadata as m, json, platform; "
             f"print(json.dumps({{'python': platform.python_version(), **{{p: m.version(p) for p in {list(packages)!r}}}}}))")
     try:
-        return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
+        # Not from the repository root, whose folders (operator/) would shadow the standard library.
+        return json.loads(subprocess.run([str(python), "-c", code], cwd=PEER_VENVS[peer], capture_output=True, text=True,
+                                         check=True).stdout)
     except (OSError, subprocess.CalledProcessError, json.JSONDecodeError):
         return None

@@ -42,6 +42,8 @@ def at_concurrency(record: dict, concurrency: int) -> dict | None:
 def _fmt(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "–"
+    if abs(value) < 1:
+        return f"{value:.3f}"
     return f"{value:,.{digits}f}" if abs(value) < 100 else f"{value:,.0f}"
 
 
@@ -54,7 +56,9 @@ def header(meta: dict) -> list[str]:
     peers = [f"{name}: " + ", ".join(f"{k} {x}" for k, x in (v.get(f"{name}_venv") or {}).items()) for name in ("kserve", "mlserver")]
     s = meta["settings"]
     return [
-        f"- date: {meta['date']} (finished {meta.get('finished', '?')}); quiver {v['quiver']} at {v['git_commit']}",
+        f"- date: {meta['date']} (finished {meta.get('finished', '?')}); quiver {v['quiver']} at {v['git_commit']}"
+        + (f" with uncommitted changes to {', '.join(v['quiver_uncommitted'])}" if v.get("quiver_uncommitted") else "")
+        + (f"; PYTHONPATH={v['pythonpath']}" if v.get("pythonpath") else ""),
         f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB, {m['os']}; "
         f"load average {meta['load_average_start']} at start, {meta.get('load_average_end', '?')} at end (shared machine)",
         f"- pinning: {meta['pinning']['how']}",
@@ -92,10 +96,52 @@ def summary_rows(results: dict) -> list[str]:
     return rows
 
 
+def _records(results: dict) -> dict[tuple[str, str], dict]:
+    return {(r["model"], r["target"]): r for r in results["runs"]}
+
+
+def issue_targets(results: dict) -> list[str]:
+    """Issue 7's targets, each as measured in this run: (label, value, goal, met?)."""
+    runs = _records(results)
+
+    def best_of(model: str, target: str) -> float | None:
+        point = best(runs[(model, target)]) if (model, target) in runs else None
+        return point["throughput"] if point else None
+
+    def p50_one(model: str, target: str) -> float | None:
+        point = at_concurrency(runs[(model, target)], 1) if (model, target) in runs else None
+        return point["latency_ms"]["p50"] if point and point["requests"] else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    def diff(a: float | None, b: float | None) -> float | None:
+        return a - b if a is not None and b is not None else None
+
+    checks = [
+        ("example: Quiver ÷ Ray Serve gRPC proxy, best req/s", ratio(best_of("example", "quiver"), best_of("example", "ray-serve")), "≥ 3", lambda x: x >= 3),
+        ("example: Quiver ÷ KServe, best req/s", ratio(best_of("example", "quiver"), best_of("example", "kserve")), "≥ 0.9", lambda x: x >= 0.9),
+        ("example: Quiver ÷ MLServer, best req/s", ratio(best_of("example", "quiver"), best_of("example", "mlserver")), "≥ 0.9", lambda x: x >= 0.9),
+        ("example: Quiver p50 at c=1, ms", p50_one("example", "quiver"), "≤ 2.0", lambda x: x <= 2.0),
+    ]
+    for model in ("minilm-fp32", "minilm-int8"):
+        checks += [
+            (f"{model}: Quiver ÷ in-process ONNX Runtime, best req/s", ratio(best_of(model, "quiver"), best_of(model, "onnxruntime")), "≥ 0.85", lambda x: x >= 0.85),
+            (f"{model}: Quiver p50 − in-process p50 at c=1, ms", diff(p50_one(model, "quiver"), p50_one(model, "onnxruntime")), "≤ 2", lambda x: x <= 2),
+        ]
+    checks.append(("minilm-routed (Quiver, budget → int8) ÷ KServe minilm-fp32, best req/s",
+                   ratio(best_of("minilm-routed", "quiver"), best_of("minilm-fp32", "kserve")), "≥ 1.8", lambda x: x >= 1.8))
+    rows = ["| target (issue 7) | measured | goal | met |", "|---|---:|---:|---|"]
+    for label, value, goal, met in checks:
+        rows.append(f"| {label} | {_fmt(value)} | {goal} | {'–' if value is None else ('yes' if met(value) else '**no**')} |")
+    return rows
+
+
 def markdown(results: dict, plot_name: str) -> str:
     lines = ["# Quiver against its peers", "", *header(results["meta"]), "",
              "Ratios are measured side by side in this one run; compare ratios, not absolute numbers, across runs.", "",
-             "## Summary", "", *summary_rows(results), "",
+             "## Issue 7's targets", "", *issue_targets(results), "",
+             "## Quiver against each target", "", *summary_rows(results), "",
              "Best = the highest-throughput closed-loop point without errors.", "",
              f"![p50 latency against throughput]({plot_name})", "", "## Every point", "",
              "| model | target | load | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | client CPU |",
@@ -134,29 +180,41 @@ def plot(results: dict, path: Path) -> None:
     model_keys = list(dict.fromkeys(r["model"] for r in results["runs"]))
     targets = list(dict.fromkeys(r["target"] for r in results["runs"]))
     colors = {t: plt.get_cmap("tab10")(i) for i, t in enumerate(targets)}
-    figure, axes = plt.subplots(1, max(1, len(model_keys)), figsize=(6 * max(1, len(model_keys)), 5), squeeze=False)
-    for axis, model in zip(axes[0], model_keys):
-        for record in (r for r in results["runs"] if r["model"] == model):
+    columns = min(2, max(1, len(model_keys)))
+    rows = -(-max(1, len(model_keys)) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 5.5 * rows), squeeze=False)
+    for axis in axes.flat[len(model_keys):]:
+        axis.set_visible(False)
+    for axis, model in zip(axes.flat, model_keys):
+        records = [(r, r["target"], "-") for r in results["runs"] if r["model"] == model]
+        if model == "minilm-routed":  # what the issue compares it with: KServe serving fp32
+            records += [(r, f"{r['target']} (minilm-fp32)", "--") for r in results["runs"]
+                        if r["model"] == "minilm-fp32" and r["target"] == "kserve"]
+        throughputs = []
+        for record, label, style in records:
             closed = [p for p in _closed(record) if p["requests"]]
             opened = [p for p in record["points"] if p["point"]["mode"] == "open" and p["requests"]]
             color = colors[record["target"]]
+            throughputs += [p["throughput"] for p in closed + opened]
             if closed:
-                axis.plot([p["throughput"] for p in closed], [p["latency_ms"]["p50"] for p in closed], "o-", color=color,
-                          label=record["target"])
+                axis.plot([p["throughput"] for p in closed], [p["latency_ms"]["p50"] for p in closed], marker="o",
+                          linestyle=style, color=color, label=label)
                 for p in closed:
                     axis.annotate(f"c{p['point']['concurrency']}", (p["throughput"], p["latency_ms"]["p50"]), fontsize=7,
                                   textcoords="offset points", xytext=(3, 3), color=color)
             if opened:
                 axis.scatter([p["throughput"] for p in opened], [p["latency_ms"]["p50"] for p in opened], facecolors="none",
                              edgecolors=[color], marker="s")
-        axis.set(title=model, xlabel="throughput (req/s)", ylabel="p50 latency (ms)", xscale="log", yscale="log")
+        wide = throughputs and max(throughputs) > 20 * max(min(throughputs), 1e-9)
+        axis.set(title=model, xlabel="throughput (req/s)", ylabel="p50 latency (ms)", xscale="log" if wide else "linear",
+                 yscale="log")
         axis.grid(True, which="both", alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
     meta = results["meta"]
     figure.suptitle(f"Quiver vs peers — {meta['date']} — {meta['machine']['cpu']}, server CPUs "
-                    f"{meta['pinning']['server_cpus']}, client CPUs {meta['pinning']['client_cpus']} "
-                    f"(circles: closed loop, squares: open loop)", fontsize=9)
+                    f"{meta['pinning']['server_cpus']}, load generator CPUs {meta['pinning']['client_cpus']}\n"
+                    f"circles: closed loop at concurrency c; hollow squares: open loop at fixed rates", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
