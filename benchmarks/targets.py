@@ -94,7 +94,9 @@ def _mlserver(model: BenchModel, scratch: Path, cpus: int) -> Launch:
     directory = scratch / f"mlserver-{model.key}"
     directory.mkdir(parents=True, exist_ok=True)
     # parallel_workers 0: inference runs in the server process. MLServer's default (1) sends
-    # every request to a worker process and back, which only costs on a one-CPU share.
+    # every request to a worker process and back, which only costs on a one-CPU share; and with
+    # the environment pip resolves today (mlserver 1.7.1, uvloop 0.23) that worker dies at start
+    # (`asyncio.get_event_loop()` under uvloop: "no current event loop"), so the model never loads.
     settings = {"host": "127.0.0.1", "grpc_port": port, "http_port": free_port(), "metrics_port": free_port(),
                 "parallel_workers": 0, "debug": False}
     model_settings = {"name": model.name, "implementation": "mlserver_runtime.OrtRuntime",
