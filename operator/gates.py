@@ -27,7 +27,7 @@ class Sample:
     buckets: dict[float, float] = field(default_factory=dict)  # latency upper bound (s) → cumulative count
 
     def to_status(self) -> dict:
-        return {"requests": self.requests, "errors": self.errors, "buckets": [[le, n] for le, n in sorted(self.buckets.items())]}
+        return {"requests": self.requests, "errors": self.errors, "buckets": [[str(le), n] for le, n in sorted(self.buckets.items())]}  # "inf" survives JSON
 
     @classmethod
     def from_status(cls, data: dict) -> Sample:

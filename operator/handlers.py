@@ -23,6 +23,14 @@ GROUP, VERSION, PLURAL = "serving.quiver.dev", "v1alpha1", "modeldeployments"
 RESOURCE = (GROUP, VERSION, PLURAL)
 
 
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new` as a JSON merge patch over `old`: keys that are gone are sent as null (else they stay)."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new and key != "kopf"}
+    for key, value in new.items():
+        patch[key] = merge_patch(old[key], value) if isinstance(value, dict) and isinstance(old.get(key), dict) else value
+    return patch
+
+
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, tick_s: float) -> None:
     """Attach the handlers to `registry`, all of them driving `reconciler`."""
     # One look at a time per object: the timer and a change event may fire together.
@@ -47,7 +55,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, tick_s: fl
             if meta.get("generation") is not None:
                 new.observed_generation = meta["generation"]
             if new != Status.model_validate(status or {}):
-                patch.status.update(new.dump())
+                patch.status.update(merge_patch(dict(status or {}), new.dump()))
 
     @kopf.on.create(*RESOURCE, registry=registry)
     @kopf.on.update(*RESOURCE, field="spec", registry=registry)

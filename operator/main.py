@@ -72,8 +72,9 @@ def run_operator(args: argparse.Namespace) -> int:
 
 
 def run(settings: OperatorSettings) -> None:
-    # kopf reports what it does (handlers run, retried, failed) on its own logger: as verbose as ours.
-    logging.getLogger("kopf").setLevel(logging.getLogger("quiver").getEffectiveLevel())
+    # kopf reports every handler run at INFO (a timer's every tick); its warnings and errors, or all at DEBUG.
+    ours = logging.getLogger("quiver").getEffectiveLevel()
+    logging.getLogger("kopf").setLevel(ours if ours <= logging.DEBUG else max(ours, logging.WARNING))
     reconciler = Reconciler(
         settings, Kube(connect(), settings.namespace), ServeApi(settings.ray_dashboard, settings.ray_token)
     )

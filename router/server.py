@@ -90,7 +90,7 @@ class Router:
         self.readiness = Readiness(routes)
         self.traffic = Traffic(routes.models(), settings.traffic_file)
         self.catalog = (
-            Catalog(routes, self.traffic, settings.store or Path("."), settings.routes_file, self.metrics.show_routes)
+            Catalog(routes, self.traffic, settings.store or Path("."), settings.routes_file, self.readiness, self.metrics.show_routes)
             if settings.routes_file
             else None
         )
@@ -124,7 +124,7 @@ class Router:
         self._tasks.append(asyncio.create_task(self.traffic.file.watch(), name="quiver-traffic"))
         self._tasks.append(asyncio.create_task(self.auth.file.watch(), name="quiver-tokens"))
         if self.catalog is not None:
-            await asyncio.to_thread(self.catalog.reload)
+            await self.catalog.refresh()
             self._tasks.append(asyncio.create_task(self.catalog.watch(), name="quiver-routes"))
         await self._server.start()
         if self.settings.metrics_port is not None:

@@ -58,9 +58,9 @@ class InferenceResult:
 class VariantReplica:
     """A replica of one variant: verifies and loads the model, then serves `infer` calls."""
 
-    def __init__(self, version: ModelVersion, variant_name: str, key_file: Path | None = None) -> None:
+    def __init__(self, version: ModelVersion, variant: Variant, key_file: Path | None = None) -> None:
+        # `variant` as placed (pool, replicas, batching may differ from the manifest's).
         manifest = version.manifest
-        variant = manifest.variant(variant_name)
         # The key file, not the key, travels in the deployment's arguments: Ray keeps those.
         key = read_key(key_file) if key_file and variant.encryption else None
         self._runtime = ModelRuntime(
@@ -77,6 +77,10 @@ class VariantReplica:
         # ONNX Runtime releases the GIL: running it off the event loop lets the next batch
         # gather while this one computes. One thread, because batches run one at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+
+    async def ready(self) -> bool:
+        """A round trip that runs nothing: a router calls it before sending a variant traffic."""
+        return True
 
     async def infer(self, inputs: Tensors, deadline: float | None = None) -> InferenceResult:
         """Run one request; `deadline` (time.time() seconds) skips it if it passes while queued."""
@@ -159,7 +163,7 @@ def application(version: ModelVersion, variant: Variant, key_file: Path | None =
         },
         # One log line per request would cost more than the request.
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
-    ).bind(version, variant.name, key_file)
+    ).bind(version, variant, key_file)
 
 
 def build_variant_app(args: dict) -> Application:

@@ -27,24 +27,24 @@ NAMESPACE = "test"
 class _Loop(threading.Thread):
     def __init__(self, name: str, body: Callable[[], None], interval_s: float) -> None:
         super().__init__(name=name, daemon=True)
-        self._body, self._interval_s, self._stop = body, interval_s, threading.Event()
+        self._body, self._interval_s, self._halt = body, interval_s, threading.Event()
         self.errors: list[str] = []
 
     def run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while not self._halt.wait(self._interval_s):
             try:
                 self._body()
             except Exception as exc:  # noqa: BLE001 - recorded for the test to show; the loop goes on
                 self.errors.append(repr(exc))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(30)
 
 
 class Kubelet(_Loop):
     def __init__(self, api: client.ApiClient, configmap: str, target: Path) -> None:
-        self._core, self._configmap, self._target = client.CoreV1Api(api), configmap, target
+        self._core, self._configmap, self._routes_file = client.CoreV1Api(api), configmap, target
         self._last: str | None = None
         super().__init__("kubelet", self._sync, 0.2)
 
@@ -57,9 +57,9 @@ class Kubelet(_Loop):
             raise
         content = data.get("routes.json")
         if content is not None and content != self._last:
-            scratch = self._target.with_suffix(".tmp")
+            scratch = self._routes_file.with_suffix(".tmp")
             scratch.write_text(content)
-            scratch.replace(self._target)
+            scratch.replace(self._routes_file)
             self._last = content
 
 
