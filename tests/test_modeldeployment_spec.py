@@ -1,0 +1,91 @@
+"""The ModelDeployment schema, twice: the CRD's openAPIV3Schema (what the API server enforces)
+and the operator's typed spec (what it acts on). Both accept the examples; broken specs are
+refused by whichever can see the problem, with a message that names the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from quiver.operator import SpecError, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("modeldeployment*.yaml"))
+DIGITS = ROOT / "examples/modeldeployment.yaml"
+CRD = yaml.safe_load((ROOT / "helm/quiver/crds/modeldeployment.yaml").read_text())
+SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def schema_errors(body: dict) -> list[str]:
+    # Kubernetes' structural schemas are OpenAPI 3.0: draft 4 semantics (boolean exclusiveMinimum).
+    validator = jsonschema.Draft4Validator(SCHEMA)
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
+
+
+def test_there_are_three_examples() -> None:
+    assert len(EXAMPLES) == 3
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_pass_the_crd_schema_and_the_operator(path: Path) -> None:
+    body = yaml.safe_load(path.read_text())
+    assert schema_errors(body) == []
+    spec = parse_spec(body["spec"])
+    assert spec.rollout.weights[-1] == 100
+
+
+BROKEN = [
+    # (change, where the schema's message points, words in it)
+    (lambda s: s["model"].pop("version"), "spec.model", "'version' is a required property"),
+    (lambda s: s["model"].update(name="Digits_2"), "spec.model.name", "does not match"),
+    (lambda s: s["model"].update(source="s3://bucket/model.onnx"), "spec.model.source", "does not match"),
+    (lambda s: s["optimization"].update(variants=["int4"]), "spec.optimization.variants.0", "is not one of"),
+    (lambda s: s["placement"][0].update(minReplicas=-1), "spec.placement.0.minReplicas", "less than the minimum"),
+    (lambda s: s["rollout"].update(strategy="BlueGreen"), "spec.rollout.strategy", "is not one of"),
+    (lambda s: s["rollout"]["gates"].update(maxErrorRate=2), "spec.rollout.gates.maxErrorRate", "greater than the maximum"),
+]
+
+
+@pytest.mark.parametrize(("change", "where", "words"), BROKEN, ids=[b[1] for b in BROKEN])
+def test_the_crd_schema_refuses_broken_specs_naming_the_field(change, where, words) -> None:  # noqa: ANN001
+    body = yaml.safe_load(DIGITS.read_text())
+    change(body["spec"])
+    errors = schema_errors(body)
+    assert any(e.startswith(where + ":") and words in e for e in errors), errors
+    with pytest.raises(SpecError):
+        parse_spec(body["spec"])
+
+
+CROSS_FIELD = [
+    # What a schema cannot say, the operator does: each names the fields involved.
+    (lambda s: s["rollout"].update(steps=[50, 20]), "spec.rollout: Value error, steps [50, 20] must rise and end at 100"),
+    (lambda s: s["placement"][0].update(minReplicas=9, maxReplicas=2), "spec.placement[0]: Value error, minReplicas (9) is above maxReplicas (2)"),
+    (lambda s: s["placement"][0].update(variant="distilled"), "placement[0].variant 'distilled' is not one of optimization.variants"),
+    (lambda s: s["routing"].update(defaultVariant="fp16"), "routing.defaultVariant 'fp16' is not one of optimization.variants"),
+    (lambda s: s["optimization"].pop("calibrationData"), "int8-static, which needs calibrationData"),
+    (lambda s: s["placement"].append(copy.deepcopy(s["placement"][0])), "placement: each variant at most once"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), CROSS_FIELD, ids=[m[:40] for _, m in CROSS_FIELD])
+def test_the_operator_refuses_what_the_schema_cannot_see(change, message) -> None:  # noqa: ANN001
+    body = yaml.safe_load(DIGITS.read_text())
+    change(body["spec"])
+    assert schema_errors(body) == []
+    with pytest.raises(SpecError, match=".*") as refused:
+        parse_spec(body["spec"])
+    assert message in str(refused.value)
+
+
+def test_a_placement_becomes_serve_replicas_and_autoscaling() -> None:
+    spec = parse_spec(yaml.safe_load(DIGITS.read_text())["spec"])
+    placed = spec.placement_of("int8-static").serve_placement()
+    assert placed.pool == "cpu" and placed.replicas.count == 2
+    assert placed.replicas.autoscaling.min_replicas == 2 and placed.replicas.autoscaling.max_replicas == 8
+    assert placed.batching.max_wait_ms == 2
+    fixed = spec.placement_of("fp32").serve_placement()
+    assert fixed.replicas.autoscaling.max_replicas == 2
