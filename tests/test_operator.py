@@ -213,11 +213,13 @@ def test_canary_moves_traffic_step_by_step_without_failing_a_request(stack: Stac
     started = time.monotonic()
     stack.apply(MODEL, spec_for(stack, 2))
     seen: list[dict] = []
+    phases: dict[str, float] = {}  # when each phase was first seen, for the breakdown
 
     def track(body: dict) -> bool:
         traffic = body.get("status", {}).get("traffic")
         if traffic and (not seen or seen[-1] != traffic):
             seen.append(traffic)
+        phases.setdefault(body["status"].get("phase", ""), time.monotonic() - started)
         return body["status"].get("currentVersion") == "2"
 
     body = stack.wait("version 2 to take all traffic", track)
@@ -231,7 +233,7 @@ def test_canary_moves_traffic_step_by_step_without_failing_a_request(stack: Stac
     outcomes = stack.load.stop()
     assert not stack.load.failures(), outcomes
     assert outcomes["ok:1"] > 0 and outcomes["ok:2"] > 0
-    print(f"apply → 100% of traffic on version 2: {elapsed:.1f} s; outcomes {dict(outcomes)}")
+    print(f"apply → 100% of traffic on version 2: {elapsed:.1f} s; phases first seen at {phases}; outcomes {dict(outcomes)}")
 
 
 def test_breached_latency_gate_rolls_back_and_the_serving_version_keeps_serving(stack: Stack) -> None:
