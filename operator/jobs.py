@@ -9,6 +9,7 @@ from .settings import OperatorSettings
 from .spec import ModelDeploymentSpec, local_path
 
 MANAGED_BY = "quiver-operator"
+SECRETS = "/etc/quiver"  # where a Job mounts the keys it needs
 
 
 def job_name(deployment: str, version: str) -> str:
@@ -36,6 +37,10 @@ def optimize_command(spec: ModelDeploymentSpec, settings: OperatorSettings) -> l
         command += ["--calibration", str(local_path(optimization.calibration_data))]
     if optimization.train_data:
         command += ["--train", str(local_path(optimization.train_data))]
+    if settings.encrypt_key_secret:
+        command += ["--encrypt-key", f"{SECRETS}/encrypt-key/key"]
+    if settings.sign_key_secret:
+        command += ["--sign-key", f"{SECRETS}/sign-key/key.pem"]
     return command
 
 
@@ -67,6 +72,10 @@ def optimize_job(deployment: str, uid: str | None, spec: ModelDeploymentSpec, se
     if settings.store_claim:
         pod["volumes"].append({"name": "models", "persistentVolumeClaim": {"claimName": settings.store_claim}})
         pod["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": str(settings.store)})
+    for secret, mount in ((settings.encrypt_key_secret, "encrypt-key"), (settings.sign_key_secret, "sign-key")):
+        if secret:
+            pod["volumes"].append({"name": mount, "secret": {"secretName": secret, "defaultMode": 0o400}})
+            pod["containers"][0]["volumeMounts"].append({"name": mount, "mountPath": f"{SECRETS}/{mount}", "readOnly": True})
     if settings.job_service_account:
         pod["serviceAccountName"] = settings.job_service_account
     metadata: dict[str, Any] = {"name": job_name(deployment, spec.model.version), "labels": labels}

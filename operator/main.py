@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--verify-key", type=Path, action="append", default=[],
         help="EC public key (PEM); when given, only versions signed by one of them deploy (repeatable)",
     )
+    parser.add_argument("--encrypt-key-secret", help="Secret (key `key`) the optimization Jobs encrypt variants with")
+    parser.add_argument("--sign-key-secret", help="Secret (key `key.pem`) the optimization Jobs sign versions with")
     parser.add_argument("--tick-s", type=float, default=5.0, help="how often rollouts are looked at (default: %(default)s)")
     parser.add_argument("--deploy-timeout-s", type=float, default=600.0)
     parser.add_argument("--liveness", help="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
@@ -63,6 +65,8 @@ def run_operator(args: argparse.Namespace) -> int:
         pools=tuple(args.pools.split(",")) if args.pools else (),
         model_key=args.model_key,
         verify_keys=tuple(args.verify_key),
+        encrypt_key_secret=args.encrypt_key_secret,
+        sign_key_secret=args.sign_key_secret,
         tick_s=args.tick_s,
         deploy_timeout_s=args.deploy_timeout_s,
         liveness=args.liveness,

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from quiver.serving.apps import VariantApp, app_prefix
 from quiver.serving.manifest import Manifest, Placement
+from quiver.serving import signing
+from quiver.serving.integrity import IntegrityError
 from quiver.serving.store import StoreError, read_version
 
 from . import gates
@@ -222,9 +224,12 @@ class Reconciler:
     # The world
 
     def _published(self, spec: ModelDeploymentSpec, version: str) -> Manifest:
+        directory = self.settings.store / spec.model.name / version
         try:
-            manifest = read_version(self.settings.store / spec.model.name / version).manifest
-        except StoreError as exc:
+            manifest = read_version(directory).manifest
+            if self.settings.verify_keys:
+                signing.verify(directory, list(self.settings.verify_keys), f"{spec.model.name}:{version}")
+        except (StoreError, IntegrityError) as exc:
             raise NotDeployable(str(exc)) from exc
         published = set(manifest.variant_names)
         for index, placed in enumerate(spec.placement):
@@ -260,6 +265,7 @@ class Reconciler:
                 variant=name,
                 placement=self._placement(spec, name),
                 key_file=self.settings.model_key,
+                verify_keys=list(self.settings.verify_keys),
             )
             for name in manifest.variant_names
         ]

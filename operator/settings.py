@@ -21,7 +21,11 @@ class OperatorSettings:
     router_metrics_port: int = 8002
     pools: tuple[str, ...] = ()  # the cluster's node pools; a placement on another is refused
     model_key: Path | None = None  # on the Ray nodes: decrypts variants encrypted at rest
-    verify_keys: tuple[Path, ...] = ()  # when given, a version must be signed by one of them
+    verify_keys: tuple[Path, ...] = ()  # here and on the Ray nodes: a version must be signed by one of them
+    # Secrets the optimization Jobs mount: the key that encrypts what they publish (key `key`)
+    # and the private key that signs it (key `key.pem`).
+    encrypt_key_secret: str | None = None
+    sign_key_secret: str | None = None
     tick_s: float = 5.0  # how often a rollout's state is looked at
     deploy_timeout_s: float = 600.0  # a version whose applications do not run by then fails
     liveness: str | None = None  # kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz

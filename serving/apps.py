@@ -40,6 +40,7 @@ class VariantApp(BaseModel):
     variant: Name
     placement: Placement = Placement()
     key_file: Path | None = None  # on the replicas' nodes; decrypts a variant encrypted at rest
+    verify_keys: list[Path] = []  # on the replicas' nodes; when given, the version's signature is checked first
 
     @property
     def name(self) -> str:

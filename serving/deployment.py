@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from .apps import VariantApp, app_name
+from . import signing
 from .crypto import read_key
 from .integrity import variant_bytes
 from .manifest import Variant
@@ -170,6 +171,8 @@ def build_variant_app(args: dict) -> Application:
     """Serve's application builder for declarative configs (the `import_path` of a `VariantApp`)."""
     spec = VariantApp.model_validate(args)
     version = read_version(spec.store / spec.model / spec.version)
+    if spec.verify_keys:  # the manifest read here carries the sha256 every replica checks its file against
+        signing.verify(version.directory, spec.verify_keys, version.key)
     return application(version, spec.placement.apply(version.manifest.variant(spec.variant)), spec.key_file)
 
 
