@@ -68,6 +68,7 @@ def header(meta: dict) -> list[str]:
         f"- load: closed loop at concurrency {list(s['concurrency'])}, open loop at each model's rates; "
         f"{s['warmup_s']:g} s warm-up + {s['seconds']:g} s measured per point; batch-1 requests; "
         f"deadline {s['rpc_timeout_s']:g} s per request",
+        *([f"- note: {meta['note']}"] if meta.get("note") else []),
     ]
 
 
