@@ -15,6 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+FOLDERS = {"operator": "operator/controller"}  # see pyproject.toml's package-dir
+
 FORBIDDEN = {
     "serving": ("quiver.router", "quiver.operator", "quiver.cli", "quiver.embedded"),
     "router": ("onnxruntime", "quiver.serving.runtime", "quiver.operator", "quiver.cli", "quiver.embedded"),
@@ -41,7 +43,7 @@ def imported_modules(path: Path, package: str) -> set[str]:
 @pytest.mark.parametrize("package", FORBIDDEN)
 def test_package_keeps_its_import_contract(package: str) -> None:
     # __main__.py is `python -m quiver.<package>`: it only hands over to the command line.
-    modules = sorted(path for path in (ROOT / package).glob("*.py") if path.name != "__main__.py")
+    modules = sorted(path for path in (ROOT / FOLDERS.get(package, package)).glob("*.py") if path.name != "__main__.py")
     assert modules
     broken = {
         f"{path.name} imports {name}"
@@ -50,3 +52,15 @@ def test_package_keeps_its_import_contract(package: str) -> None:
         if name.startswith(FORBIDDEN[package])
     }
     assert not broken
+
+
+def test_no_folder_shadows_the_standard_library() -> None:
+    """From the repository root, before anything imported it (-S: no site), `operator` is the stdlib's."""
+    import subprocess
+    import sys
+
+    found = subprocess.run(
+        [sys.executable, "-S", "-c", "import operator; print(operator.__file__)"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert found.returncode == 0, found.stderr
+    assert not found.stdout.strip().startswith(str(ROOT))
