@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from .kube import ApiException
 from .rollout import Reconciler
 from .serve_api import ServeApiError
 from .spec import SpecError, parse_spec
@@ -48,9 +49,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, tick_s: fl
             else:
                 try:
                     new = reconciler.look(name, uid, parsed, current)
-                except ServeApiError as exc:  # the cluster's API is away: try again at the next look
-                    logger.warning("Serve API unavailable: %s", exc)
-                    current.set(C.ROLLOUT_PROGRESSING, current.phase is not None, "RayUnavailable", str(exc))
+                except (ServeApiError, ApiException, OSError) as exc:  # an API is away: try again at the next look
+                    logger.warning("cannot reach the cluster: %s", exc)
+                    current.set(C.ROLLOUT_PROGRESSING, current.phase is not None, "ClusterUnavailable", str(exc))
                     new = current
             if meta.get("generation") is not None:
                 new.observed_generation = meta["generation"]

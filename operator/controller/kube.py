@@ -18,6 +18,8 @@ from kubernetes.client.rest import ApiException
 
 ROUTES_KEY = "routes.json"
 
+__all__ = ["ApiException", "JobPhase", "JobState", "Kube", "connect"]  # ApiException: what a failed call raises
+
 
 def connect() -> client.ApiClient:
     """In a pod, its service account; elsewhere, the kubeconfig (KUBECONFIG)."""

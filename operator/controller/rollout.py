@@ -76,7 +76,7 @@ class Reconciler:
             self._fail(spec, status, "InvalidSpec", str(exc))
             return
         self.kube.create_job(optimize_job(name, uid, spec, self.settings))
-        status.phase, status.target_version, status.failed_version = Phase.OPTIMIZING, version, None
+        status.phase, status.failed_version = Phase.OPTIMIZING, None
         status.set(C.OPTIMIZED, None, "JobRunning", f"job {job_name(name, version)} optimizes version {version}")
         status.set(C.ROLLOUT_PROGRESSING, True, "Optimizing", f"version {version}: optimizing")
         logger.info("%s: version %s: optimization job started", name, version)
@@ -124,16 +124,22 @@ class Reconciler:
             return
         status.set(C.DEPLOYED, True, "Running", f"version {version}: {len(states)} applications running")
         if status.current_version is None:  # nothing to compare with: the first version takes all traffic
-            self._route(spec, status, {version: 100})
             self._complete(spec, status)
             return
         status.phase, status.step = Phase.SHIFTING, 0
         self._begin_step(spec, status)
 
     def _shifting(self, spec: ModelDeploymentSpec, status: Status) -> None:
+        if status.baseline is None:  # the routers could not be read when the step began: it begins now
+            self._take_baseline(spec, status)
+            return
         if self.clock() - (status.step_started_at or 0) < spec.rollout.interval_seconds:
             return
-        sample = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
+        try:
+            sample = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
+        except OSError as exc:
+            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForMetrics", f"cannot read the routers' metrics: {exc}")
+            return
         verdict = gates.judge(gates.Sample.from_status(status.baseline or {}), sample, spec.rollout.gates)
         weights = spec.rollout.weights
         if verdict.outcome is gates.Outcome.WAIT:
@@ -155,12 +161,23 @@ class Reconciler:
         share = weights[status.step]
         self._route(spec, status, {status.current_version: 100 - share, status.target_version: share})
         if baseline is None:
-            baseline = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
-        status.baseline, status.step_started_at = baseline.to_status(), self.clock()
+            self._take_baseline(spec, status)
+        else:
+            status.baseline, status.step_started_at = baseline.to_status(), self.clock()
         status.set(
             C.ROLLOUT_PROGRESSING, True, "Shifting",
             f"version {status.target_version}: step {status.step + 1}/{len(weights)} at {share}%",
         )
+
+    def _take_baseline(self, spec: ModelDeploymentSpec, status: Status) -> None:
+        """The step's gates count from here; unreadable routers leave it to the next look."""
+        try:
+            sample = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
+        except OSError as exc:
+            status.baseline = None
+            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForMetrics", f"cannot read the routers' metrics: {exc}")
+            return
+        status.baseline, status.step_started_at = sample.to_status(), self.clock()
 
     def _complete(self, spec: ModelDeploymentSpec, status: Status) -> None:
         version, old = status.target_version, status.current_version
