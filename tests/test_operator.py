@@ -46,7 +46,7 @@ class Load:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
-    def start(self, threads: int = 2) -> None:
+    def start(self, threads: int = 4) -> None:
         self._stop.clear()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         for thread in self._threads:
@@ -138,7 +138,7 @@ def spec_for(stack: Stack, version: int, **rollout: Any) -> dict[str, Any]:
         "optimization": {"variants": ["fp32"], "evalData": str(stack.inputs / "eval.npz"), "maxAccuracyDrop": 0.05},
         "placement": [{"variant": "fp32", "pool": "cpu", "minReplicas": 1, "maxReplicas": 1, "numCpus": 0.5}],
         "rollout": {"strategy": "Canary", "steps": [10, 50, 100], "intervalSeconds": 2,
-                    "gates": {"maxErrorRate": 0.01, "maxP99LatencyMs": 250, "minRequests": 10}} | rollout,
+                    "gates": {"maxErrorRate": 0.01, "maxP99LatencyMs": 2000, "minRequests": 10}} | rollout,
     }
 
 
@@ -182,6 +182,7 @@ def test_first_version_is_optimized_deployed_routed_and_ready(stack: Stack) -> N
     assert status["currentVersion"] == "1" and status["traffic"] == {"1": 100}
     assert condition(body, "Optimized")["status"] == "True" and condition(body, "Deployed")["status"] == "True"
     assert status["variants"][0]["name"] == "fp32" and status["variants"][0]["pool"] == "cpu"
+    assert stack.wait("the replica counted", lambda b: b["status"]["variants"][0].get("replicas") == 1)
     # The Job ran the optimization the spec asked for, into the shared store.
     command = stack.jobs.commands[0]
     assert command[:3] == ["quiver", "optimize", str(stack.inputs / "digits-1.onnx")]
@@ -240,8 +241,10 @@ def test_breached_latency_gate_rolls_back_and_the_serving_version_keeps_serving(
     stack.load.outcomes.clear()
     stack.load.start()
     spec = spec_for(stack, 3)
-    # A deliberately slow variant: each batch waits 800 ms to fill, far beyond the 250 ms p99 gate.
-    spec["placement"][0]["batching"] = {"maxBatchSize": 64, "maxWaitMs": 800}
+    # A deliberately slow variant: each batch waits 4 s to fill, twice the p99 gate (which is
+    # loose so that a busy machine never breaches it with a healthy version).
+    spec["placement"][0]["batching"] = {"maxBatchSize": 64, "maxWaitMs": 4000}
+    spec["rollout"]["gates"]["minRequests"] = 4
     stack.apply(MODEL, spec)
     body = stack.wait("version 3 rolled back", lambda b: condition(b, "Degraded").get("status") == "True")
     degraded = condition(body, "Degraded")

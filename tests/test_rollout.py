@@ -48,6 +48,9 @@ class FakeServe:
     def messages(self) -> dict[str, str]:
         return {}
 
+    def running_replicas(self) -> dict[str, int]:
+        return {name: 1 for name in self.apps}
+
     def put_apps(self, apps: list[dict]) -> None:
         self.apps.update({app["name"]: app for app in apps})
 
@@ -128,6 +131,7 @@ def test_only_versions_signed_by_a_trusted_key_deploy(tmp_path: Path, signed_by:
         assert status.phase is Phase.SERVING and status.current_version == "1"
         assert serve.apps["digits.1.fp32"]["args"]["verify_keys"] == [str(public)]  # checked again where it loads
         assert kube.routes["models"] == {"digits": {"1": 100}}
+        assert status.variants[0]["replicas"] == 1 and status.variants[0]["pool"] == "cpu"
     else:
         deployed = reasons(status)["Deployed"]
         assert deployed[:2] == ("False", "NotDeployable")

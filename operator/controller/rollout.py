@@ -63,6 +63,7 @@ class Reconciler:
             self._deploying(spec, status)
         if status.phase is Phase.SHIFTING:
             self._shifting(spec, status)
+        self._count_replicas(spec.model.name, status)
         return status
 
     # Transitions
@@ -237,6 +238,11 @@ class Reconciler:
             self.serve.remove_apps(app_prefix(model, version))
             logger.info("%s: version %s retired", model, version)
         status.retiring = waiting
+
+    def _count_replicas(self, model: str, status: Status) -> None:
+        running = self.serve.running_replicas()
+        for variant in status.variants:
+            variant["replicas"] = running.get(f"{app_prefix(model, variant['version'])}{variant['name']}", 0)
 
     # The world
 

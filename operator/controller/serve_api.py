@@ -33,6 +33,17 @@ class ServeApi:
         """Every application's status (RUNNING, DEPLOYING, DEPLOY_FAILED, ...) by name."""
         return {name: app.get("status", "") for name, app in self._applications().items()}
 
+    def running_replicas(self) -> dict[str, int]:
+        """Replicas in state RUNNING per application, over all its deployments."""
+        return {
+            name: sum(
+                replica.get("state") == "RUNNING"
+                for deployment in (app.get("deployments") or {}).values()
+                for replica in deployment.get("replicas") or []
+            )
+            for name, app in self._applications().items()
+        }
+
     def messages(self) -> dict[str, str]:
         return {name: app.get("message", "") for name, app in self._applications().items()}
 
