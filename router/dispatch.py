@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +23,7 @@ from ray.serve import exceptions as serve_errors
 from quiver.serving import DeadlinePassed, InferenceError, InferenceResult
 
 from . import policy
+from .calls import CallWatcher
 from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from .hints import RoutingHints
 from .metrics import RouterMetrics
@@ -40,6 +41,7 @@ _REPLICA_LOST = (
     serve_errors.DeploymentUnavailableError,
     serve_errors.ReplicaUnavailableError,
     serve_errors.BackPressureError,
+    serve_errors.RequestCancelledError,  # by router/health.py: the variant stopped answering its probes
 )
 
 
@@ -59,8 +61,10 @@ class Dispatcher:
         readiness: Readiness,
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.perf_counter,
+        watchers: Sequence[CallWatcher] = (),
     ) -> None:
         self._metrics = metrics
+        self._watchers = tuple(watchers)  # see router/calls.py
         self._readiness = readiness
         # A call waits at most this long: a variant that lost its last replica (its pool's nodes
         # gone) holds calls in Serve's queue until a replica returns, which may be never.
@@ -163,6 +167,7 @@ class Dispatcher:
         code, elapsed_ms, failed_at = grpc.StatusCode.INTERNAL, None, None
         # The replica learns the deadline in wall-clock time: it runs in another process, maybe on another node.
         response = route.handle.infer.remote(inputs, None if left is None else time.time() + left)
+        watched = [watcher.started(route, response, reason) for watcher in self._watchers]
         try:
             result = await asyncio.wait_for(response, self._timeout_s if left is None else min(left, self._timeout_s))
             code, elapsed_ms = grpc.StatusCode.OK, 1000 * (self._clock() - start)
@@ -190,6 +195,8 @@ class Dispatcher:
             logger.warning("%s variant %s did not answer: %r", route.version.key, route.variant.name, exc)
             raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
         finally:
+            for watcher, token in zip(self._watchers, watched):
+                watcher.finished(token, code)
             stats.finished(elapsed_ms, failed_at)
             in_flight.dec()
             self._metrics.requests.labels(*labels, code.name).inc()

@@ -67,7 +67,7 @@ def choose(candidates: Sequence[Candidate], default: str, hints: RoutingHints, e
         allowed = kept
     ready = [c for c in allowed if c.ready]
     if not ready:
-        raise Unavailable(f"no variant that fits the request is ready yet (starting: {[c.name for c in allowed]})")
+        raise Unavailable(f"no variant that fits the request can answer now (not ready: {[c.name for c in allowed]})")
 
     if hints.latency_budget_ms is not None:
         return _within(ready, hints.latency_budget_ms)

@@ -24,8 +24,8 @@ from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from .auth import Authenticator
 from .catalog import Catalog
 from .dispatch import Dispatcher
+from .health import ProbedReadiness, ServingHealth
 from .metrics import RouterMetrics
-from .readiness import Readiness
 from .routes import RouteTable
 from .servicer import InferenceServicer
 from .traffic import Traffic
@@ -87,7 +87,7 @@ class Router:
             ]
         )
         self.metrics = RouterMetrics()
-        self.readiness = Readiness(routes)
+        self.readiness = ProbedReadiness(routes)  # Serve's view, less variants that stopped answering (router/health.py)
         self.traffic = Traffic(routes.models(), settings.traffic_file)
         self.catalog = (
             Catalog(routes, self.traffic, settings.store or Path("."), settings.routes_file, self.readiness, self.metrics.show_routes)
@@ -95,13 +95,14 @@ class Router:
             else None
         )
         self.auth = Authenticator(settings.token_file)
-        dispatcher = Dispatcher(self.metrics, self.readiness, settings.dispatch_timeout_s)
+        dispatcher = Dispatcher(self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=[self.readiness.reachability])
         servicer = InferenceServicer(
             routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.serving_health = ServingHealth(INFERENCE_SERVICE, self._health, routes, self.readiness)
         reflection.enable_server_reflection(
             [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
@@ -121,6 +122,7 @@ class Router:
         self.traffic.reload()
         self.auth.file.reload()
         self._tasks.append(asyncio.create_task(self.readiness.watch(), name="quiver-readiness"))
+        self._tasks.append(asyncio.create_task(self.readiness.reachability.watch(), name="quiver-probes"))
         self._tasks.append(asyncio.create_task(self.traffic.file.watch(), name="quiver-traffic"))
         self._tasks.append(asyncio.create_task(self.auth.file.watch(), name="quiver-tokens"))
         if self.catalog is not None:
@@ -129,8 +131,9 @@ class Router:
         await self._server.start()
         if self.settings.metrics_port is not None:
             self._metrics_server = self.metrics.serve(self.settings.host, self.settings.metrics_port)
-        for service in ("", INFERENCE_SERVICE):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        # The inference service follows ServerReady: NOT_SERVING while some model version has no variant that answers.
+        self._tasks.append(asyncio.create_task(self.serving_health.watch(), name="quiver-health"))
         logger.info("router listening on %s:%d", self.settings.host, self.port)
         return self.port
 

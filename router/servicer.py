@@ -17,10 +17,10 @@ from quiver import __version__
 from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from . import codec
+from . import codec, health
 from .auth import Authenticator
 from .dispatch import Dispatcher
-from .errors import DeadlineExceeded, NotFound, RouterError, status_of
+from .errors import DeadlineExceeded, NotFound, RouterError, Unavailable, status_of
 from .hints import RoutingHints
 from .logcontext import begin_request
 from .metrics import RouterMetrics
@@ -134,7 +134,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except RouterError as exc:
             self._metrics.rejected.labels(request.model_name, exc.code.name).inc()
             raise
-        served = await self._dispatcher.infer(version, hints, inputs, remaining_s)
+        try:
+            served = await self._dispatcher.infer(version, hints, inputs, remaining_s)
+        except Unavailable as exc:  # say why: a pool without nodes, replicas that stopped answering
+            raise health.explained(exc, self._readiness, version) from exc
         return codec.encode_response(
             request,
             version.manifest,

@@ -1,0 +1,221 @@
+"""Whether each variant's replicas still answer, and what grpc.health.v1 says about the inference service.
+
+Serve's application status (router/readiness.py) lags a crash by tens of seconds: when a node
+dies with its processes (a pod or machine lost, not drained), Ray keeps its actors "alive"
+until its health checks give up, and calls to them wait. The router finds out on its own:
+
+- `Reachability` sends every running variant a probe (`ready`, a round trip that runs nothing)
+  each `interval_s`; a variant that answered before and then misses `failures` probes in a row
+  (each bounded by `timeout_s`) is *lost*. Requests waiting on a lost variant are cancelled,
+  so dispatch retries them elsewhere at once (or answers UNAVAILABLE), and the policy routes
+  around it; it is found again by its next answered probe, once Serve has a replica up.
+- `ProbedReadiness` is the readiness the rest of the router sees: Serve's view, less the
+  variants that are lost.
+- `ServingHealth` keeps the health status of `inference.GRPCInferenceService` equal to
+  ServerReady (every model version has a variant that can answer), with a logged reason when
+  it changes. The server's overall status ("") stays SERVING while the process serves: every
+  router loses the cluster at once, and a router that stays behind the Service can still tell
+  clients why (UNAVAILABLE with a reason) rather than leave them without an endpoint.
+
+The server starts `Reachability.watch` and `ServingHealth.watch` as named tasks and cancels them on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2
+
+from .errors import Unavailable
+from .readiness import Readiness
+from .routes import RouteTable, VariantRoute, VersionRoutes
+
+logger = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _probe(route: VariantRoute) -> Awaitable[object]:
+    return route.handle.ready.remote()
+
+
+@dataclass
+class _Variant:
+    answered: bool = False  # has answered a probe since the router started
+    misses: int = 0  # probes missed in a row
+    lost_since: float | None = None
+    # Calls waiting on this variant (Serve DeploymentResponses): cancelled when it is lost.
+    waiting: set = field(default_factory=set)
+
+
+class Reachability:
+    def __init__(
+        self,
+        routes: RouteTable,
+        serving: Callable[[VariantRoute], bool],
+        probe: Callable[[VariantRoute], Awaitable[object]] = _probe,
+        interval_s: float = 0.5,
+        timeout_s: float = 1.0,
+        failures: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._routes = routes
+        self._serving = serving  # Serve's view: is the variant's application running?
+        self._probe = probe
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._failures = failures
+        self._clock = clock
+        self._variants: dict[tuple[str, str], _Variant] = {}
+
+    def _state(self, route: VariantRoute) -> _Variant:
+        key = (route.version.key, route.variant.name)
+        state = self._variants.get(key)
+        if state is None:
+            state = self._variants[key] = _Variant()
+        return state
+
+    def answering(self, route: VariantRoute) -> bool:
+        state = self._variants.get((route.version.key, route.variant.name))
+        return state is None or state.lost_since is None
+
+    def reason(self, route: VariantRoute) -> str | None:
+        state = self._variants.get((route.version.key, route.variant.name))
+        if state is None or state.lost_since is None:
+            return None
+        return (
+            f"{route.version.key} variant {route.variant.name!r} (pool {route.variant.pool!r}) has not answered "
+            f"the router's probes for {self._clock() - state.lost_since + self._failures * self._interval_s:.0f} s"
+        )
+
+    # A CallWatcher (router/calls.py): dispatch reports every call to a replica.
+    def started(self, route: VariantRoute, response: object, reason: str) -> object:
+        """A call to `route` waits on `response`; on a lost variant it is cancelled at once."""
+        state = self._state(route)
+        if state.lost_since is not None:
+            response.cancel()
+        else:
+            state.waiting.add(response)
+        return state, response
+
+    def finished(self, token: object, code: grpc.StatusCode) -> None:
+        state, response = token
+        state.waiting.discard(response)
+
+    async def probe_all(self) -> None:
+        """One round: every variant Serve runs, or that was lost, gets one bounded probe."""
+        routes = [r for r in self._routes.routes() if self._serving(r) or not self.answering(r)]
+        results = await asyncio.gather(*(self._probe_one(route) for route in routes))
+        for route, answered in zip(routes, results):
+            self._record(route, answered)
+
+    async def _probe_one(self, route: VariantRoute) -> bool:
+        response = self._probe(route)
+        try:
+            await asyncio.wait_for(_awaited(response), self._timeout_s)
+        except Exception:  # noqa: BLE001 - timed out, or the replica is gone: either way, no answer
+            cancel = getattr(response, "cancel", None)
+            if cancel is not None:
+                cancel()
+            return False
+        return True
+
+    def _record(self, route: VariantRoute, answered: bool) -> None:
+        state = self._state(route)
+        if answered:
+            state.answered, state.misses = True, 0
+            if state.lost_since is not None:
+                logger.warning("%s variant %s answers again", route.version.key, route.variant.name)
+                state.lost_since = None
+            return
+        state.misses += 1
+        if state.answered and state.lost_since is None and state.misses >= self._failures:
+            state.lost_since = self._clock()
+            logger.warning("%s", self.reason(route))
+            for response in state.waiting:
+                response.cancel()  # dispatch sees the replica lost: retry elsewhere, or UNAVAILABLE
+            state.waiting.clear()
+
+    async def watch(self) -> None:
+        """Probe forever (a named task the router cancels on stop)."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.probe_all()
+
+
+async def _awaited(response) -> object:
+    return await response
+
+
+class ProbedReadiness(Readiness):
+    """Serve's readiness, less the variants whose replicas stopped answering the router's probes."""
+
+    def __init__(self, routes: RouteTable, *args, **kwargs) -> None:
+        super().__init__(routes, *args, **kwargs)
+        self.reachability = Reachability(routes, super().ready)
+
+    def ready(self, route: VariantRoute) -> bool:
+        return super().ready(route) and self.reachability.answering(route)
+
+    def why_not(self, route: VariantRoute) -> str:
+        """Why `route` cannot answer now, in words for a client."""
+        lost = self.reachability.reason(route)
+        if lost is not None:
+            return lost
+        if self.failed(route):
+            return f"{route.version.key} variant {route.variant.name!r} could not start"
+        return f"{route.version.key} variant {route.variant.name!r} has no running replicas (pool {route.variant.pool!r})"
+
+
+def explained(exc: Unavailable, readiness: Readiness, version: VersionRoutes) -> Unavailable:
+    """`exc` with the reasons the version's variants cannot answer, for the client."""
+    why_not = getattr(readiness, "why_not", None)
+    reasons = [why_not(route) for route in version.variants.values() if not readiness.ready(route)] if why_not else []
+    return Unavailable(f"{exc}: {'; '.join(reasons)}") if reasons else exc
+
+
+class ServingHealth:
+    """The inference service's grpc.health.v1 status, following ServerReady."""
+
+    def __init__(self, service: str, servicer: health.aio.HealthServicer, routes: RouteTable, readiness: ProbedReadiness) -> None:
+        self._service = service
+        self._servicer = servicer
+        self._routes = routes
+        self._readiness = readiness
+        self._status: int | None = None
+
+    def problems(self) -> list[str]:
+        """What keeps the server from being ready; empty when every model version can be served."""
+        problems = []
+        for route_versions in _versions(self._routes):
+            if not self._readiness.version_ready(route_versions):
+                problems.extend(self._readiness.why_not(route) for route in route_versions.variants.values())
+        if not problems and not self._routes.routes():
+            problems.append("no model is routed yet")
+        return problems
+
+    async def update(self) -> None:
+        problems = self.problems()
+        status = NOT_SERVING if problems else SERVING
+        if status != self._status:
+            if problems:
+                logger.warning("inference service NOT_SERVING: %s", "; ".join(problems))
+            elif self._status is not None:
+                logger.warning("inference service SERVING again")
+            self._status = status
+        await self._servicer.set(self._service, status)
+
+    async def watch(self, interval_s: float = 0.25) -> None:
+        while True:
+            await self.update()
+            await asyncio.sleep(interval_s)
+
+
+def _versions(routes: RouteTable) -> list:
+    return [routes.lookup(model, version) for model, versions in routes.models().items() for version in versions]
