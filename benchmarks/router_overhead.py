@@ -73,7 +73,7 @@ def serve_handle(version, x: np.ndarray, seconds: float, concurrency: int, max_o
 
     from quiver.serving import deploy
 
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
     rows = []
     try:

@@ -126,6 +126,9 @@ def _start_ray_and_deploy(versions: list[ModelVersion], settings: ServeSettings)
         ray.init(address=settings.address, logging_level=logging.WARNING)
     else:
         ray.init(
+            # A new instance of our own, even when another cluster runs on this machine
+            # (without this, ray.init joins the one `ray start` last recorded in /tmp/ray).
+            address="local",
             num_cpus=settings.num_cpus or _cpus_to_fit(versions),
             resources=node_resources(list(settings.pools or local_pools())),
             include_dashboard=False,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 _HEAD = """
 import json, os, sys, ray
-ctx = ray.init(num_cpus={num_cpus}, resources={resources}, include_dashboard=True,
+ctx = ray.init(address="local", num_cpus={num_cpus}, resources={resources}, include_dashboard=True,
                dashboard_host="127.0.0.1", dashboard_port={dashboard_port}, logging_level="WARNING")
 print(json.dumps({{"gcs": ctx.address_info["gcs_address"]}}), flush=True)
 sys.stdin.read()

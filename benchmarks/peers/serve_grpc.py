@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     serve.start(
         http_options={"host": "127.0.0.1", "port": free_port()},
         grpc_options={"port": args.port, "grpc_servicer_functions": [SERVICER]},
