@@ -204,7 +204,9 @@ class ServingHealth:
         problems = self.problems()
         status = NOT_SERVING if problems else SERVING
         if status != self._status:
-            if problems:
+            if problems and self._status is None:  # at start: variants still starting
+                logger.info("inference service NOT_SERVING: %s", "; ".join(problems))
+            elif problems:
                 logger.warning("inference service NOT_SERVING: %s", "; ".join(problems))
             elif self._status is not None:
                 logger.warning("inference service SERVING again")
