@@ -41,11 +41,11 @@ def quiver_serve(*args: str, startup_timeout_s: float = 180) -> Iterator[ServerP
 
 @contextmanager
 def quiver_process(
-    command: str, *args: str, startup_timeout_s: float = 180, env: dict[str, str] | None = None
+    command: str, *args: str, startup_timeout_s: float = 180, env: dict[str, str] | None = None, port: int = 0
 ) -> Iterator[ServerProcess]:
-    """Run `quiver COMMAND ARGS --port 0 --metrics-port 0`; yields once it prints its ready line."""
+    """Run `quiver COMMAND ARGS --port PORT --metrics-port 0`; yields once it prints its ready line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "quiver", command, *args, "--port", "0", "--metrics-port", "0"],
+        [sys.executable, "-m", "quiver", command, *args, "--port", str(port), "--metrics-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
