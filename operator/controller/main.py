@@ -7,12 +7,6 @@ import logging
 import os
 from pathlib import Path
 
-import kopf
-
-from .handlers import register
-from .kube import Kube, connect
-from .rollout import Reconciler
-from .serve_api import ServeApi
 from .settings import OperatorSettings
 
 
@@ -76,6 +70,15 @@ def run_operator(args: argparse.Namespace) -> int:
 
 
 def run(settings: OperatorSettings) -> None:
+    # Imported here: every `quiver` command builds its parser from this module, and kopf and the
+    # Kubernetes client take most of a second to import.
+    import kopf
+
+    from .handlers import register
+    from .kube import Kube, connect
+    from .rollout import Reconciler
+    from .serve_api import ServeApi
+
     # kopf reports every handler run at INFO (a timer's every tick); its warnings and errors, or all at DEBUG.
     ours = logging.getLogger("quiver").getEffectiveLevel()
     logging.getLogger("kopf").setLevel(ours if ours <= logging.DEBUG else max(ours, logging.WARNING))
