@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 def _router_settings(args: argparse.Namespace) -> RouterSettings | None:
     """The router's settings from the flags `quiver serve` and `quiver router` share; None if they conflict."""
     from quiver.router import RouterSettings, TlsSettings
+    from quiver.router.tracing import TracingSettings
 
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
         print("quiver: --tls-cert and --tls-key go together (and --tls-client-ca needs them)", file=sys.stderr)
@@ -47,6 +49,7 @@ def _router_settings(args: argparse.Namespace) -> RouterSettings | None:
         store=getattr(args, "store", None),
         tls=TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         token_file=args.token_file,
+        tracing=TracingSettings.from_environment(args.otel_endpoint, os.environ),
     )
 
 
@@ -126,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     listener.add_argument("--token-file", type=Path, help="bearer tokens and their models, re-read when it changes")
     listener.add_argument(
         "--insecure", action="store_true", help="allow plaintext on a non-loopback address (loopback is always allowed)"
+    )
+    listener.add_argument(
+        "--otel-endpoint", help="send OpenTelemetry traces (OTLP/gRPC) here, e.g. http://collector:4317 (default: off, "
+        "unless the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT or OTEL_TRACES_EXPORTER variables say otherwise)"
     )
 
     serve = commands.add_parser(

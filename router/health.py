@@ -156,9 +156,9 @@ async def _awaited(response) -> object:
 class ProbedReadiness(Readiness):
     """Serve's readiness, less the variants whose replicas stopped answering the router's probes."""
 
-    def __init__(self, routes: RouteTable, *args, **kwargs) -> None:
+    def __init__(self, routes: RouteTable, *args, probe_timeout_s: float = 1.0, **kwargs) -> None:
         super().__init__(routes, *args, **kwargs)
-        self.reachability = Reachability(routes, super().ready)
+        self.reachability = Reachability(routes, super().ready, timeout_s=probe_timeout_s)
 
     def ready(self, route: VariantRoute) -> bool:
         return super().ready(route) and self.reachability.answering(route)

@@ -28,6 +28,7 @@ from .health import ProbedReadiness, ServingHealth
 from .metrics import RouterMetrics
 from .routes import RouteTable
 from .servicer import InferenceServicer
+from .tracing import Tracing, TracingSettings, provider_for
 from .traffic import Traffic
 
 logger = logging.getLogger(__name__)
@@ -71,10 +72,11 @@ class RouterSettings:
     store: Path | None = None
     tls: TlsSettings | None = None  # None: plaintext
     token_file: Path | None = None  # bearer tokens and their models, watched (see router/auth.py); None: no auth
+    tracing: TracingSettings = TracingSettings()  # OpenTelemetry; off by default (see router/tracing.py)
 
 
 class Router:
-    def __init__(self, routes: RouteTable, settings: RouterSettings) -> None:
+    def __init__(self, routes: RouteTable, settings: RouterSettings, tracer_provider: object | None = None) -> None:
         self.settings = settings
         self.routes = routes
         envelope = 1 << 20
@@ -95,10 +97,16 @@ class Router:
             else None
         )
         self.auth = Authenticator(settings.token_file)
-        dispatcher = Dispatcher(self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=[self.readiness.reachability])
+        # Tracing, when on, watches dispatch's calls and wraps ModelInfer; when off it is not there at all.
+        provider = tracer_provider or provider_for(settings.tracing)
+        self.tracing = Tracing(provider) if provider is not None else None
+        watchers = [self.readiness.reachability, *([self.tracing] if self.tracing else [])]
+        dispatcher = Dispatcher(self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers)
         servicer = InferenceServicer(
             routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes
         )
+        if self.tracing is not None:
+            servicer.ModelInfer = self.tracing.infer(servicer.ModelInfer)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -151,3 +159,5 @@ class Router:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # sends the spans still buffered
