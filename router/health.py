@@ -109,8 +109,15 @@ class Reachability:
         state.waiting.discard(response)
 
     async def probe_all(self) -> None:
-        """One round: every variant Serve runs, or that was lost, gets one bounded probe."""
-        routes = [r for r in self._routes.routes() if self._serving(r) or not self.answering(r)]
+        """One round: every variant Serve runs, or that was lost, gets one bounded probe.
+
+        Variants that may scale to zero replicas are left alone: a probe would wake them.
+        """
+        current = self._routes.routes()
+        keys = {(r.version.key, r.variant.name) for r in current}
+        for key in [key for key in self._variants if key not in keys]:  # versions rolled out of the table
+            del self._variants[key]
+        routes = [r for r in current if (self._serving(r) or not self.answering(r)) and not _scales_to_zero(r)]
         results = await asyncio.gather(*(self._probe_one(route) for route in routes))
         for route, answered in zip(routes, results):
             self._record(route, answered)
@@ -147,6 +154,11 @@ class Reachability:
         while True:
             await asyncio.sleep(self._interval_s)
             await self.probe_all()
+
+
+def _scales_to_zero(route: VariantRoute) -> bool:
+    scaling = route.variant.replicas.autoscaling
+    return scaling is not None and scaling.min_replicas == 0
 
 
 async def _awaited(response) -> object:

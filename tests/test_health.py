@@ -1,0 +1,83 @@
+"""The router's probes and health (router/health.py) over fake Serve handles: when a variant is lost,
+when it is back, what is never probed, and what grpc.health.v1 says meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from grpc_health.v1 import health, health_pb2
+
+from quiver.router.health import ProbedReadiness, ServingHealth
+from quiver.router.routes import RouteTable, VariantRoute
+from quiver.serving import Manifest, ModelVersion, app_name
+
+from .test_tracing import FakeHandle
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+def two_models() -> tuple[RouteTable, dict[str, FakeHandle], list]:
+    """`m` (one variant) and `z` (one variant that scales to zero)."""
+    handles, routes, versions = {}, [], []
+    for name, replicas in (("m", {}), ("z", {"autoscaling": {"min_replicas": 0, "max_replicas": 1}})):
+        manifest = Manifest.model_validate({
+            "name": name, "version": "1",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+            "variants": [{"name": "a", "file": "m.onnx", "sha256": "0" * 64, "pool": "gpu", "replicas": replicas}],
+        })
+        version = ModelVersion(manifest, Path("."))
+        versions.append(version)
+        handles[name] = FakeHandle(answering=True)
+        routes.append(VariantRoute(version, manifest.variants[0], handles[name]))
+    return RouteTable(routes), handles, versions
+
+
+def test_a_variant_is_lost_after_missed_probes_and_found_again_and_health_follows() -> None:
+    routes, handles, versions = two_models()
+    probed: list[str] = []
+    for name, handle in handles.items():
+        remote = handle.ready.remote
+        handle.ready.remote = lambda remote=remote, name=name: (probed.append(name), remote())[1]
+
+    async def scenario() -> list[tuple[str, bool, int]]:
+        readiness = ProbedReadiness(
+            routes, poll=lambda: {app_name(v, v.manifest.variants[0]): "RUNNING" for v in versions}, probe_timeout_s=0.05
+        )
+        await readiness.refresh()
+        servicer = health.aio.HealthServicer()
+        serving = ServingHealth(SERVICE, servicer, routes, readiness)
+        m = routes.lookup("m").variants["a"]
+        seen = []
+
+        async def look(step: str) -> None:
+            await serving.update()
+            seen.append((step, readiness.ready(m), servicer._server_status[SERVICE]))
+
+        handles["m"].answering = False
+        await readiness.reachability.probe_all()
+        await readiness.reachability.probe_all()
+        await look("never answered yet: not lost")
+        handles["m"].answering = True
+        await readiness.reachability.probe_all()
+        handles["m"].answering = False
+        await readiness.reachability.probe_all()
+        await look("one miss")
+        await readiness.reachability.probe_all()
+        await look("two misses: lost")
+        assert "has not answered the router's probes" in readiness.why_not(m)
+        handles["m"].answering = True
+        await readiness.reachability.probe_all()
+        await look("answers again")
+        return seen
+
+    seen = asyncio.run(scenario())
+    serving_, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert seen == [
+        ("never answered yet: not lost", True, serving_),
+        ("one miss", True, serving_),
+        ("two misses: lost", False, not_serving),
+        ("answers again", True, serving_),
+    ]
+    assert "z" not in probed  # a variant that may scale to zero is never woken by a probe
