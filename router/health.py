@@ -6,9 +6,10 @@ until its health checks give up, and calls to them wait. The router finds out on
 
 - `Reachability` sends every running variant a probe (`ready`, a round trip that runs nothing)
   each `interval_s`; a variant that answered before and then misses `failures` probes in a row
-  (each bounded by `timeout_s`) is *lost*. Requests waiting on a lost variant are cancelled,
-  so dispatch retries them elsewhere at once (or answers UNAVAILABLE), and the policy routes
-  around it; it is found again by its next answered probe, once Serve has a replica up.
+  (each bounded by `timeout_s`), with no call to it coming back meanwhile, is *lost*. Requests
+  waiting on a lost variant are cancelled, so dispatch retries them elsewhere at once (or
+  answers UNAVAILABLE), and the policy routes around it; it is found again by its next answered
+  probe, once Serve has a replica up. Variants that may scale to zero are not probed.
 - `ProbedReadiness` is the readiness the rest of the router sees: Serve's view, less the
   variants that are lost.
 - `ServingHealth` keeps the health status of `inference.GRPCInferenceService` equal to
@@ -50,6 +51,7 @@ class _Variant:
     answered: bool = False  # has answered a probe since the router started
     misses: int = 0  # probes missed in a row
     lost_since: float | None = None
+    last_answer: float = float("-inf")  # when a call to it last came back OK: as good as a probe
     # Calls waiting on this variant (Serve DeploymentResponses): cancelled when it is lost.
     waiting: set = field(default_factory=set)
 
@@ -107,6 +109,8 @@ class Reachability:
     def finished(self, token: object, code: grpc.StatusCode) -> None:
         state, response = token
         state.waiting.discard(response)
+        if code is grpc.StatusCode.OK:
+            state.last_answer = self._clock()
 
     async def probe_all(self) -> None:
         """One round: every variant Serve runs, or that was lost, gets one bounded probe.
@@ -141,6 +145,8 @@ class Reachability:
                 logger.warning("%s variant %s answers again", route.version.key, route.variant.name)
                 state.lost_since = None
             return
+        if self._clock() - state.last_answer < self._timeout_s + self._interval_s:
+            return  # busy, not gone: a call came back while the probe waited
         state.misses += 1
         if state.answered and state.lost_since is None and state.misses >= self._failures:
             state.lost_since = self._clock()
