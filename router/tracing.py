@@ -18,6 +18,7 @@ request's own task and go out through a BatchSpanProcessor (off the request path
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -108,9 +109,10 @@ class Tracing:
             ) as span:
                 try:
                     response = await method(request, context)
-                except BaseException:
+                except BaseException as exc:
                     code = context.code() if callable(getattr(context, "code", None)) else None
-                    code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+                    if not isinstance(code, grpc.StatusCode):  # not aborted with a status: the client went away, or a bug
+                        code = grpc.StatusCode.CANCELLED if isinstance(exc, asyncio.CancelledError) else grpc.StatusCode.UNKNOWN
                     span.set_attributes({"quiver.request_id": REQUEST_ID.get(), "rpc.grpc.status_code": code.value[0]})
                     span.set_status(status(error, code.name))
                     raise
