@@ -229,7 +229,7 @@ class ServingHealth:
             elif self._status is not None:
                 logger.warning("inference service SERVING again")
             self._status = status
-        await self._servicer.set(self._service, status)
+            await self._servicer.set(self._service, status)  # (ignored once the server drains)
 
     async def watch(self, interval_s: float = 0.25) -> None:
         while True:

@@ -141,6 +141,7 @@ class Router:
             self._metrics_server = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         # The inference service follows ServerReady: NOT_SERVING while some model version has no variant that answers.
+        await self.serving_health.update()
         self._tasks.append(asyncio.create_task(self.serving_health.watch(), name="quiver-health"))
         logger.info("router listening on %s:%d", self.settings.host, self.port)
         return self.port
