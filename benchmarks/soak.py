@@ -146,6 +146,7 @@ def markdown(meta: dict, windows: list[dict], total: dict) -> str:
         f" on {meta['machine']}; commit {meta['commit']}.", "",
         f"Sent {total['sent']}, answered OK {total['ok']}, expected INVALID_ARGUMENT (bad requests) "
         f"{total['expected_invalid_argument']}, other failures {total['errors'] or 'none'}.", "",
+        "Router log (warnings and errors): " + ("; ".join(f"`{line}`" for line in total["router_log"]) or "none") + ".", "",
         "| quantity (after the first two windows) | first | last | min | max | change per minute |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -173,6 +174,9 @@ def main() -> None:
     with quiver_serve("--num-cpus", "2") as server:
         windows = asyncio.run(soak(server.address, server.process.pid, args.minutes, args.rate, args.window_s, args.bad_every))
     total = summary(windows)
+    # What the router said meanwhile (its start-up warnings about plaintext and tokens apart).
+    said = [line.strip() for line in server.output if " WARNING " in line or " ERROR " in line]
+    total["router_log"] = [line for line in said if "plaintext" not in line and "--token-file" not in line][:20]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     meta = {"minutes": args.minutes, "rate": args.rate, "window_s": args.window_s, "date": began.strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit, "machine": f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}"}

@@ -6,10 +6,11 @@ until its health checks give up, and calls to them wait. The router finds out on
 
 - `Reachability` sends every running variant a probe (`ready`, a round trip that runs nothing)
   each `interval_s`; a variant that answered before and then misses `failures` probes in a row
-  (each bounded by `timeout_s`), with no call to it coming back meanwhile, is *lost*. Requests
-  waiting on a lost variant are cancelled, so dispatch retries them elsewhere at once (or
-  answers UNAVAILABLE), and the policy routes around it; it is found again by its next answered
-  probe, once Serve has a replica up. Variants that may scale to zero are not probed.
+  (each bounded by `timeout_s`, or four times its calls' recent duration when that is longer),
+  with no call to it coming back meanwhile, is *lost*. Requests waiting on a lost variant are
+  cancelled, so dispatch retries them elsewhere at once (or answers UNAVAILABLE), and the
+  policy routes around it; it is found again by its next answered probe, once Serve has a
+  replica up. Variants that may scale to zero are not probed.
 - `ProbedReadiness` is the readiness the rest of the router sees: Serve's view, less the
   variants that are lost.
 - `ServingHealth` keeps the health status of `inference.GRPCInferenceService` equal to
@@ -52,6 +53,7 @@ class _Variant:
     misses: int = 0  # probes missed in a row
     lost_since: float | None = None
     last_answer: float = float("-inf")  # when a call to it last came back OK: as good as a probe
+    call_s: float = 0.0  # moving average of its calls' durations (OK ones): how slow "alive" is now
     # Calls waiting on this variant (Serve DeploymentResponses): cancelled when it is lost.
     waiting: set = field(default_factory=set)
 
@@ -104,13 +106,18 @@ class Reachability:
             response.cancel()
         else:
             state.waiting.add(response)
-        return state, response
+        return state, response, self._clock()
 
     def finished(self, token: object, code: grpc.StatusCode) -> None:
-        state, response = token
+        state, response, start = token
         state.waiting.discard(response)
         if code is grpc.StatusCode.OK:
-            state.last_answer = self._clock()
+            state.last_answer = now = self._clock()
+            state.call_s += 0.2 * (now - start - state.call_s)
+
+    def _patience(self, state: _Variant) -> float:
+        """How long a probe may take: longer while the variant's calls are slow (a busy machine is not a dead node)."""
+        return max(self._timeout_s, 4 * state.call_s)
 
     async def probe_all(self) -> None:
         """One round: every variant Serve runs, or that was lost, gets one bounded probe.
@@ -129,7 +136,7 @@ class Reachability:
     async def _probe_one(self, route: VariantRoute) -> bool:
         response = self._probe(route)
         try:
-            await asyncio.wait_for(_awaited(response), self._timeout_s)
+            await asyncio.wait_for(_awaited(response), self._patience(self._state(route)))
         except Exception:  # noqa: BLE001 - timed out, or the replica is gone: either way, no answer
             cancel = getattr(response, "cancel", None)
             if cancel is not None:
@@ -145,7 +152,7 @@ class Reachability:
                 logger.warning("%s variant %s answers again", route.version.key, route.variant.name)
                 state.lost_since = None
             return
-        if self._clock() - state.last_answer < self._timeout_s + self._interval_s:
+        if self._clock() - state.last_answer < self._patience(state) + self._interval_s:
             return  # busy, not gone: a call came back while the probe waited
         state.misses += 1
         if state.answered and state.lost_since is None and state.misses >= self._failures:
