@@ -174,9 +174,9 @@ def main() -> None:
     with quiver_serve("--num-cpus", "2") as server:
         windows = asyncio.run(soak(server.address, server.process.pid, args.minutes, args.rate, args.window_s, args.bad_every))
     total = summary(windows)
-    # What the router said meanwhile (its start-up warnings about plaintext and tokens apart).
+    # What the router said meanwhile (its start-up warnings about plaintext and tokens, and its drain, apart).
     said = [line.strip() for line in server.output if " WARNING " in line or " ERROR " in line]
-    total["router_log"] = [line for line in said if "plaintext" not in line and "--token-file" not in line][:20]
+    total["router_log"] = [line for line in said if not any(usual in line for usual in ("plaintext", "--token-file", "shutting down"))][:20]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     meta = {"minutes": args.minutes, "rate": args.rate, "window_s": args.window_s, "date": began.strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit, "machine": f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}"}

@@ -214,6 +214,7 @@ class ServingHealth:
         self._routes = routes
         self._readiness = readiness
         self._status: int | None = None
+        self._served = False  # has been SERVING since the start
 
     def problems(self) -> list[str]:
         """What keeps the server from being ready; empty when every model version can be served."""
@@ -233,8 +234,9 @@ class ServingHealth:
                 logger.info("inference service NOT_SERVING: %s", "; ".join(problems))
             elif problems:
                 logger.warning("inference service NOT_SERVING: %s", "; ".join(problems))
-            elif self._status is not None:
+            elif self._served:
                 logger.warning("inference service SERVING again")
+            self._served |= status == SERVING
             self._status = status
             await self._servicer.set(self._service, status)  # (ignored once the server drains)
 
