@@ -120,15 +120,17 @@ class Reachability:
         return max(self._timeout_s, 4 * state.call_s)
 
     async def probe_all(self) -> None:
-        """One round: every variant Serve runs, or that was lost, gets one bounded probe.
+        """One round: every variant Serve runs, or that was lost, or that calls wait on, gets one bounded probe.
 
-        Variants that may scale to zero replicas are left alone: a probe would wake them.
+        (Serve may mark a variant not running while calls still wait on its dead replicas: they
+        are cancelled only once its probes fail.) Variants that may scale to zero replicas are
+        left alone: a probe would wake them.
         """
         current = self._routes.routes()
         keys = {(r.version.key, r.variant.name) for r in current}
         for key in [key for key in self._variants if key not in keys]:  # versions rolled out of the table
             del self._variants[key]
-        routes = [r for r in current if (self._serving(r) or not self.answering(r)) and not _scales_to_zero(r)]
+        routes = [r for r in current if (self._serving(r) or not self.answering(r) or self._state(r).waiting) and not _scales_to_zero(r)]
         results = await asyncio.gather(*(self._probe_one(route) for route in routes))
         for route, answered in zip(routes, results):
             self._record(route, answered)

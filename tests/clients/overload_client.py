@@ -2,7 +2,7 @@
 
 usage: overload_client.py ADDRESS MODEL [OVERLOAD_FACTOR] [OVERLOAD_S]
 Phases, one after another on one grpc.aio channel, each printed as one JSON line when it ends:
-  capacity  closed loop, 2 callers (what the variant admits), 3 s: the sustainable rate R (answers per second);
+  capacity  closed loop, 2 callers (what the variant admits), 5 s: the sustainable rate R (answers per second);
   normal    open loop at R/4, 4 s ("light": room for the machine's own jitter);
   overload  open loop at OVERLOAD_FACTOR × R (default 10) for OVERLOAD_S (default 10 s);
   after     open loop at R/4, 4 s.
@@ -88,7 +88,7 @@ async def main(address: str, model: str, factor: float = 10.0, overload_s: float
 
         await closed(1.0, 2)  # warm-up, not reported
         start = time.monotonic()
-        latencies, sent = await closed(3.0, 2)
+        latencies, sent = await closed(5.0, 2)
         end = time.monotonic()
         capacity = len(latencies["OK"]) / (end - start)
         report("capacity", capacity, latencies, start, end, sent)
