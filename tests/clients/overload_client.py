@@ -2,11 +2,11 @@
 
 usage: overload_client.py ADDRESS MODEL [OVERLOAD_FACTOR] [OVERLOAD_S]
 Phases, one after another on one grpc.aio channel, each printed as one JSON line when it ends:
-  capacity  closed loop, 2 callers (what the variant admits), 5 s: the sustainable rate R (answers per second);
-  normal    open loop at R/4, 4 s ("light": room for the machine's own jitter);
+  capacity  closed loop, 2 callers (what the variant admits, so none is shed) for 5 s: the
+            sustainable rate R (answers per second) and normal latency;
   overload  open loop at OVERLOAD_FACTOR × R (default 10) for OVERLOAD_S (default 10 s);
-  after     open loop at R/4, 4 s.
-Open loops send on a fixed schedule whatever the answers do, and count latency from the
+  after     the capacity phase again, right after.
+The open loop sends on a fixed schedule whatever the answers do, and counts latency from the
 scheduled time. Each line: phase, rate, sent, answers by status, latency percentiles (ms) by
 status, and the phase's start and end (time.monotonic(), the same clock as the test's).
 """
@@ -86,16 +86,20 @@ async def main(address: str, model: str, factor: float = 10.0, overload_s: float
             await asyncio.gather(*tasks)
             return latencies, count
 
-        await closed(1.0, 2)  # warm-up, not reported
-        start = time.monotonic()
-        latencies, sent = await closed(5.0, 2)
-        end = time.monotonic()
-        capacity = len(latencies["OK"]) / (end - start)
-        report("capacity", capacity, latencies, start, end, sent)
-        for phase, rate, seconds in (("normal", capacity / 4, 4.0), ("overload", capacity * factor, overload_s), ("after", capacity / 4, 4.0)):
+        async def sustained(phase: str) -> float:
             start = time.monotonic()
-            latencies, sent = await opened(rate, seconds)
-            report(phase, rate, latencies, start, time.monotonic(), sent)
+            latencies, sent = await closed(5.0, 2)
+            end = time.monotonic()
+            rate = len(latencies["OK"]) / (end - start)
+            report(phase, rate, latencies, start, end, sent)
+            return rate
+
+        await closed(1.0, 2)  # warm-up, not reported
+        capacity = await sustained("capacity")
+        start = time.monotonic()
+        latencies, sent = await opened(capacity * factor, overload_s)
+        report("overload", capacity * factor, latencies, start, time.monotonic(), sent)
+        await sustained("after")
 
 
 if __name__ == "__main__":
