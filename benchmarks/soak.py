@@ -114,6 +114,7 @@ async def soak(address: str, server_pid: int, minutes: float, rate: float, windo
                 "router_rss_mib": rss_mib(server_pid),
                 "replica_rss_mib": sum(filter(None, (rss_mib(pid) for pid in replicas))) if replicas else None,
                 "router_fds": len(os.listdir(f"/proc/{server_pid}/fd")),
+                "load_1m": round(os.getloadavg()[0], 1),  # this machine is shared: its load explains latency
                 "router_threads": int(next(line.split()[1] for line in Path(f"/proc/{server_pid}/status").read_text().splitlines() if line.startswith("Threads:"))),
             }
             windows.append(window)
@@ -154,11 +155,11 @@ def markdown(meta: dict, windows: list[dict], total: dict) -> str:
         if key in total:
             v = total[key]
             lines.append(f"| {key} | {v['first']} | {v['last']} | {v['min']} | {v['max']} | {v['per_minute']} |")
-    lines += ["", "| t (s) | sent | OK | errors | p50 ms | p99 ms | router RSS MiB | replica RSS MiB | fds | threads |",
-              "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| t (s) | sent | OK | errors | p50 ms | p99 ms | router RSS MiB | replica RSS MiB | fds | threads | load (1 min) |",
+              "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for w in windows:
         lines.append(f"| {w['t_s']} | {w['sent']} | {w['ok']} | {w['errors'] or ''} | {w['p50_ms']} | {w['p99_ms']} | "
-                     f"{w['router_rss_mib']} | {w['replica_rss_mib']} | {w['router_fds']} | {w['router_threads']} |")
+                     f"{w['router_rss_mib']} | {w['replica_rss_mib']} | {w['router_fds']} | {w['router_threads']} | {w['load_1m']} |")
     return "\n".join(lines) + "\n"
 
 
