@@ -73,7 +73,7 @@ class Batching(_Spec):
     """
 
     max_batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
-    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
 
 
 class Autoscaling(_Spec):

@@ -58,7 +58,7 @@ class Optimization(_Spec):
 
 class BatchingSpec(_Spec):
     max_batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
-    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
 
 
 class VariantPlacement(_Spec):
