@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -147,7 +148,8 @@ def markdown(meta: dict, windows: list[dict], total: dict) -> str:
         f" on {meta['machine']}; commit {meta['commit']}.", "",
         f"Sent {total['sent']}, answered OK {total['ok']}, expected INVALID_ARGUMENT (bad requests) "
         f"{total['expected_invalid_argument']}, other failures {total['errors'] or 'none'}.", "",
-        "Router log (warnings and errors): " + ("; ".join(f"`{line}`" for line in total["router_log"]) or "none") + ".", "",
+        f"Warnings and errors in the server's output: {total.get('router_log_lines', len(total['router_log']))}"
+        + ("; the first: " + "; ".join(f"`{line[:160]}`" for line in total["router_log"][:5]) if total["router_log"] else "") + ".", "",
         "| quantity (after the first two windows) | first | last | min | max | change per minute |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -176,8 +178,9 @@ def main() -> None:
         windows = asyncio.run(soak(server.address, server.process.pid, args.minutes, args.rate, args.window_s, args.bad_every))
     total = summary(windows)
     # What the router said meanwhile (its start-up warnings about plaintext and tokens, and its drain, apart).
-    said = [line.strip() for line in server.output if " WARNING " in line or " ERROR " in line]
-    total["router_log"] = [line for line in said if not any(usual in line for usual in ("plaintext", "--token-file", "shutting down"))][:20]
+    said = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in server.output if " WARNING " in line or " ERROR " in line]
+    said = [line for line in said if not any(usual in line for usual in ("plaintext", "--token-file", "shutting down"))]
+    total["router_log_lines"], total["router_log"] = len(said), said[:5]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     meta = {"minutes": args.minutes, "rate": args.rate, "window_s": args.window_s, "date": began.strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit, "machine": f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}"}
