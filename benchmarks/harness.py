@@ -92,8 +92,8 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 
 @contextmanager
-def started(launch: Launch, cpus: tuple[int, ...] | None, log_path: Path, timeout_s: float) -> Iterator[str]:
-    """Start a server; yields its address once it said ready and its port accepts connections."""
+def started(launch: Launch, cpus: tuple[int, ...] | None, log_path: Path, timeout_s: float) -> Iterator[tuple[str, int]]:
+    """Start a server; yields its address and session id once it said ready and its port accepts connections."""
     with log_path.open("w") as log:
         process = subprocess.Popen(
             launch.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=log_path.parent,
@@ -101,7 +101,7 @@ def started(launch: Launch, cpus: tuple[int, ...] | None, log_path: Path, timeou
         )
     try:
         address = _await_ready(process, launch, log_path, timeout_s)
-        yield address
+        yield address, process.pid  # start_new_session: its pid is its session's id
     finally:
         _stop(process)
 
@@ -151,13 +151,18 @@ def points(settings: BenchSettings, model: BenchModel) -> list[dict]:
 
 
 def load(address: str | None, model: BenchModel, settings: BenchSettings, cpus: tuple[int, ...] | None,
-         scratch: Path, inprocess: bool = False, metadata: tuple[tuple[str, str], ...] = ()) -> dict:
-    """Run the load generator once over every point; returns {"ready": ..., "points": [...], "error": ...}."""
+         scratch: Path, inprocess: bool = False, metadata: tuple[tuple[str, str], ...] = (),
+         server_session: int | None = None) -> dict:
+    """Run the load generator once over every point; returns {"ready": ..., "points": [...], "error": ...}.
+
+    `server_session`: the target's session id (its server runs in a session of its own), whose
+    CPU time the load generator accounts per request."""
     plan = {
         "address": address, "model": model.name, "inputs": str(model.inputs), "points": points(settings, model),
         "seconds": settings.seconds, "warmup_s": settings.warmup_s, "rpc_timeout_s": settings.rpc_timeout_s,
         "ready_timeout_s": settings.ready_timeout_s, "max_in_flight": settings.max_in_flight, "metadata": metadata,
         "parameters": model.parameters, "tally": "quiver.variant" if model.store else None,
+        "server_session": server_session,
         "inprocess": {"model_file": str(model.file), "max_batch": settings.max_batch, "threads": len(cpus or (0,))}
         if inprocess else None,
     }
@@ -196,9 +201,10 @@ def run_target(target_name: str, model: BenchModel, settings: BenchSettings, pin
     log_path = scratch / f"{target_name}-{model.key}.log"
     try:
         launch = target.launch(model, scratch, len(pins.server_cpus or os.sched_getaffinity(0)))
-        with started(launch, pins.server_cpus, log_path, settings.startup_timeout_s) as address:
+        with started(launch, pins.server_cpus, log_path, settings.startup_timeout_s) as (address, session):
             record["startup_s"] = round(time.monotonic() - begin, 1)
-            record |= load(address, model, settings, pins.client_cpus, scratch, metadata=launch.metadata)
+            record |= load(address, model, settings, pins.client_cpus, scratch, metadata=launch.metadata,
+                           server_session=session)
             if record["error"] or not (record["ready"] or {}).get("ok"):
                 record["server_log_tail"] = _log_tail(log_path)
     except (RuntimeError, OSError) as exc:

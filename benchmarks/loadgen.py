@@ -20,7 +20,10 @@ parsed and checked (every output's raw bytes match its shape and datatype).
 Each point warms up first (same load, discarded), then measures for a bounded time. Every
 request has a deadline (`rpc_timeout_s`); failures are counted by gRPC status code.
 `client_cpu` is the share of one CPU this process used while measuring: near 1.0 the load
-generator, not the target, may be the limit.
+generator, not the target, may be the limit. `server_cpu_ms` is the CPU time the target's whole
+process session (the server and everything it started: Ray's GCS, raylet, replicas) spent per
+answered request while measuring, from /proc: on a shared, noisy machine it moves far less than
+throughput does, and on a one-CPU share 1000 / server_cpu_ms is the throughput ceiling.
 
 `closed_loop` / `open_loop` take any `async () -> None` call, so other benchmarks reuse them.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -51,6 +55,7 @@ class Sample:
     elapsed_s: float = 0.0
     cpu_s: float = 0.0
     sent: int = 0
+    server_cpu_s: float | None = None  # the target's session, when known
 
 
 def error_name(exc: BaseException) -> str:
@@ -81,7 +86,25 @@ def summarize(sample: Sample) -> dict:
         "errors": dict(sorted(sample.errors.items())),
         "elapsed_s": round(sample.elapsed_s, 3),
         "client_cpu": round(sample.cpu_s / elapsed, 3),
+        "server_cpu_ms": round(1000 * sample.server_cpu_s / len(ms), 3) if sample.server_cpu_s is not None and len(ms) else None,
     }
+
+
+def session_cpu_s(session: int) -> float | None:
+    """CPU seconds (user + system) used so far by the live processes of one session (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, seen = 0, False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[3]) == session:  # fields after the name: state ppid pgrp session ... utime stime
+            total, seen = total + int(fields[11]) + int(fields[12]), True
+    return total / ticks if seen else None
 
 
 async def closed_loop(call: Callable[[], Awaitable[object]], seconds: float, concurrency: int) -> Sample:
@@ -236,13 +259,21 @@ async def wait_ready(call: Callable[[], Awaitable[bytes]], timeout_s: float) -> 
 
 
 async def measure(call: Callable[[], Awaitable[object]], point: dict, plan: dict, on_warm: Callable[[], None]) -> Sample:
+    session = plan.get("server_session")
     if point["mode"] == "closed":
         await closed_loop(call, plan["warmup_s"], point["concurrency"])
         on_warm()
-        return await closed_loop(call, plan["seconds"], point["concurrency"])
-    await open_loop(call, point["rate"], plan["warmup_s"], plan["max_in_flight"])
-    on_warm()
-    return await open_loop(call, point["rate"], plan["seconds"], plan["max_in_flight"])
+        before = session_cpu_s(session) if session else None
+        sample = await closed_loop(call, plan["seconds"], point["concurrency"])
+    else:
+        await open_loop(call, point["rate"], plan["warmup_s"], plan["max_in_flight"])
+        on_warm()
+        before = session_cpu_s(session) if session else None
+        sample = await open_loop(call, point["rate"], plan["seconds"], plan["max_in_flight"])
+    after = session_cpu_s(session) if session else None
+    if before is not None and after is not None:
+        sample.server_cpu_s = after - before
+    return sample
 
 
 def main() -> None:

@@ -145,8 +145,8 @@ def markdown(results: dict, plot_name: str) -> str:
              "## Quiver against each target", "", *summary_rows(results), "",
              "Best = the highest-throughput closed-loop point without errors.", "",
              f"![p50 latency against throughput]({plot_name})", "", "## Every point", "",
-             "| model | target | load | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | client CPU |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+             "| model | target | load | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | client CPU | server CPU ms/req |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     failures = []
     for record in results["runs"]:
         if record.get("error"):
@@ -160,7 +160,7 @@ def markdown(results: dict, plot_name: str) -> str:
                 errors += " (served by " + ", ".join(f"{k} {n}" for k, n in sorted(p["tally"].items())) + ")"
             lines.append(f"| {record['model']} | {record['target']} | {_load(p['point'])} | {_fmt(p['throughput'])} "
                          f"| {_fmt(lat['p50'])} | {_fmt(lat['p90'])} | {_fmt(lat['p99'])} | {_fmt(lat['max'])} | {errors} "
-                         f"| {p['client_cpu']:.2f} |")
+                         f"| {p['client_cpu']:.2f} | {_fmt(p.get('server_cpu_ms'))} |")
     if failures:
         lines += ["", "## Failures", "", *failures]
     lines += ["", "## Targets", ""]
