@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ray.serve.handle import DeploymentHandle
 
-from quiver.serving import Manifest, ModelVersion, Variant
+from quiver.serving import Manifest, ModelVersion, Variant, app_name
 
 from .errors import NotFound
 
@@ -27,6 +28,16 @@ class VariantRoute:
     @property
     def manifest(self) -> Manifest:
         return self.version.manifest
+
+    @cached_property
+    def app(self) -> str:
+        """Its Serve application's name (made once: every request asks for it)."""
+        return app_name(self.version, self.variant)
+
+    @cached_property
+    def key(self) -> tuple[str, str, str]:
+        """(model, version, variant): what stays the same when the route table is replaced."""
+        return self.manifest.name, self.manifest.version, self.variant.name
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,8 @@ class RouteTable:
         for route in routes:
             versions = models.setdefault(route.manifest.name, {})
             versions.setdefault(route.manifest.version, VersionRoutes(route.version)).variants[route.variant.name] = route
-        self._models = models
+        # Swapped together: a request without a version gets the newest, found here once, not per request.
+        self._models, self._newest = models, {name: max(versions, key=_version_order) for name, versions in models.items()}
 
     def models(self) -> dict[str, list[str]]:
         """Every model name and its versions, oldest first."""
@@ -65,7 +77,7 @@ class RouteTable:
         if versions is None:
             raise NotFound(f"unknown model {model!r}; serving {sorted(self._models)}")
         if not version:
-            version = max(versions, key=_version_order)
+            version = self._newest[model]
         found = versions.get(version)
         if found is None:
             raise NotFound(f"model {model!r} has no version {version!r}; it has {sorted(versions, key=_version_order)}")
