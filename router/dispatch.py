@@ -73,17 +73,17 @@ class Dispatcher:
         self._stats: dict[tuple[str, str, str], VariantStats] = {}
 
     def stats(self, route: VariantRoute) -> VariantStats:
-        key = (route.manifest.name, route.manifest.version, route.variant.name)
-        if key not in self._stats:
+        found = self._stats.get(route.key)
+        if found is None:
             measured = route.variant.metrics
             replicas = route.variant.replicas
-            self._stats[key] = VariantStats(
+            found = self._stats[route.key] = VariantStats(
                 replicas=replicas.count,
                 batch_size=route.variant.batching.max_batch_size,
                 prior_ms=measured.p50_ms if measured else 1.0,
                 queue_limit=replicas.count * replicas.max_queued_requests,
             )
-        return self._stats[key]
+        return found
 
     def candidates(self, version: VersionRoutes, skip_cooling: bool = True) -> list[policy.Candidate]:
         now = self._clock()
@@ -152,18 +152,17 @@ class Dispatcher:
     async def _call(
         self, route: VariantRoute, inputs: dict[str, np.ndarray], reason: str, expires: float | None
     ) -> InferenceResult:
-        labels = (route.manifest.name, route.manifest.version, route.variant.name, route.variant.pool)
+        metrics = self._metrics.variant(*route.key, route.variant.pool)
         start = self._clock()
         left = None if expires is None else expires - start
         if left is not None and left <= 0:
-            self._metrics.requests.labels(*labels, grpc.StatusCode.DEADLINE_EXCEEDED.name).inc()
+            metrics.requests(grpc.StatusCode.DEADLINE_EXCEEDED).inc()
             raise DeadlineExceeded("the deadline passed before the request was dispatched")
         stats = self.stats(route)
         logger.debug("dispatching to %s variant %s (%s)", route.version.key, route.variant.name, reason)
-        self._metrics.decisions.labels(*labels, reason).inc()
-        in_flight = self._metrics.in_flight.labels(*labels)
+        metrics.decisions(reason).inc()
         stats.started()
-        in_flight.inc()
+        metrics.in_flight.inc()
         code, elapsed_ms, failed_at = grpc.StatusCode.INTERNAL, None, None
         # The replica learns the deadline in wall-clock time: it runs in another process, maybe on another node.
         response = route.handle.infer.remote(inputs, None if left is None else time.time() + left)
@@ -171,8 +170,8 @@ class Dispatcher:
         try:
             result = await asyncio.wait_for(response, self._timeout_s if left is None else min(left, self._timeout_s))
             code, elapsed_ms = grpc.StatusCode.OK, 1000 * (self._clock() - start)
-            self._metrics.latency.labels(*labels).observe(elapsed_ms / 1000)
-            self._metrics.batch_requests.labels(*labels).observe(result.batch_requests)
+            metrics.latency.observe(elapsed_ms / 1000)
+            metrics.batch_requests.observe(result.batch_requests)
             return result
         except InferenceError as exc:
             # Ray re-raises the replica's exception as a subclass of it (RayTaskError).
@@ -188,18 +187,20 @@ class Dispatcher:
                 raise DeadlineExceeded(f"no answer from variant {route.variant.name!r} within the deadline") from exc
             code, failed_at = grpc.StatusCode.UNAVAILABLE, self._clock()
             logger.warning("%s variant %s did not answer in %.0f s", route.version.key, route.variant.name, self._timeout_s)
+            self._readiness.nudge()
             raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
         except _REPLICA_LOST as exc:
             code, failed_at = grpc.StatusCode.UNAVAILABLE, self._clock()
             response.cancel()
             logger.warning("%s variant %s did not answer: %r", route.version.key, route.variant.name, exc)
+            self._readiness.nudge()
             raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
         finally:
             for watcher, token in zip(self._watchers, watched):
                 watcher.finished(token, code)
             stats.finished(elapsed_ms, failed_at)
-            in_flight.dec()
-            self._metrics.requests.labels(*labels, code.name).inc()
+            metrics.in_flight.dec()
+            metrics.requests(code).inc()
 
 
 def _cause(exc: InferenceError) -> str:

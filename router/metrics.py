@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from http.server import HTTPServer
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 VARIANT_LABELS = ("model", "version", "variant", "pool")
@@ -46,6 +47,16 @@ class RouterMetrics:
             "quiver_rejected_requests", "Requests refused before dispatch, by gRPC status", ["model", "code"], registry=self.registry
         )
 
+        self._variants: dict[tuple[str, str, str, str], VariantMetrics] = {}
+
+    def variant(self, model: str, version: str, variant: str, pool: str) -> VariantMetrics:
+        """One variant's metrics, looked up once per variant instead of per request."""
+        labels = (model, version, variant, pool)
+        found = self._variants.get(labels)
+        if found is None:
+            found = self._variants[labels] = VariantMetrics(self, labels)
+        return found
+
     def show_routes(self, weights: dict[str, dict[str, int]]) -> None:
         """The route table in force (model → version → weight); the operator retires a version
         only once no router lists it."""
@@ -58,3 +69,29 @@ class RouterMetrics:
         """Expose /metrics over HTTP on host:port from a daemon thread; `shutdown()` stops it."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+
+class VariantMetrics:
+    """The labelled children of one (model, version, variant, pool): `.labels()` takes a lock and
+    builds its key on every call, several times per request; these are kept instead."""
+
+    def __init__(self, metrics: RouterMetrics, labels: tuple[str, str, str, str]) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self.in_flight = metrics.in_flight.labels(*labels)
+        self.latency = metrics.latency.labels(*labels)
+        self.batch_requests = metrics.batch_requests.labels(*labels)
+        self._requests: dict[grpc.StatusCode, Counter] = {}
+        self._decisions: dict[str, Counter] = {}
+
+    def requests(self, code: grpc.StatusCode) -> Counter:
+        found = self._requests.get(code)
+        if found is None:
+            found = self._requests[code] = self._metrics.requests.labels(*self._labels, code.name)
+        return found
+
+    def decisions(self, reason: str) -> Counter:
+        found = self._decisions.get(reason)
+        if found is None:
+            found = self._decisions[reason] = self._metrics.decisions.labels(*self._labels, reason)
+        return found
