@@ -19,7 +19,8 @@ from .routes import VariantRoute
 
 class CallWatcher(Protocol):
     def started(self, route: VariantRoute, response: object, reason: str) -> object:
-        """A call to `route` was sent (`response` is its Serve DeploymentResponse); returns a token for `finished`."""
+        """A request was handed to `route`'s replicas (`response` is its router/coalesce.py `Pending`:
+        `cancel()` withdraws it); returns a token for `finished`."""
         ...
 
     def finished(self, token: object, code: grpc.StatusCode) -> None:

@@ -1,15 +1,13 @@
 """Dispatch: admit a request, choose its variant by policy, call it, retry once elsewhere.
 
 Admission sheds load when every allowed variant's queue is full (RESOURCE_EXHAUSTED with a
-retry hint); the call goes through the variant's Serve handle, bounded by the request's
-deadline. This is the router's one wrapper around Ray: Ray's and Serve's exceptions are
-translated here into the router's taxonomy, so nothing above this module knows Ray exists.
+retry hint); the call goes to the variant's replicas (router/replicas.py), bounded by the
+request's deadline, and what comes back is translated here into the router's taxonomy.
 It also keeps each variant's live statistics (the policy's input) and the metrics that export them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,32 +15,21 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
-from ray import exceptions as ray_errors
-from ray.serve import exceptions as serve_errors
 
-from quiver.serving import DeadlinePassed, InferenceError, InferenceResult
+from quiver.serving import DeadlinePassed, InferenceError, InferenceRequest, InferenceResult
 
 from . import policy
 from .calls import CallWatcher
+from .coalesce import Expired, Withdrawn
 from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from .hints import RoutingHints
 from .metrics import RouterMetrics
 from .readiness import Readiness
+from .replicas import ReplicaLost, VariantReplicas
 from .routes import VariantRoute, VersionRoutes
 from .stats import VariantStats
 
 logger = logging.getLogger(__name__)
-
-# The replica (or its process, node or deployment) is gone; another replica may answer later.
-_REPLICA_LOST = (
-    ray_errors.RayActorError,
-    ray_errors.WorkerCrashedError,
-    ray_errors.NodeDiedError,
-    serve_errors.DeploymentUnavailableError,
-    serve_errors.ReplicaUnavailableError,
-    serve_errors.BackPressureError,
-    serve_errors.RequestCancelledError,  # by router/health.py: the variant stopped answering its probes
-)
 
 
 @dataclass(frozen=True)
@@ -71,6 +58,14 @@ class Dispatcher:
         self._timeout_s = timeout_s
         self._clock = clock
         self._stats: dict[tuple[str, str, str], VariantStats] = {}
+        self._replicas: dict[str, VariantReplicas] = {}
+
+    def replicas(self, route: VariantRoute) -> VariantReplicas:
+        """The variant's replicas, for this route (a new route table brings new ones; calls in flight keep theirs)."""
+        found = self._replicas.get(route.app)
+        if found is None or found.route is not route:
+            found = self._replicas[route.app] = VariantReplicas(route)
+        return found
 
     def stats(self, route: VariantRoute) -> VariantStats:
         found = self._stats.get(route.key)
@@ -165,23 +160,22 @@ class Dispatcher:
         metrics.in_flight.inc()
         code, elapsed_ms, failed_at = grpc.StatusCode.INTERNAL, None, None
         # The replica learns the deadline in wall-clock time: it runs in another process, maybe on another node.
-        response = route.handle.infer.remote(inputs, None if left is None else time.time() + left)
-        watched = [watcher.started(route, response, reason) for watcher in self._watchers]
+        request = InferenceRequest(inputs, None if left is None else time.time() + left)
+        pending = self.replicas(route).submit(request, self._timeout_s if left is None else min(left, self._timeout_s))
+        watched = [watcher.started(route, pending, reason) for watcher in self._watchers]
         try:
-            result = await asyncio.wait_for(response, self._timeout_s if left is None else min(left, self._timeout_s))
+            result = await pending
             code, elapsed_ms = grpc.StatusCode.OK, 1000 * (self._clock() - start)
             metrics.latency.observe(elapsed_ms / 1000)
             metrics.batch_requests.observe(result.batch_requests)
             return result
         except InferenceError as exc:
-            # Ray re-raises the replica's exception as a subclass of it (RayTaskError).
             code = grpc.StatusCode.INVALID_ARGUMENT
             raise InvalidArgument(f"model {route.manifest.name!r} rejected the input: {_cause(exc)}") from exc
         except DeadlinePassed as exc:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
             raise DeadlineExceeded("the deadline passed while the request waited for its batch") from exc
-        except TimeoutError as exc:
-            response.cancel()
+        except Expired as exc:
             if left is not None and left <= self._timeout_s:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
                 raise DeadlineExceeded(f"no answer from variant {route.variant.name!r} within the deadline") from exc
@@ -189,10 +183,9 @@ class Dispatcher:
             logger.warning("%s variant %s did not answer in %.0f s", route.version.key, route.variant.name, self._timeout_s)
             self._readiness.nudge()
             raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
-        except _REPLICA_LOST as exc:
+        except (ReplicaLost, Withdrawn) as exc:  # Withdrawn: by router/health.py, the variant stopped answering its probes
             code, failed_at = grpc.StatusCode.UNAVAILABLE, self._clock()
-            response.cancel()
-            logger.warning("%s variant %s did not answer: %r", route.version.key, route.variant.name, exc)
+            logger.warning("%s variant %s did not answer: %s", route.version.key, route.variant.name, exc)
             self._readiness.nudge()
             raise Unavailable(f"no replica of {route.version.key} variant {route.variant.name!r} could answer") from exc
         finally:
@@ -204,5 +197,4 @@ class Dispatcher:
 
 
 def _cause(exc: InferenceError) -> str:
-    cause = exc.cause if isinstance(exc, ray_errors.RayTaskError) else exc
-    return str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -54,7 +54,7 @@ class _Variant:
     lost_since: float | None = None
     last_answer: float = float("-inf")  # when a call to it last came back OK: as good as a probe
     call_s: float = 0.0  # moving average of its calls' durations (OK ones): how slow "alive" is now
-    # Calls waiting on this variant (Serve DeploymentResponses): cancelled when it is lost.
+    # Requests waiting on this variant (router/coalesce.py `Pending`s): withdrawn when it is lost.
     waiting: set = field(default_factory=set)
 
 

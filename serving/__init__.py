@@ -12,6 +12,7 @@ from typing import Any
 _PUBLIC = {
     "Datatype": "datatypes",
     "DeadlinePassed": "deployment",
+    "InferenceRequest": "deployment",
     "InferenceResult": "deployment",
     "VariantReplica": "deployment",
     "application_states": "deployment",

@@ -2,7 +2,13 @@
 
 One Serve application per variant, holding one deployment whose replicas each own a
 `ModelRuntime`. Concurrent requests are joined along the batch axis (axis 0), run in one
-ONNX Runtime call, and split back. The router calls `infer` through a DeploymentHandle.
+ONNX Runtime call, and split back. The router calls `infer_many` through a DeploymentHandle
+with the requests it coalesced (router/coalesce.py): they are already a batch, run as such;
+`infer` takes one request and joins it with others through Serve's batching.
+
+A replica counts the requests it holds and reports them to Serve's autoscaler
+(`record_autoscaling_stats`; policy in serving/autoscaling.py): Serve's own count sees calls,
+and one call carries many requests.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from ray.serve import Application, RunTarget
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
-from .apps import VariantApp, app_name
 from . import signing
+from .apps import VariantApp, app_name
+from .autoscaling import POLICY, REQUESTS_METRIC
 from .crypto import read_key
 from .integrity import variant_bytes
 from .manifest import Variant
@@ -37,9 +44,11 @@ class DeadlinePassed(Exception):
 
 
 @dataclass(frozen=True)
-class _Queued:
+class InferenceRequest:
+    """One request as a replica takes it: its inputs, and when it stops being worth starting."""
+
     inputs: Tensors
-    deadline: float | None  # wall-clock (time.time()) seconds
+    deadline: float | None = None  # wall-clock (time.time()) seconds: replicas may run on other nodes
 
     @property
     def rows(self) -> int:
@@ -78,24 +87,67 @@ class VariantReplica:
         # ONNX Runtime releases the GIL: running it off the event loop lets the next batch
         # gather while this one computes. One thread, because batches run one at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self._holding = 0  # requests taken and not yet answered: the autoscaler's measure of load
 
     async def ready(self) -> bool:
         """A round trip that runs nothing: a router calls it before sending a variant traffic."""
         return True
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom autoscaling metrics, sampled a few times a second."""
+        return {REQUESTS_METRIC: self._holding}
+
     async def infer(self, inputs: Tensors, deadline: float | None = None) -> InferenceResult:
         """Run one request; `deadline` (time.time() seconds) skips it if it passes while queued."""
         rows = _rows(inputs)
-        if not self._batchable or rows > self._max_rows:
-            return InferenceResult(await self._run(inputs), batch_requests=1, batch_rows=rows)
-        result = await self._infer_batch(_Queued(inputs, deadline))
+        self._holding += 1
+        try:
+            if not self._batchable or rows > self._max_rows:
+                return InferenceResult(await self._run(inputs), batch_requests=1, batch_rows=rows)
+            result = await self._infer_batch(InferenceRequest(inputs, deadline))
+        finally:
+            self._holding -= 1
         if isinstance(result, Exception):
             raise result
         return result
 
+    async def infer_many(self, requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
+        """Run requests a router coalesced, in batches of at most `max_batch_size` rows, in order.
+
+        Each request gets its own answer: its outputs, or the error that concerns it alone
+        (`InferenceError`, `DeadlinePassed`), returned rather than raised so the others stand.
+        """
+        self._holding += len(requests)
+        try:
+            results: list[InferenceResult | Exception] = []
+            for chunk in self._chunks(requests):
+                results.extend(await self._run_batch(chunk))
+            return results
+        finally:
+            self._holding -= len(requests)
+
+    def _chunks(self, requests: list[InferenceRequest]) -> list[list[InferenceRequest]]:
+        """Consecutive runs of requests that fit one batch; a request too large for one runs alone."""
+        if not self._batchable:
+            return [[request] for request in requests]
+        chunks: list[list[InferenceRequest]] = []
+        rows = 0
+        for request in requests:
+            if chunks and rows + request.rows <= self._max_rows:
+                chunks[-1].append(request)
+                rows += request.rows
+            else:
+                chunks.append([request])
+                rows = request.rows
+        return chunks
+
     # Sizes are set per variant in __init__; batch_size_fn makes them count rows, not requests.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, batch_size_fn=lambda batch: sum(q.rows for q in batch))
-    async def _infer_batch(self, queued: list[_Queued]) -> list[InferenceResult | Exception]:
+    async def _infer_batch(self, queued: list[InferenceRequest]) -> list[InferenceResult | Exception]:
+        return await self._run_batch(queued)
+
+    async def _run_batch(self, queued: list[InferenceRequest]) -> list[InferenceResult | Exception]:
+        """One batch: requests whose deadline passed are skipped, the rest run in as few ORT calls as their shapes allow."""
         now = time.time()
         results: list[InferenceResult | Exception] = [
             DeadlinePassed("the deadline passed before the request's batch started") for _ in queued
@@ -151,7 +203,7 @@ def application(version: ModelVersion, variant: Variant, key_file: Path | None =
     count: dict[str, object] = (
         {"num_replicas": replicas.count}
         if scaling is None
-        else {"autoscaling_config": {"initial_replicas": replicas.count, **scaling.model_dump()}}
+        else {"autoscaling_config": {"initial_replicas": replicas.count, **scaling.model_dump(), "policy": POLICY}}
     )
     return VariantReplica.options(
         name=variant.name,
