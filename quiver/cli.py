@@ -50,6 +50,7 @@ def _router_settings(args: argparse.Namespace) -> RouterSettings | None:
         tls=TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         token_file=args.token_file,
         tracing=TracingSettings.from_environment(args.otel_endpoint, os.environ),
+        direct=not args.no_direct,
     )
 
 
@@ -133,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     listener.add_argument(
         "--otel-endpoint", help="send OpenTelemetry traces (OTLP/gRPC) here, e.g. http://collector:4317 (default: off, "
         "unless the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT or OTEL_TRACES_EXPORTER variables say otherwise)"
+    )
+    listener.add_argument(
+        "--no-direct", action="store_true",
+        help="call replicas only through Serve's handles, not on their data planes (slower; for comparison or diagnosis)",
     )
 
     serve = commands.add_parser(

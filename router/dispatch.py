@@ -21,6 +21,7 @@ from quiver.serving import DeadlinePassed, InferenceError, InferenceRequest, Inf
 from . import policy
 from .calls import CallWatcher
 from .coalesce import Expired, Withdrawn
+from .endpoints import Endpoints
 from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from .hints import RoutingHints
 from .metrics import RouterMetrics
@@ -49,10 +50,12 @@ class Dispatcher:
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.perf_counter,
         watchers: Sequence[CallWatcher] = (),
+        endpoints: Endpoints | None = None,
     ) -> None:
         self._metrics = metrics
         self._watchers = tuple(watchers)  # see router/calls.py
         self._readiness = readiness
+        self._endpoints = endpoints  # the replicas' data planes; None: Serve's handles only
         # A call waits at most this long: a variant that lost its last replica (its pool's nodes
         # gone) holds calls in Serve's queue until a replica returns, which may be never.
         self._timeout_s = timeout_s
@@ -64,7 +67,8 @@ class Dispatcher:
         """The variant's replicas, for this route (a new route table brings new ones; calls in flight keep theirs)."""
         found = self._replicas.get(route.app)
         if found is None or found.route is not route:
-            found = self._replicas[route.app] = VariantReplicas(route)
+            metrics = self._metrics.variant(*route.key, route.variant.pool)
+            found = self._replicas[route.app] = VariantReplicas(route, self._endpoints, metrics)
         return found
 
     def stats(self, route: VariantRoute) -> VariantStats:

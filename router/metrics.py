@@ -1,7 +1,8 @@
 """The router's Prometheus metrics: what the routing policy sees, exported.
 
 Per model, version, variant and pool: requests by gRPC status, latency, requests in flight
-(the router's view of queue depth), batch sizes the replicas ran, routing decisions by reason.
+(the router's view of queue depth), batch sizes the replicas ran, routing decisions by reason,
+calls to replicas by path and how many requests each carried.
 Requests refused before a variant was chosen are counted per model and status. The operator's
 rollout gates read error rate and p99 per version from here.
 """
@@ -43,6 +44,19 @@ class RouterMetrics:
         self.route_weight = Gauge(
             "quiver_route_weight", "Versions in the route table and their traffic weights", ["model", "version"], registry=self.registry
         )
+        self.calls = Counter(
+            "quiver_replica_calls",
+            "Calls to replicas, by path: direct (the replica's data plane) or serve (its Serve handle)",
+            [*VARIANT_LABELS, "path"],
+            registry=self.registry,
+        )
+        self.call_requests = Histogram(
+            "quiver_call_requests",
+            "Requests the router coalesced into one call to a replica",
+            VARIANT_LABELS,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "quiver_rejected_requests", "Requests refused before dispatch, by gRPC status", ["model", "code"], registry=self.registry
         )
@@ -81,13 +95,21 @@ class VariantMetrics:
         self.in_flight = metrics.in_flight.labels(*labels)
         self.latency = metrics.latency.labels(*labels)
         self.batch_requests = metrics.batch_requests.labels(*labels)
+        self.call_requests = metrics.call_requests.labels(*labels)
         self._requests: dict[grpc.StatusCode, Counter] = {}
         self._decisions: dict[str, Counter] = {}
+        self._calls: dict[str, Counter] = {}
 
     def requests(self, code: grpc.StatusCode) -> Counter:
         found = self._requests.get(code)
         if found is None:
             found = self._requests[code] = self._metrics.requests.labels(*self._labels, code.name)
+        return found
+
+    def calls(self, path: str) -> Counter:
+        found = self._calls.get(path)
+        if found is None:
+            found = self._calls[path] = self._metrics.calls.labels(*self._labels, path)
         return found
 
     def decisions(self, reason: str) -> Counter:

@@ -1,9 +1,10 @@
-"""How the router reaches a variant's replicas: coalesced calls through its Serve handle.
+"""How the router reaches a variant's replicas: coalesced calls, direct or through Serve's handle.
 
-The router's one wrapper around Ray and Serve on the request path: a call goes out as
-`infer_many` on the variant's DeploymentHandle (Serve picks the replica), and Ray's and Serve's
-ways of saying the replica is gone all become `ReplicaLost`, so nothing above this module
-knows Ray exists. Requests are coalesced per variant (router/coalesce.py).
+Requests are coalesced per variant (router/coalesce.py); each call goes to a replica's data
+plane when the replica directory lists one (router/endpoints.py, picked by the power of two
+choices), else as `infer_many` on the variant's DeploymentHandle (Serve picks the replica).
+This is the router's one wrapper around Ray and Serve on the request path: every way of
+saying that the replica is gone becomes `ReplicaLost`, so nothing above this module knows Ray exists.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import asyncio
 from ray import exceptions as ray_errors
 from ray.serve import exceptions as serve_errors
 
-from quiver.serving import InferenceRequest, InferenceResult
+from quiver.serving import InferenceRequest, InferenceResult, ReplicaUnreachable
 
 from .coalesce import Coalescer, Pending
+from .endpoints import Endpoints
+from .metrics import VariantMetrics
 from .routes import VariantRoute
 
 # The replica (or its process, node or deployment) is gone; another replica may answer later.
@@ -41,23 +44,36 @@ class ReplicaLost(Exception):
 class VariantReplicas:
     """One variant's replicas as the router sees them: a queue, and calls to them."""
 
-    def __init__(self, route: VariantRoute) -> None:
+    def __init__(self, route: VariantRoute, endpoints: Endpoints | None, metrics: VariantMetrics) -> None:
         self.route = route
+        self._endpoints = endpoints
+        self._metrics = metrics
         self._handle = route.handle.options(method_name="infer_many")
         replicas = route.variant.replicas
-        # Serve may run up to this many; without knowing how many run now, allowing calls for
-        # all of them costs only some coalescing, while allowing too few would leave replicas idle.
-        most = replicas.autoscaling.max_replicas if replicas.autoscaling else replicas.count
-        self._coalescer = Coalescer(
-            self._send, lambda: CALLS_PER_REPLICA * most, route.variant.batching.max_batch_size, route.app
-        )
+        # Through the handle the router does not know how many replicas run: allowing calls for
+        # as many as Serve may run costs some coalescing, allowing too few would leave replicas idle.
+        self._most = replicas.autoscaling.max_replicas if replicas.autoscaling else replicas.count
+        self._coalescer = Coalescer(self._send, self._capacity, route.variant.batching.max_batch_size, route.app)
 
     def submit(self, request: InferenceRequest, wait_s: float) -> Pending:
         """Queue the request; awaited, its result or its own error, `Expired` after `wait_s`,
         `ReplicaLost` if no replica answered, `Withdrawn` if cancelled."""
         return self._coalescer.submit(request, wait_s)
 
+    def _capacity(self) -> int:
+        direct = len(self._endpoints.live(self.route.app)) if self._endpoints is not None else 0
+        return CALLS_PER_REPLICA * (direct or self._most)
+
     async def _send(self, requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
+        self._metrics.call_requests.observe(len(requests))
+        replica = self._endpoints.pick(self.route.app) if self._endpoints is not None else None
+        if replica is not None:
+            self._metrics.calls("direct").inc()
+            try:
+                return await self._endpoints.call(replica, requests)
+            except ReplicaUnreachable as exc:
+                raise ReplicaLost(str(exc)) from exc
+        self._metrics.calls("serve").inc()
         response = self._handle.remote(requests)
         try:
             return await response

@@ -24,6 +24,7 @@ from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from .auth import Authenticator
 from .catalog import Catalog
 from .dispatch import Dispatcher
+from .endpoints import Endpoints
 from .health import ProbedReadiness, ServingHealth
 from .metrics import RouterMetrics
 from .routes import RouteTable
@@ -73,6 +74,9 @@ class RouterSettings:
     tls: TlsSettings | None = None  # None: plaintext
     token_file: Path | None = None  # bearer tokens and their models, watched (see router/auth.py); None: no auth
     tracing: TracingSettings = TracingSettings()  # OpenTelemetry; off by default (see router/tracing.py)
+    # Call replicas on their data planes when the replica directory lists them (router/endpoints.py);
+    # False: every call goes through Serve's handles.
+    direct: bool = True
 
 
 class Router:
@@ -101,7 +105,10 @@ class Router:
         provider = tracer_provider or provider_for(settings.tracing)
         self.tracing = Tracing(provider) if provider is not None else None
         watchers = [self.readiness.reachability, *([self.tracing] if self.tracing else [])]
-        dispatcher = Dispatcher(self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers)
+        self.endpoints = Endpoints() if settings.direct else None
+        dispatcher = Dispatcher(
+            self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers, endpoints=self.endpoints
+        )
         servicer = InferenceServicer(
             routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes
         )
@@ -136,6 +143,9 @@ class Router:
         if self.catalog is not None:
             await self.catalog.refresh()
             self._tasks.append(asyncio.create_task(self.catalog.watch(), name="quiver-routes"))
+        if self.endpoints is not None:
+            await self.endpoints.refresh()
+            self._tasks.append(asyncio.create_task(self.endpoints.follow(), name="quiver-replica-directory"))
         await self._server.start()
         if self.settings.metrics_port is not None:
             self._metrics_server = self.metrics.serve(self.settings.host, self.settings.metrics_port)
@@ -158,6 +168,8 @@ class Router:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.endpoints is not None:
+            await self.endpoints.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self.tracing is not None:

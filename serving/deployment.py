@@ -6,21 +6,24 @@ ONNX Runtime call, and split back. The router calls `infer_many` through a Deplo
 with the requests it coalesced (router/coalesce.py): they are already a batch, run as such;
 `infer` takes one request and joins it with others through Serve's batching.
 
-A replica counts the requests it holds and reports them to Serve's autoscaler
-(`record_autoscaling_stats`; policy in serving/autoscaling.py): Serve's own count sees calls,
-and one call carries many requests.
+Each replica also opens a data plane (serving/dataplane.py): the same `infer_many`, called by
+routers over gRPC without Serve's per-call path, while Serve keeps placing, replacing and
+scaling the replicas. A replica counts the requests it holds, through either door, and reports
+them to Serve's autoscaler (`record_autoscaling_stats`; policy in serving/autoscaling.py):
+Serve's own count sees only calls through its handle, and one call carries many requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import accumulate, groupby
 from pathlib import Path
 
 import numpy as np
+import ray
 from ray import serve
 from ray.serve import Application, RunTarget
 from ray.serve.handle import DeploymentHandle
@@ -30,45 +33,23 @@ from . import signing
 from .apps import VariantApp, app_name
 from .autoscaling import POLICY, REQUESTS_METRIC
 from .crypto import read_key
+from .dataplane import DataPlane
 from .integrity import variant_bytes
 from .manifest import Variant
 from .pools import REPLICA_SHARE, pool_resource
-from .runtime import InferenceError, ModelRuntime
+from .requests import DeadlinePassed, InferenceError, InferenceRequest, InferenceResult, Tensors, rows
+from .runtime import ModelRuntime
 from .store import ModelVersion, read_version
 
-Tensors = dict[str, np.ndarray]
-
-
-class DeadlinePassed(Exception):
-    """The request's deadline passed while it waited for a batch: its work was not started."""
-
-
-@dataclass(frozen=True)
-class InferenceRequest:
-    """One request as a replica takes it: its inputs, and when it stops being worth starting."""
-
-    inputs: Tensors
-    deadline: float | None = None  # wall-clock (time.time()) seconds: replicas may run on other nodes
-
-    @property
-    def rows(self) -> int:
-        return _rows(self.inputs)
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    """Every output of the model for one request, and the batch it ran in."""
-
-    outputs: Tensors
-    batch_requests: int
-    batch_rows: int
+logger = logging.getLogger(__name__)
 
 
 @serve.deployment
 class VariantReplica:
-    """A replica of one variant: verifies and loads the model, then serves `infer` calls."""
+    """A replica of one variant: verifies and loads the model, then serves `infer_many` calls
+    through its Serve handle and its data plane."""
 
-    def __init__(self, version: ModelVersion, variant: Variant, key_file: Path | None = None) -> None:
+    async def __init__(self, version: ModelVersion, variant: Variant, key_file: Path | None = None) -> None:
         # `variant` as placed (pool, replicas, batching may differ from the manifest's).
         manifest = version.manifest
         # The key file, not the key, travels in the deployment's arguments: Ray keeps those.
@@ -84,10 +65,25 @@ class VariantReplica:
         self._max_rows = variant.batching.max_batch_size
         self._infer_batch.set_max_batch_size(self._max_rows)
         self._infer_batch.set_batch_wait_timeout_s(variant.batching.max_wait_ms / 1000)
+        self._waits = variant.batching.max_wait_ms > 0
         # ONNX Runtime releases the GIL: running it off the event loop lets the next batch
         # gather while this one computes. One thread, because batches run one at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self._holding = 0  # requests taken and not yet answered: the autoscaler's measure of load
+        # Serve runs __init__ on the replica's event loop, the one requests run on: the data
+        # plane's server must live there too (Serve's batching queues are bound to that loop).
+        self._data_plane: DataPlane | None = DataPlane(self.infer_many, app_name(version, variant))
+        try:
+            await self._data_plane.open(ray.util.get_node_ip_address())
+        except Exception as exc:  # noqa: BLE001 - without it, routers reach this replica through Serve's handle
+            logger.warning("%s/%s: no data plane, only Serve's handle will reach this replica: %s", version.key, variant.name, exc)
+            self._data_plane = None
+
+    async def __del__(self) -> None:
+        """Serve's graceful stop: leave the directory, let calls on their way arrive, finish those in flight."""
+        if self._data_plane is not None:
+            await self._data_plane.close()
+            self._data_plane = None
 
     async def ready(self) -> bool:
         """A round trip that runs nothing: a router calls it before sending a variant traffic."""
@@ -99,12 +95,9 @@ class VariantReplica:
 
     async def infer(self, inputs: Tensors, deadline: float | None = None) -> InferenceResult:
         """Run one request; `deadline` (time.time() seconds) skips it if it passes while queued."""
-        rows = _rows(inputs)
         self._holding += 1
         try:
-            if not self._batchable or rows > self._max_rows:
-                return InferenceResult(await self._run(inputs), batch_requests=1, batch_rows=rows)
-            result = await self._infer_batch(InferenceRequest(inputs, deadline))
+            result = await self._queued(InferenceRequest(inputs, deadline))
         finally:
             self._holding -= 1
         if isinstance(result, Exception):
@@ -116,9 +109,13 @@ class VariantReplica:
 
         Each request gets its own answer: its outputs, or the error that concerns it alone
         (`InferenceError`, `DeadlinePassed`), returned rather than raised so the others stand.
+        A variant whose batches wait for more rows (`max_wait_ms`) queues them through Serve's
+        batching, which waits for other calls' requests too; otherwise they run as they came.
         """
         self._holding += len(requests)
         try:
+            if self._waits:
+                return list(await asyncio.gather(*(self._queued(request) for request in requests)))
             results: list[InferenceResult | Exception] = []
             for chunk in self._chunks(requests):
                 results.extend(await self._run_batch(chunk))
@@ -126,19 +123,25 @@ class VariantReplica:
         finally:
             self._holding -= len(requests)
 
+    async def _queued(self, request: InferenceRequest) -> InferenceResult | Exception:
+        """One request through Serve's batching queue (alone, if it cannot share a batch)."""
+        if not self._batchable or request.rows > self._max_rows:
+            return await self._run_alone(request.inputs)
+        return await self._infer_batch(request)
+
     def _chunks(self, requests: list[InferenceRequest]) -> list[list[InferenceRequest]]:
         """Consecutive runs of requests that fit one batch; a request too large for one runs alone."""
         if not self._batchable:
             return [[request] for request in requests]
         chunks: list[list[InferenceRequest]] = []
-        rows = 0
+        filled = 0
         for request in requests:
-            if chunks and rows + request.rows <= self._max_rows:
+            if chunks and filled + request.rows <= self._max_rows:
                 chunks[-1].append(request)
-                rows += request.rows
+                filled += request.rows
             else:
                 chunks.append([request])
-                rows = request.rows
+                filled = request.rows
         return chunks
 
     # Sizes are set per variant in __init__; batch_size_fn makes them count rows, not requests.
@@ -162,7 +165,7 @@ class VariantReplica:
         return results
 
     async def _run_group(self, group: list[Tensors]) -> list[InferenceResult | InferenceError]:
-        rows = [_rows(request) for request in group]
+        sizes = [rows(request) for request in group]
         joined = {name: np.concatenate([request[name] for request in group]) for name in group[0]}
         try:
             outputs = await self._run(joined)
@@ -171,25 +174,21 @@ class VariantReplica:
                 return [exc]
             # One bad request must not fail the others: run each alone to find it.
             return [await self._run_alone(request) for request in group]
-        bounds = list(accumulate(rows))[:-1]
+        bounds = list(accumulate(sizes))[:-1]
         split = {name: np.split(array, bounds) for name, array in outputs.items()}
         return [
-            InferenceResult({name: parts[i] for name, parts in split.items()}, len(group), sum(rows))
+            InferenceResult({name: parts[i] for name, parts in split.items()}, len(group), sum(sizes))
             for i in range(len(group))
         ]
 
     async def _run_alone(self, request: Tensors) -> InferenceResult | InferenceError:
         try:
-            return InferenceResult(await self._run(request), batch_requests=1, batch_rows=_rows(request))
+            return InferenceResult(await self._run(request), batch_requests=1, batch_rows=rows(request))
         except InferenceError as exc:
             return exc
 
     async def _run(self, inputs: Tensors) -> Tensors:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._runtime.run, inputs)
-
-
-def _rows(inputs: Tensors) -> int:
-    return next(iter(inputs.values())).shape[0] if inputs else 0
 
 
 def _signature(inputs: Tensors) -> tuple:

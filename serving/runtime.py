@@ -14,16 +14,13 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from .manifest import Device, TensorSpec
+from .requests import InferenceError
 
 logger = logging.getLogger(__name__)
 
 # In order of preference; a provider listed by onnxruntime may still fail to initialise
 # (no CUDA libraries, no TensorRT), in which case ORT drops it and we say so.
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-class InferenceError(Exception):
-    """ONNX Runtime refused to run a request (its message names the problem)."""
 
 
 class ModelRuntime:

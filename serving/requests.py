@@ -1,0 +1,48 @@
+"""What a replica takes and gives back, request by request, and the errors that concern one request.
+
+Shared by the replica's two doors (its Serve handle methods and its data plane,
+serving/dataplane.py) and by the router, which builds the requests and reads the results.
+Plain data: nothing here imports Ray or ONNX Runtime, so a router process never loads ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+Tensors = dict[str, np.ndarray]
+
+
+class InferenceError(Exception):
+    """ONNX Runtime refused to run a request (its message names the problem)."""
+
+
+class DeadlinePassed(Exception):
+    """The request's deadline passed while it waited for a batch: its work was not started."""
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """One request as a replica takes it: its inputs, and when it stops being worth starting."""
+
+    inputs: Tensors
+    deadline: float | None = None  # wall-clock (time.time()) seconds: replicas may run on other nodes
+
+    @property
+    def rows(self) -> int:
+        return rows(self.inputs)
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """Every output of the model for one request, and the batch it ran in."""
+
+    outputs: Tensors
+    batch_requests: int
+    batch_rows: int
+
+
+def rows(inputs: Tensors) -> int:
+    """Rows along the batch axis (axis 0) of a request's inputs."""
+    return next(iter(inputs.values())).shape[0] if inputs else 0

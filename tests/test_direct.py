@@ -1,0 +1,261 @@
+"""The direct data plane: replicas' gRPC servers, the replica directory, the router's choice of
+replica; and end to end on a real Ray cluster, that it follows replicas as Serve adds, stops,
+loses and moves them, without a failed request where another replica could answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import tritonclient.grpc as triton
+from ray.cluster_utils import Cluster
+
+from quiver.router.endpoints import Endpoints
+from quiver.serving import (
+    DeadlinePassed,
+    DirectoryUnavailable,
+    Endpoint,
+    InferenceError,
+    InferenceRequest,
+    InferenceResult,
+    ReplicaUnreachable,
+    Replicas,
+    app_name,
+    build_example,
+    deploy,
+    from_onnx_file,
+    node_resources,
+    read_version,
+    write_version,
+)
+from quiver.serving.dataplane import DataPlaneClient, DataPlaneServer
+from quiver.serving.directory import NAME, NAMESPACE, DirectoryTable
+
+from .serverproc import quiver_serve
+
+
+def test_the_directory_answers_listeners_on_change_and_forgets_silent_replicas() -> None:
+    async def scenario() -> None:
+        table = DirectoryTable(ttl_s=0.3)
+        epoch, listed = await table.listen(None, 5)
+        assert listed == []
+        waiting = asyncio.create_task(table.listen(epoch, 5))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # nothing changed: the poll waits
+        one = Endpoint("m.1.a", "r1", "10.0.0.1:5000", "secret")
+        await table.register(one)
+        epoch, listed = await asyncio.wait_for(waiting, 1)
+        assert listed == [one]
+        await table.register(one)  # a heartbeat changes nothing a listener needs to hear
+        renewed = asyncio.create_task(table.listen(epoch, 0.1))
+        assert (await renewed)[0] == epoch
+        began = time.monotonic()
+        epoch, listed = await table.listen(epoch, 5)  # no heartbeat: the entry expires
+        assert listed == [] and time.monotonic() - began < 1
+        await table.register(one)
+        epoch, _ = await table.listen(epoch, 0)
+        await table.unregister("m.1.a", "r1")
+        assert (await table.listen(epoch, 0))[1] == []
+
+    asyncio.run(scenario())
+
+
+async def _echo(requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
+    """A replica that doubles `x`, refuses negative values and skips expired requests."""
+    answers: list[InferenceResult | Exception] = []
+    for request in requests:
+        x = request.inputs["x"]
+        if request.deadline is not None and request.deadline < time.time():
+            answers.append(DeadlinePassed("expired"))
+        elif (x < 0).any():
+            answers.append(InferenceError("negative values"))
+        else:
+            answers.append(InferenceResult({"y": x * 2, "i": np.arange(len(x), dtype=np.int64)}, len(requests), len(x)))
+    return answers
+
+
+def test_a_data_plane_answers_each_request_and_only_callers_with_its_secret() -> None:
+    async def scenario() -> None:
+        server = DataPlaneServer(_echo)
+        address = await server.start("127.0.0.1")
+        client = DataPlaneClient(Endpoint("m.1.a", "r1", address, server.token))
+        stranger = DataPlaneClient(Endpoint("m.1.a", "r1", address, "guessed"))
+        try:
+            x = np.arange(6, dtype=np.float32).reshape(2, 3)
+            ok, refused, expired = await client.infer_many([
+                InferenceRequest({"x": x}),
+                InferenceRequest({"x": -x}),
+                InferenceRequest({"x": x}, deadline=time.time() - 1),
+            ])
+            np.testing.assert_array_equal(ok.outputs["y"], x * 2)
+            assert ok.outputs["i"].dtype == np.int64 and (ok.batch_requests, ok.batch_rows) == (3, 2)
+            assert isinstance(refused, InferenceError) and str(refused) == "negative values"
+            assert isinstance(expired, DeadlinePassed)
+            with pytest.raises(ReplicaUnreachable, match="UNAUTHENTICATED"):
+                await stranger.infer_many([InferenceRequest({"x": x})])
+            await server.stop(0)
+            with pytest.raises(ReplicaUnreachable, match="UNAVAILABLE"):
+                await client.infer_many([InferenceRequest({"x": x})])
+        finally:
+            await client.close()
+            await stranger.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_router_picks_the_less_busy_replica_and_passes_over_one_that_failed() -> None:
+    a, b, c = (Endpoint("m.1.a", name, f"127.0.0.1:{port}", "t") for name, port in (("a", 1), ("b", 2), ("c", 3)))
+    tables = [(1, [a, b]), DirectoryUnavailable("restarting"), (2, [b, c])]
+    now = [0.0]
+
+    async def listen(epoch: int | None, timeout_s: float) -> tuple[int, list[Endpoint]]:
+        answer = tables.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def scenario() -> None:
+        endpoints = Endpoints(listen, cooldown_s=5, clock=lambda: now[0])
+        assert await endpoints.refresh()
+        first, second = endpoints.live("m.1.a")
+        first.in_flight = 3
+        assert {endpoints.pick("m.1.a").endpoint for _ in range(20)} == {second.endpoint}
+        second.failed_at = 0.0  # its last call found nobody
+        now[0] = 1.0
+        assert endpoints.pick("m.1.a") is first and endpoints.live("m.1.a") == [first]
+        now[0] = 6.0
+        assert len(endpoints.live("m.1.a")) == 2  # cooled down: tried again
+        assert not await endpoints.refresh()  # the directory is away: what was known stays
+        assert len(endpoints.live("m.1.a")) == 2
+        kept = next(r for r in endpoints.live("m.1.a") if r.endpoint == b)
+        assert await endpoints.refresh()
+        assert [r.endpoint for r in endpoints.live("m.1.a")] == [b, c]
+        assert next(r for r in endpoints.live("m.1.a") if r.endpoint == b) is kept  # same channel
+        assert endpoints.pick("other.1.a") is None
+        await endpoints.close()
+
+    asyncio.run(scenario())
+
+
+def _store(root: Path) -> Path:
+    source = from_onnx_file(build_example(root / "direct/1/model.onnx")).manifest
+    variant = source.variants[0].model_copy(update={"replicas": Replicas(num_cpus=0.25)})
+    write_version(root, source.model_copy(update={"name": "direct", "variants": [variant]}))
+    return root
+
+
+def _direct_calls(metrics_url: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    found = re.search(r'quiver_replica_calls_total\{[^}]*model="direct"[^}]*path="direct"[^}]*\} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
+def _replicas(app: str) -> dict[int, int]:
+    """The variant's replica processes on this machine, each with its parent (its node's raylet)."""
+    rows = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    return {int(pid): int(ppid) for pid, ppid, *args in (row.split() for row in rows.splitlines())
+            if f"ServeReplica:{app}:" in " ".join(args)}
+
+
+def _raylet(node) -> int:
+    return node.all_processes["raylet"][0].process.pid
+
+
+def _listed(app: str) -> list[Endpoint]:
+    directory = ray.get_actor(NAME, namespace=NAMESPACE)
+    return [e for e in ray.get(directory.listen.remote(None, 0))[1] if e.app == app]
+
+
+def _eventually(condition, what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(600)
+def test_the_direct_path_follows_replicas_serve_adds_stops_loses_and_moves(tmp_path: Path) -> None:
+    store = _store(tmp_path / "store")
+    version = read_version(store / "direct/1")
+    variant = version.manifest.variants[0]
+    app = app_name(version, variant)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": node_resources(["cpu"])})
+    cluster.add_node(num_cpus=1, resources=node_resources(["cpu"]))
+    cluster.wait_for_nodes()
+    try:
+        with quiver_serve(str(store), "--address", cluster.address) as server:
+            ray.init(address=cluster.address, logging_level="ERROR")
+            outcomes: list[tuple[float, str]] = []
+            stop = threading.Event()
+
+            def load() -> None:
+                client = triton.InferenceServerClient(server.address)
+                tensor = triton.InferInput("input", [1, 64], "FP32")
+                tensor.set_data_from_numpy(np.ones((1, 64), np.float32))
+                for _ in range(100_000):  # bounded; stopped sooner
+                    if stop.is_set():
+                        return
+                    try:
+                        client.infer("direct", [tensor], client_timeout=30)
+                        outcomes.append((time.monotonic(), "OK"))
+                    except triton.InferenceServerException as exc:
+                        outcomes.append((time.monotonic(), exc.status()))
+
+            def failures(since: float = 0.0) -> Counter:
+                return Counter(status for t, status in outcomes if t >= since and status != "OK")
+
+            threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            try:
+                _eventually(lambda: _direct_calls(server.metrics_url) > 20, "calls on the direct path")
+
+                # Serve adds a replica: the router learns its address and calls it too.
+                deploy(version, variant.model_copy(update={"replicas": Replicas(count=2, num_cpus=0.25)}))
+                _eventually(lambda: len(_listed(app)) == 2, "both replicas in the directory")
+                began = time.monotonic()
+
+                # One of the two is killed outright: the other takes its calls, nothing fails.
+                victim = next(iter(_replicas(app)))
+                os.kill(victim, signal.SIGKILL)
+                _eventually(lambda: len(_replicas(app)) == 2 and victim not in _replicas(app), "Serve to replace the killed replica")
+                _eventually(lambda: len(_listed(app)) == 2 and all(e.address for e in _listed(app)), "the new address")
+
+                # Serve stops one (scale down): it leaves the directory first and drains.
+                deploy(version, variant)
+                _eventually(lambda: len(_listed(app)) == 1 and len(_replicas(app)) == 1, "one replica left")
+                time.sleep(1)
+                assert not failures(began), failures(began)
+
+                # The last replica's node goes: Serve starts it on another node, at another address.
+                ((survivor, raylet),) = _replicas(app).items()
+                moved_from = _listed(app)[0].address
+                node = next(n for n in [cluster.head_node, *cluster.worker_nodes] if _raylet(n) == raylet)
+                if node is cluster.head_node:  # keep the head: take the replica's process instead
+                    os.kill(survivor, signal.SIGKILL)
+                else:
+                    cluster.remove_node(node)
+                _eventually(lambda: len(_listed(app)) == 1 and _listed(app)[0].address != moved_from, "the replica's new address")
+                calls = _direct_calls(server.metrics_url)
+                _eventually(lambda: _direct_calls(server.metrics_url) > calls + 20, "direct calls to the moved replica")
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(60)
+            # Only the single replica's loss may fail a request, and only as UNAVAILABLE.
+            assert set(failures()) <= {"StatusCode.UNAVAILABLE"}, failures()
+            assert outcomes[-1][1] == "OK"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
