@@ -68,6 +68,10 @@ class Endpoints:
         now = self._clock()
         return [r for r in self._by_app.get(app, ()) if r.failed_at is None or now - r.failed_at >= self._cooldown_s]
 
+    def serves(self, app: str) -> bool:
+        """Whether the variant has a replica that may take a call now."""
+        return bool(self.live(app))
+
     def pick(self, app: str) -> DirectReplica | None:
         """The less busy of two live replicas picked at random; None when the variant has none."""
         live = self.live(app)

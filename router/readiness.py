@@ -1,8 +1,11 @@
-"""Which variants can answer now: those whose Serve application has all its replicas up.
+"""Which variants can answer now: those whose Serve application has a replica running.
 
 Polled from Serve in the background (a status call is a round trip to the Serve controller,
-too slow for the request path). A variant whose pool has no nodes stays not ready, and one
-whose replicas could not start (a refused model file) is failed; the policy routes around both.
+too slow for the request path). An application scaling, updating or replacing a dead replica
+still answers with the replicas it runs; so does one with a replica on the direct data plane
+(router/endpoints.py), which a replica joins at the end of its start, before Serve's next status
+says it runs. A variant whose pool has no nodes stays not ready, and one whose replicas could not
+start (a refused model file) is failed; the policy routes around both.
 
 A poll is not cheap: `serve.status()` has the controller describe every application and
 replica, and this process turn the answer into pydantic models — tens of ms of CPU each time,
@@ -19,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from quiver.serving import application_states
+from quiver.serving import AppState, application_states
 
 from .routes import RouteTable, VariantRoute, VersionRoutes
 
@@ -30,26 +33,30 @@ class Readiness:
     def __init__(
         self,
         routes: RouteTable,
-        poll: Callable[[], dict[str, str]] = application_states,
+        poll: Callable[[], dict[str, AppState]] = application_states,
         interval_s: float = 1.0,
         steady_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        direct: Callable[[str], bool] = lambda app: False,
     ) -> None:
         self._routes = routes
+        self._direct = direct  # whether an application has a replica on the data plane now
         self._poll = poll
         self._interval_s = interval_s
         self._steady_interval_s = steady_interval_s
         self._clock = clock
-        self._states: dict[str, str] = {}
+        self._states: dict[str, AppState] = {}
         self._failing = False
         self._nudged = asyncio.Event()
         self._polled_at = float("-inf")
 
     def ready(self, route: VariantRoute) -> bool:
-        return self._states.get(route.app) == "RUNNING"
+        state = self._states.get(route.app)
+        return (state is not None and state.answers) or self._direct(route.app)
 
     def failed(self, route: VariantRoute) -> bool:
-        return self._states.get(route.app) == "DEPLOY_FAILED"
+        state = self._states.get(route.app)
+        return state is not None and state.status == "DEPLOY_FAILED" and not state.answers
 
     def version_ready(self, version: VersionRoutes) -> bool:
         return any(self.ready(route) for route in version.variants.values())

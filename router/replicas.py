@@ -66,13 +66,20 @@ class VariantReplicas:
 
     async def _send(self, requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
         self._metrics.call_requests.observe(len(requests))
-        replica = self._endpoints.pick(self.route.app) if self._endpoints is not None else None
-        if replica is not None:
-            self._metrics.calls("direct").inc()
-            try:
-                return await self._endpoints.call(replica, requests)
-            except ReplicaUnreachable as exc:
-                raise ReplicaLost(str(exc)) from exc
+        if self._endpoints is not None:
+            # A replica that is stopping or gone usually refuses before it runs anything: the
+            # call goes once more, to another replica (or Serve's handle), before its requests
+            # fail (and are retried by the dispatcher).
+            for attempt in range(2):
+                replica = self._endpoints.pick(self.route.app)
+                if replica is None:
+                    break
+                self._metrics.calls("direct").inc()
+                try:
+                    return await self._endpoints.call(replica, requests)
+                except ReplicaUnreachable as exc:
+                    if attempt:
+                        raise ReplicaLost(str(exc)) from exc
         self._metrics.calls("serve").inc()
         response = self._handle.remote(requests)
         try:

@@ -93,7 +93,10 @@ class Router:
             ]
         )
         self.metrics = RouterMetrics()
-        self.readiness = ProbedReadiness(routes)  # Serve's view, less variants that stopped answering (router/health.py)
+        self.endpoints = Endpoints() if settings.direct else None
+        # Serve's view, and replicas on the data plane, less variants that stopped answering (router/health.py).
+        direct = self.endpoints.serves if self.endpoints is not None else (lambda app: False)
+        self.readiness = ProbedReadiness(routes, direct=direct)
         self.traffic = Traffic(routes.models(), settings.traffic_file)
         self.catalog = (
             Catalog(routes, self.traffic, settings.store or Path("."), settings.routes_file, self.readiness, self.metrics.show_routes)
@@ -105,7 +108,6 @@ class Router:
         provider = tracer_provider or provider_for(settings.tracing)
         self.tracing = Tracing(provider) if provider is not None else None
         watchers = [self.readiness.reachability, *([self.tracing] if self.tracing else [])]
-        self.endpoints = Endpoints() if settings.direct else None
         dispatcher = Dispatcher(
             self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers, endpoints=self.endpoints
         )

@@ -19,6 +19,7 @@ _PUBLIC = {
     "deploy": "deployment",
     "deploy_all": "deployment",
     "app_name": "apps",
+    "AppState": "apps",
     "VariantApp": "apps",
     "build_example": "example",
     "example_version": "example",

@@ -8,6 +8,7 @@ imports neither Ray nor ONNX Runtime, so the operator can use it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,20 @@ def app_name(version: ModelVersion, variant: Variant) -> str:
 def app_prefix(model: str, version: str) -> str:
     """What the names of a model version's applications start with."""
     return f"{model}.{version}."
+
+
+@dataclass(frozen=True)
+class AppState:
+    """A Serve application as Serve reports it: its status, and how many of its replicas run."""
+
+    status: str  # RUNNING, DEPLOYING, UNHEALTHY, DEPLOY_FAILED, DELETING, ...
+    # An application can answer while it is not RUNNING: while it scales or updates (DEPLOYING),
+    # or after one of its replicas died (UNHEALTHY until Serve has replaced it).
+    running: int
+
+    @property
+    def answers(self) -> bool:
+        return self.running > 0
 
 
 class VariantApp(BaseModel):

@@ -77,7 +77,7 @@ class DataPlaneServer:
 class DataPlane:
     """A replica's data plane server and its entry in the replica directory."""
 
-    def __init__(self, infer_many: InferMany, app: str, drain_s: float = 0.5, grace_s: float = 10.0) -> None:
+    def __init__(self, infer_many: InferMany, app: str, drain_s: float = 1.0, grace_s: float = 10.0) -> None:
         self._server = DataPlaneServer(infer_many)
         self._app = app
         # After leaving the directory, routers get word within a round trip; calls already on

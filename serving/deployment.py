@@ -27,10 +27,10 @@ import ray
 from ray import serve
 from ray.serve import Application, RunTarget
 from ray.serve.handle import DeploymentHandle
-from ray.serve.schema import ApplicationStatus
+from ray.serve.schema import ApplicationStatus, ReplicaState
 
 from . import signing
-from .apps import VariantApp, app_name
+from .apps import AppState, VariantApp, app_name
 from .autoscaling import POLICY, REQUESTS_METRIC
 from .crypto import read_key
 from .dataplane import DataPlane
@@ -244,6 +244,13 @@ def deploy_all(versions: list[ModelVersion], key_file: Path | None = None) -> di
     return {target.name: handle for target, handle in zip(targets, handles)}
 
 
-def application_states() -> dict[str, str]:
-    """Every Serve application's status (RUNNING, DEPLOYING, DEPLOY_FAILED, ...) by name."""
-    return {name: ApplicationStatus(app.status).value for name, app in serve.status().applications.items()}
+def application_states() -> dict[str, AppState]:
+    """Every Serve application's status (RUNNING, DEPLOYING, DEPLOY_FAILED, ...) and running replicas, by name."""
+    return {
+        name: AppState(
+            ApplicationStatus(app.status).value,
+            sum(count for deployment in app.deployments.values() for state, count in deployment.replica_states.items()
+                if state == ReplicaState.RUNNING),
+        )
+        for name, app in serve.status().applications.items()
+    }

@@ -194,7 +194,8 @@ def test_the_direct_path_follows_replicas_serve_adds_stops_loses_and_moves(tmp_p
     cluster.add_node(num_cpus=1, resources=node_resources(["cpu"]))
     cluster.wait_for_nodes()
     try:
-        with quiver_serve(str(store), "--address", cluster.address) as server:
+        # A call that finds no replica (the last one gone) fails over within 2 s, not at the client's deadline.
+        with quiver_serve(str(store), "--address", cluster.address, "--dispatch-timeout-s", "2") as server:
             ray.init(address=cluster.address, logging_level="ERROR")
             outcomes: list[tuple[float, str]] = []
             stop = threading.Event()
@@ -236,6 +237,8 @@ def test_the_direct_path_follows_replicas_serve_adds_stops_loses_and_moves(tmp_p
                 deploy(version, variant)
                 _eventually(lambda: len(_listed(app)) == 1 and len(_replicas(app)) == 1, "one replica left")
                 time.sleep(1)
+                if failures(began):
+                    print(server.log()[-8000:])  # pytest shows it with the failure
                 assert not failures(began), failures(began)
 
                 # The last replica's node goes: Serve starts it on another node, at another address.

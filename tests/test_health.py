@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2
 
 from quiver.router.health import ProbedReadiness, ServingHealth
 from quiver.router.routes import RouteTable, VariantRoute
-from quiver.serving import Manifest, ModelVersion, app_name
+from quiver.serving import AppState, Manifest, ModelVersion, app_name
 
 from .test_tracing import FakeHandle
 
@@ -43,7 +43,7 @@ def test_a_variant_is_lost_after_missed_probes_and_found_again_and_health_follow
 
     async def scenario() -> list[tuple[str, bool, int]]:
         readiness = ProbedReadiness(
-            routes, poll=lambda: {app_name(v, v.manifest.variants[0]): "RUNNING" for v in versions}, probe_timeout_s=0.05
+            routes, poll=lambda: {app_name(v, v.manifest.variants[0]): AppState("RUNNING", 1) for v in versions}, probe_timeout_s=0.05
         )
         await readiness.refresh()
         servicer = health.aio.HealthServicer()

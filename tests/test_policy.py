@@ -16,7 +16,7 @@ from quiver.router.policy import Candidate, Decision, NoVariantFits, choose
 from quiver.router.readiness import Readiness
 from quiver.router.routes import RouteTable, VariantRoute
 from quiver.router.stats import VariantStats
-from quiver.serving import Manifest, ModelVersion, Precision, app_name
+from quiver.serving import AppState, Manifest, ModelVersion, Precision, app_name
 
 
 def stats(latency_ms: float, in_flight: int = 0, replicas: int = 1, batch: int = 4) -> VariantStats:
@@ -176,7 +176,7 @@ def test_the_dispatcher_routes_around_a_failed_variant_until_it_cools_down() -> 
     version = ModelVersion(manifest, Path("."))
     # Handles are never called here: choosing is all this test exercises.
     routes = RouteTable(VariantRoute(version, variant, handle=None) for variant in manifest.variants)
-    readiness = Readiness(routes, poll=lambda: {app_name(version, v): "RUNNING" for v in manifest.variants})
+    readiness = Readiness(routes, poll=lambda: {app_name(version, v): AppState("RUNNING", 1) for v in manifest.variants})
     asyncio.run(readiness.refresh())
     now = [0.0]
     dispatcher = Dispatcher(RouterMetrics(), readiness, clock=lambda: now[0])
@@ -207,7 +207,7 @@ def _two_variant_dispatcher(queue_limit: int) -> tuple[Dispatcher, object]:
     })
     version = ModelVersion(manifest, Path("."))
     routes = RouteTable(VariantRoute(version, variant, handle=None) for variant in manifest.variants)
-    readiness = Readiness(routes, poll=lambda: {app_name(version, v): "RUNNING" for v in manifest.variants})
+    readiness = Readiness(routes, poll=lambda: {app_name(version, v): AppState("RUNNING", 1) for v in manifest.variants})
     asyncio.run(readiness.refresh())
     return Dispatcher(RouterMetrics(), readiness), routes.lookup("m")
 

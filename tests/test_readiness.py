@@ -1,4 +1,5 @@
-"""Readiness polling (router/readiness.py): often while a variant is pending or just failed, rarely once all run."""
+"""Readiness (router/readiness.py): a variant answers while any replica runs; polled often while
+one is pending or just failed, rarely once all run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from quiver.router.readiness import Readiness
 from quiver.router.routes import RouteTable, VariantRoute
-from quiver.serving import Manifest, ModelVersion, app_name
+from quiver.serving import AppState, Manifest, ModelVersion, app_name
 
 
 def table() -> tuple[RouteTable, str]:
@@ -23,10 +24,10 @@ def table() -> tuple[RouteTable, str]:
 
 def test_polls_fast_while_pending_slowly_once_running_and_soon_after_a_nudge() -> None:
     routes, app = table()
-    states = {app: "DEPLOYING"}
-    polls: list[str] = []
+    states = {app: AppState("DEPLOYING", 0)}
+    polls: list[AppState] = []
 
-    def poll() -> dict[str, str]:
+    def poll() -> dict[str, AppState]:
         polls.append(states[app])
         return dict(states)
 
@@ -37,13 +38,13 @@ def test_polls_fast_while_pending_slowly_once_running_and_soon_after_a_nudge() -
             await asyncio.sleep(0.2)
             assert len(polls) >= 4, polls  # pending: every interval
             assert not readiness.ready(routes.lookup("m").variants["a"])
-            states[app] = "RUNNING"
+            states[app] = AppState("RUNNING", 1)
             await asyncio.sleep(0.1)
             assert readiness.ready(routes.lookup("m").variants["a"])
             settled = len(polls)
             await asyncio.sleep(0.2)
             assert len(polls) == settled  # all running: the next poll is a minute away
-            states[app] = "UNHEALTHY"
+            states[app] = AppState("UNHEALTHY", 0)  # its one replica died
             for _ in range(10):  # a burst of failed calls
                 readiness.nudge()
             await asyncio.sleep(0.1)
@@ -54,3 +55,22 @@ def test_polls_fast_while_pending_slowly_once_running_and_soon_after_a_nudge() -
             await asyncio.gather(watch, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_an_application_answers_with_the_replicas_it_runs_whatever_its_status() -> None:
+    routes, app = table()
+    route = routes.lookup("m").variants["a"]
+    for state, ready, failed in [
+        (AppState("RUNNING", 2), True, False),
+        (AppState("UNHEALTHY", 1), True, False),  # one of two replicas died: the other answers
+        (AppState("DEPLOYING", 1), True, False),  # scaling up or updating
+        (AppState("DEPLOYING", 0), False, False),  # starting, or its pool has no node
+        (AppState("DEPLOY_FAILED", 0), False, True),
+    ]:
+        readiness = Readiness(routes, lambda: {app: state})
+        asyncio.run(readiness.refresh())
+        assert (readiness.ready(route), readiness.failed(route)) == (ready, failed), state
+    # A replica on the data plane answers before Serve's next status says it runs.
+    readiness = Readiness(routes, lambda: {app: AppState("UNHEALTHY", 0)}, direct=lambda name: name == app)
+    asyncio.run(readiness.refresh())
+    assert readiness.ready(route)

@@ -33,7 +33,7 @@ from quiver.router.logcontext import begin_request
 from quiver.router.metrics import RouterMetrics
 from quiver.router.routes import RouteTable, VariantRoute
 from quiver.router.tracing import CALL_SPAN, INFER_SPAN, Tracing, TracingSettings
-from quiver.serving import InferenceResult, Manifest, ModelVersion, app_name
+from quiver.serving import AppState, InferenceResult, Manifest, ModelVersion, app_name
 
 from .serverproc import quiver_serve
 
@@ -63,8 +63,13 @@ class FakeHandle:
     def __init__(self, answering: bool) -> None:
         self.answering = answering
         result = InferenceResult({"y": np.zeros((1, 1), np.float32)}, batch_requests=1, batch_rows=1)
-        self.infer = SimpleNamespace(remote=lambda inputs, deadline: FakeResponse(result if self.answering else None))
+        self._methods = {
+            "infer_many": SimpleNamespace(remote=lambda requests: FakeResponse([result] * len(requests) if self.answering else None)),
+        }
         self.ready = SimpleNamespace(remote=lambda: FakeResponse(True if self.answering else None))
+
+    def options(self, method_name: str) -> SimpleNamespace:
+        return self._methods[method_name]
 
 
 def test_spans_tree_and_attributes_in_memory_with_a_retry_after_a_variant_is_lost() -> None:
@@ -84,7 +89,7 @@ def test_spans_tree_and_attributes_in_memory_with_a_retry_after_a_variant_is_los
 
     async def scenario() -> object:
         readiness = ProbedReadiness(
-            routes, poll=lambda: {app_name(version, v): "RUNNING" for v in manifest.variants}, probe_timeout_s=0.05
+            routes, poll=lambda: {app_name(version, v): AppState("RUNNING", 1) for v in manifest.variants}, probe_timeout_s=0.05
         )
         await readiness.refresh()
         reachability = readiness.reachability
