@@ -23,6 +23,7 @@ from ray.cluster_utils import Cluster
 
 from quiver.router.endpoints import Endpoints
 from quiver.serving import (
+    Autoscaling,
     DeadlinePassed,
     DirectoryUnavailable,
     Endpoint,
@@ -33,7 +34,6 @@ from quiver.serving import (
     Replicas,
     app_name,
     build_example,
-    deploy,
     from_onnx_file,
     node_resources,
     read_version,
@@ -149,8 +149,12 @@ def test_the_router_picks_the_less_busy_replica_and_passes_over_one_that_failed(
 
 
 def _store(root: Path) -> Path:
+    """`direct`: the example model, autoscaled between 1 and 2 replicas on the requests they hold."""
     source = from_onnx_file(build_example(root / "direct/1/model.onnx")).manifest
-    variant = source.variants[0].model_copy(update={"replicas": Replicas(num_cpus=0.25)})
+    # A replica holds a request only while it computes (~a third of its time here): four clients
+    # keep ~1 held, one keeps ~0.3; a target of 0.5 per replica makes that two replicas, then one.
+    scaling = Autoscaling(min_replicas=1, max_replicas=2, target_ongoing_requests=0.5, upscale_delay_s=0, downscale_delay_s=1)
+    variant = source.variants[0].model_copy(update={"replicas": Replicas(num_cpus=0.25, autoscaling=scaling)})
     write_version(root, source.model_copy(update={"name": "direct", "variants": [variant]}))
     return root
 
@@ -162,10 +166,26 @@ def _direct_calls(metrics_url: str) -> float:
 
 
 def _replicas(app: str) -> dict[int, int]:
-    """The variant's replica processes on this machine, each with its parent (its node's raylet)."""
-    rows = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
-    return {int(pid): int(ppid) for pid, ppid, *args in (row.split() for row in rows.splitlines())
-            if f"ServeReplica:{app}:" in " ".join(args)}
+    """The variant's replica processes on this machine, each with its parent (its node's raylet).
+
+    Ray retitles a replica's process while it runs a call through Serve (the router's probes), so
+    ps is read a few times; a process seen once and still alive counts.
+    """
+    seen: dict[int, int] = {}
+    for _ in range(5):
+        rows = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+        seen |= {int(pid): int(ppid) for pid, ppid, *args in (row.split() for row in rows.splitlines())
+                 if f"ServeReplica:{app}:" in " ".join(args)}
+        time.sleep(0.05)
+    return {pid: ppid for pid, ppid in seen.items() if _alive(pid)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _raylet(node) -> int:
@@ -188,8 +208,7 @@ def _eventually(condition, what: str, timeout_s: float = 90) -> None:
 def test_the_direct_path_follows_replicas_serve_adds_stops_loses_and_moves(tmp_path: Path) -> None:
     store = _store(tmp_path / "store")
     version = read_version(store / "direct/1")
-    variant = version.manifest.variants[0]
-    app = app_name(version, variant)
+    app = app_name(version, version.manifest.variants[0])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": node_resources(["cpu"])})
     cluster.add_node(num_cpus=1, resources=node_resources(["cpu"]))
     cluster.wait_for_nodes()
@@ -198,9 +217,9 @@ def test_the_direct_path_follows_replicas_serve_adds_stops_loses_and_moves(tmp_p
         with quiver_serve(str(store), "--address", cluster.address, "--dispatch-timeout-s", "2") as server:
             ray.init(address=cluster.address, logging_level="ERROR")
             outcomes: list[tuple[float, str]] = []
-            stop = threading.Event()
+            stops = [threading.Event() for _ in range(4)]
 
-            def load() -> None:
+            def load(stop: threading.Event) -> None:
                 client = triton.InferenceServerClient(server.address)
                 tensor = triton.InferInput("input", [1, 64], "FP32")
                 tensor.set_data_from_numpy(np.ones((1, 64), np.float32))
@@ -216,26 +235,27 @@ def test_the_direct_path_follows_replicas_serve_adds_stops_loses_and_moves(tmp_p
             def failures(since: float = 0.0) -> Counter:
                 return Counter(status for t, status in outcomes if t >= since and status != "OK")
 
-            threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+            threads = [threading.Thread(target=load, args=(stop,), daemon=True) for stop in stops]
             for thread in threads:
                 thread.start()
             try:
                 _eventually(lambda: _direct_calls(server.metrics_url) > 20, "calls on the direct path")
 
-                # Serve adds a replica: the router learns its address and calls it too.
-                deploy(version, variant.model_copy(update={"replicas": Replicas(count=2, num_cpus=0.25)}))
-                _eventually(lambda: len(_listed(app)) == 2, "both replicas in the directory")
+                # Under four clients Serve's autoscaler adds a replica (on the requests replicas hold,
+                # serving/autoscaling.py): the router learns its address and calls it too.
+                _eventually(lambda: len(_listed(app)) == 2 and len(_replicas(app)) == 2, "a second replica", 120)
                 began = time.monotonic()
 
                 # One of the two is killed outright: the other takes its calls, nothing fails.
                 victim = next(iter(_replicas(app)))
                 os.kill(victim, signal.SIGKILL)
                 _eventually(lambda: len(_replicas(app)) == 2 and victim not in _replicas(app), "Serve to replace the killed replica")
-                _eventually(lambda: len(_listed(app)) == 2 and all(e.address for e in _listed(app)), "the new address")
+                _eventually(lambda: len(_listed(app)) == 2, "the new replica's address")
 
-                # Serve stops one (scale down): it leaves the directory first and drains.
-                deploy(version, variant)
-                _eventually(lambda: len(_listed(app)) == 1 and len(_replicas(app)) == 1, "one replica left")
+                # One client is left: the autoscaler stops a replica, which leaves the directory first and drains.
+                for stop in stops[1:]:
+                    stop.set()
+                _eventually(lambda: len(_listed(app)) == 1 and len(_replicas(app)) == 1, "one replica left", 120)
                 time.sleep(1)
                 if failures(began):
                     print(server.log()[-8000:])  # pytest shows it with the failure
@@ -253,7 +273,8 @@ def test_the_direct_path_follows_replicas_serve_adds_stops_loses_and_moves(tmp_p
                 calls = _direct_calls(server.metrics_url)
                 _eventually(lambda: _direct_calls(server.metrics_url) > calls + 20, "direct calls to the moved replica")
             finally:
-                stop.set()
+                for stop in stops:
+                    stop.set()
                 for thread in threads:
                     thread.join(60)
             # Only the single replica's loss may fail a request, and only as UNAVAILABLE.
