@@ -33,7 +33,9 @@ _LOST = (
 )
 
 # Calls in flight per replica: one being computed while the next travels, so the replica never
-# waits for the router; more would only make each call, and so each batch, smaller.
+# waits for the router; more would only make each call, and so each batch, smaller. A variant
+# whose batches wait for rows (`max_wait_ms`) is not held back: its replicas' batching queue
+# combines calls, and a request held here would wait for a batch window before its own.
 CALLS_PER_REPLICA = 2
 
 
@@ -53,6 +55,7 @@ class VariantReplicas:
         # Through the handle the router does not know how many replicas run: allowing calls for
         # as many as Serve may run costs some coalescing, allowing too few would leave replicas idle.
         self._most = replicas.autoscaling.max_replicas if replicas.autoscaling else replicas.count
+        self._per_replica = replicas.max_ongoing_requests if route.variant.batching.max_wait_ms else CALLS_PER_REPLICA
         self._coalescer = Coalescer(self._send, self._capacity, route.variant.batching.max_batch_size, route.app)
 
     def submit(self, request: InferenceRequest, wait_s: float) -> Pending:
@@ -62,7 +65,7 @@ class VariantReplicas:
 
     def _capacity(self) -> int:
         direct = len(self._endpoints.live(self.route.app)) if self._endpoints is not None else 0
-        return CALLS_PER_REPLICA * (direct or self._most)
+        return self._per_replica * (direct or self._most)
 
     async def _send(self, requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
         self._metrics.call_requests.observe(len(requests))

@@ -193,8 +193,12 @@ def _raylet(node) -> int:
 
 
 def _listed(app: str) -> list[Endpoint]:
-    directory = ray.get_actor(NAME, namespace=NAMESPACE)
-    return [e for e in ray.get(directory.listen.remote(None, 0))[1] if e.app == app]
+    try:
+        directory = ray.get_actor(NAME, namespace=NAMESPACE)
+        listed = ray.get(directory.listen.remote(None, 0))[1]
+    except (ValueError, ray.exceptions.RayActorError):  # restarting: its node was the one removed
+        return []
+    return [e for e in listed if e.app == app]
 
 
 def _eventually(condition, what: str, timeout_s: float = 90) -> None:

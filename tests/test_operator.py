@@ -255,7 +255,7 @@ def test_breached_latency_gate_rolls_back_and_the_serving_version_keeps_serving(
     assert removed(stack, "digits.3.fp32")
     time.sleep(1)
     outcomes = stack.load.stop()
-    assert not stack.load.failures(), outcomes
+    assert not stack.load.failures(), f"{outcomes}\nrouter log:\n{stack.router.log()[-6000:]}"
     assert outcomes["ok:3"] > 0  # it did take its share before the gate closed
 
 
