@@ -82,7 +82,7 @@ def _route(args: argparse.Namespace) -> int:
     router = _router_settings(args)
     if router is None:
         return 2
-    return route_cluster(ClusterRouterSettings(ray_address=args.ray_address, join=args.join, router=router))
+    return route_cluster(ClusterRouterSettings(ray_address=args.ray_address, join=args.join, node_ip=args.node_ip, router=router))
 
 
 def _operate(args: argparse.Namespace) -> int:
@@ -169,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     router.add_argument("--ray-address", required=True, help="the Ray head's GCS address, HOST:PORT")
     router.add_argument(
         "--join", action="store_true", help="first make this container a Ray node without CPUs or GPUs (router pods)"
+    )
+    router.add_argument(
+        "--node-ip", help="with --join: the address this node advertises to the cluster (default: Ray's choice, the pod's IP)"
     )
     router.add_argument("--store", type=Path, required=True, help="the shared model store (manifests are read from it)")
     router.add_argument("--routes", type=Path, required=True, help="the routes file the operator writes (a mounted ConfigMap)")

@@ -26,22 +26,29 @@ class ClusterRouterSettings:
     ray_address: str  # the head's GCS, HOST:PORT
     join: bool  # start a CPU-less Ray node in this container first (a router pod)
     router: RouterSettings
+    # The joined node's address. A driver attaches to a raylet on its host, preferring the
+    # head's: where several nodes share a host, only the address tells this one apart.
+    node_ip: str | None = None
 
 
 def route_cluster(settings: ClusterRouterSettings) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray ends a process that cannot reach the GCS for 60 s. A head pod rescheduled elsewhere can
+    # take longer to return, and meanwhile the replicas' data plane serves: wait for it longer.
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "600")
     import ray
 
     if settings.join:
         started = subprocess.run(
-            ["ray", "start", f"--address={settings.ray_address}", "--num-cpus=0", "--num-gpus=0", "--disable-usage-stats"],
+            ["ray", "start", f"--address={settings.ray_address}", "--num-cpus=0", "--num-gpus=0", "--disable-usage-stats"]
+            + ([f"--node-ip-address={settings.node_ip}"] if settings.node_ip else []),
             capture_output=True,
             text=True,
         )
         if started.returncode != 0:
             print(f"quiver: could not join the Ray cluster at {settings.ray_address}:\n{started.stderr}", file=sys.stderr)
             return 1
-    ray.init(address=settings.ray_address, logging_level=logging.WARNING)
+    ray.init(address=settings.ray_address, logging_level=logging.WARNING, _node_ip_address=settings.node_ip)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
     async def route() -> int:

@@ -10,7 +10,8 @@ until its health checks give up, and calls to them wait. The router finds out on
   with no call to it coming back meanwhile, is *lost*. Requests waiting on a lost variant are
   cancelled, so dispatch retries them elsewhere at once (or answers UNAVAILABLE), and the
   policy routes around it; it is found again by its next answered probe, once Serve has a
-  replica up. Variants that may scale to zero are not probed.
+  replica up. Variants that may scale to zero are not probed. A variant with a replica on the
+  data plane is probed there, so that it stays in service while Ray's head is away.
 - `ProbedReadiness` is the readiness the rest of the router sees: Serve's view, less the
   variants that are lost.
 - `ServingHealth` keeps the health status of `inference.GRPCInferenceService` equal to
@@ -18,6 +19,8 @@ until its health checks give up, and calls to them wait. The router finds out on
   it changes. The server's overall status ("") stays SERVING while the process serves: every
   router loses the cluster at once, and a router that stays behind the Service can still tell
   clients why (UNAVAILABLE with a reason) rather than leave them without an endpoint.
+  The service `ray` is NOT_SERVING while Serve's status cannot be read: the Ray head is
+  away, and nothing new can be deployed, scaled or replaced until it is back.
 
 The server starts `Reachability.watch` and `ServingHealth.watch` as named tasks and cancels them on stop.
 """
@@ -33,18 +36,31 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from .endpoints import Endpoints
 from .errors import Unavailable
 from .readiness import Readiness
 from .routes import RouteTable, VariantRoute, VersionRoutes
 
 logger = logging.getLogger(__name__)
 
+CLUSTER_SERVICE = "ray"  # the health service that says whether the router can read Serve's status
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _probe(route: VariantRoute) -> Awaitable[object]:
     return route.handle.ready.remote()
+
+
+def probe_via(endpoints: Endpoints | None) -> Callable[[VariantRoute], Awaitable[object]]:
+    """A variant's probe: an empty call on the data plane when one of its replicas is there (it
+    answers while Ray's head is away, as the variant's calls do), else `ready` through Serve's handle."""
+
+    def probe(route: VariantRoute) -> Awaitable[object]:
+        replica = endpoints.pick(route.app) if endpoints is not None else None
+        return endpoints.call(replica, []) if replica is not None else _probe(route)
+
+    return probe
 
 
 @dataclass
@@ -183,9 +199,16 @@ async def _awaited(response) -> object:
 class ProbedReadiness(Readiness):
     """Serve's readiness, less the variants whose replicas stopped answering the router's probes."""
 
-    def __init__(self, routes: RouteTable, *args, probe_timeout_s: float = 1.0, **kwargs) -> None:
+    def __init__(
+        self,
+        routes: RouteTable,
+        *args,
+        probe: Callable[[VariantRoute], Awaitable[object]] = _probe,
+        probe_timeout_s: float = 1.0,
+        **kwargs,
+    ) -> None:
         super().__init__(routes, *args, **kwargs)
-        self.reachability = Reachability(routes, super().ready, timeout_s=probe_timeout_s)
+        self.reachability = Reachability(routes, super().ready, probe, timeout_s=probe_timeout_s)
 
     def ready(self, route: VariantRoute) -> bool:
         return super().ready(route) and self.reachability.answering(route)
@@ -208,7 +231,8 @@ def explained(exc: Unavailable, readiness: Readiness, version: VersionRoutes) ->
 
 
 class ServingHealth:
-    """The inference service's grpc.health.v1 status, following ServerReady."""
+    """The inference service's grpc.health.v1 status, following ServerReady; and the Ray cluster's
+    (service `ray`), NOT_SERVING while Serve's status cannot be read (its head is away, say)."""
 
     def __init__(self, service: str, servicer: health.aio.HealthServicer, routes: RouteTable, readiness: ProbedReadiness) -> None:
         self._service = service
@@ -217,6 +241,7 @@ class ServingHealth:
         self._readiness = readiness
         self._status: int | None = None
         self._served = False  # has been SERVING since the start
+        self._cluster_status: int | None = None
 
     def problems(self) -> list[str]:
         """What keeps the server from being ready; empty when every model version can be served."""
@@ -241,6 +266,11 @@ class ServingHealth:
             self._served |= status == SERVING
             self._status = status
             await self._servicer.set(self._service, status)  # (ignored once the server drains)
+        # Readiness logs the cluster's problem; the inference service stays SERVING while variants answer.
+        cluster = SERVING if self._readiness.cluster_problem is None else NOT_SERVING
+        if cluster != self._cluster_status:
+            self._cluster_status = cluster
+            await self._servicer.set(CLUSTER_SERVICE, cluster)
 
     async def watch(self, interval_s: float = 0.25) -> None:
         while True:

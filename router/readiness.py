@@ -13,6 +13,11 @@ which on a one-CPU share cost ~5 % of the throughput when done every second. So 
 every `interval_s` only while some variant is not running (it may come up any moment) or after
 the dispatcher saw a variant fail (`nudge`); while everything runs, every `steady_interval_s`.
 Failures need no poll to be routed around: the dispatcher's cool-down does that at once.
+
+A poll that does not come back within `poll_timeout_s` counts as failed: while Ray's head is
+away, Serve's status waits for it. `cluster_problem` says why the last poll failed (the
+router's health reports it); the states last read stay in force, since the replicas they name
+may well still answer on the data plane.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Readiness:
         steady_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         direct: Callable[[str], bool] = lambda app: False,
+        poll_timeout_s: float = 5.0,
     ) -> None:
         self._routes = routes
         self._direct = direct  # whether an application has a replica on the data plane now
@@ -45,8 +51,10 @@ class Readiness:
         self._interval_s = interval_s
         self._steady_interval_s = steady_interval_s
         self._clock = clock
+        self._poll_timeout_s = poll_timeout_s
+        self._polling: asyncio.Future[dict[str, AppState]] | None = None
         self._states: dict[str, AppState] = {}
-        self._failing = False
+        self.cluster_problem: str | None = None  # why Serve's status could not be read, while it cannot
         self._nudged = asyncio.Event()
         self._polled_at = float("-inf")
 
@@ -70,11 +78,13 @@ class Readiness:
 
     async def refresh(self) -> None:
         self._polled_at = self._clock()
-        self._states = await asyncio.to_thread(self._poll)
+        if self._polling is None or self._polling.done():  # a poll still out is awaited again, not doubled
+            self._polling = asyncio.ensure_future(asyncio.to_thread(self._poll))
+        self._states = await asyncio.wait_for(asyncio.shield(self._polling), self._poll_timeout_s)
 
     def next_poll_in(self) -> float:
         """Seconds until the watch polls again, unless nudged."""
-        settled = not self._failing and not self.pending()
+        settled = self.cluster_problem is None and not self.pending()
         return max(0.0, self._polled_at + (self._steady_interval_s if settled else self._interval_s) - self._clock())
 
     async def watch(self) -> None:
@@ -90,8 +100,15 @@ class Readiness:
             try:
                 await self.refresh()
             except Exception as exc:  # noqa: BLE001 - a missed poll keeps the last answer; the next one may work
-                if not self._failing:  # once until it recovers (a cluster router may start before Serve does)
-                    logger.warning("could not read Serve's application status: %s", exc)
-                self._failing = True
+                problem = (
+                    f"Serve's application status did not come back within {self._poll_timeout_s:g} s"
+                    if isinstance(exc, asyncio.TimeoutError)
+                    else f"Serve's application status could not be read: {exc}"
+                )
+                if self.cluster_problem is None:  # once until it recovers (a cluster router may start before Serve does)
+                    logger.warning("%s", problem)
+                self.cluster_problem = problem
             else:
-                self._failing = False
+                if self.cluster_problem is not None:
+                    logger.warning("reading Serve's application status again")
+                self.cluster_problem = None

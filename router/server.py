@@ -25,7 +25,7 @@ from .auth import Authenticator
 from .catalog import Catalog
 from .dispatch import Dispatcher
 from .endpoints import Endpoints
-from .health import ProbedReadiness, ServingHealth
+from .health import ProbedReadiness, ServingHealth, probe_via
 from .metrics import RouterMetrics
 from .routes import RouteTable
 from .servicer import InferenceServicer
@@ -96,7 +96,7 @@ class Router:
         self.endpoints = Endpoints() if settings.direct else None
         # Serve's view, and replicas on the data plane, less variants that stopped answering (router/health.py).
         direct = self.endpoints.serves if self.endpoints is not None else (lambda app: False)
-        self.readiness = ProbedReadiness(routes, direct=direct)
+        self.readiness = ProbedReadiness(routes, direct=direct, probe=probe_via(self.endpoints))
         self.traffic = Traffic(routes.models(), settings.traffic_file)
         self.catalog = (
             Catalog(routes, self.traffic, settings.store or Path("."), settings.routes_file, self.readiness, self.metrics.show_routes)

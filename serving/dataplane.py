@@ -57,7 +57,10 @@ class DataPlaneServer:
 
     def __init__(self, infer_many: InferMany) -> None:
         self.token = secrets.token_urlsafe(32)
-        self._server = grpc.aio.server(options=[*_KEEPALIVE, *_UNLIMITED, ("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(
+            # The server's own floor on ping intervals is 5 min: routers pinging every 10 s would be sent away.
+            options=[*_KEEPALIVE, *_UNLIMITED, ("grpc.so_reuseport", 0), ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
+        )
         pb_grpc.add_ReplicaServicer_to_server(_Servicer(infer_many, self.token), self._server)
         self._started = False
 
