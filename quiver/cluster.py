@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from quiver.lifecycle import run_router
 from quiver.router import Router, RouterSettings, RouteTable
@@ -38,17 +39,13 @@ def route_cluster(settings: ClusterRouterSettings) -> int:
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "600")
     import ray
 
-    if settings.join:
-        started = subprocess.run(
-            ["ray", "start", f"--address={settings.ray_address}", "--num-cpus=0", "--num-gpus=0", "--disable-usage-stats"]
-            + ([f"--node-ip-address={settings.node_ip}"] if settings.node_ip else []),
-            capture_output=True,
-            text=True,
-        )
-        if started.returncode != 0:
-            print(f"quiver: could not join the Ray cluster at {settings.ray_address}:\n{started.stderr}", file=sys.stderr)
-            return 1
-    ray.init(address=settings.ray_address, logging_level=logging.WARNING, _node_ip_address=settings.node_ip)
+    node = _join(settings) if settings.join else None
+    try:
+        ray.init(address=settings.ray_address, logging_level=logging.WARNING, _node_ip_address=settings.node_ip)
+    except Exception as exc:  # noqa: BLE001 - said plainly, with the node's own output above it
+        print(f"quiver: could not join the Ray cluster at {settings.ray_address}: {exc}", file=sys.stderr)
+        _leave(node)
+        return 1
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
     async def route() -> int:
@@ -62,3 +59,26 @@ def route_cluster(settings: ClusterRouterSettings) -> int:
         return asyncio.run(route())
     finally:
         ray.shutdown()  # disconnects this driver; the cluster and its applications stay
+        _leave(node)
+
+
+def _join(settings: ClusterRouterSettings) -> subprocess.Popen:
+    """This container as a Ray node without CPUs or GPUs, owned by this process: `ray start --block`
+    stops the node's processes when it is told to, and ends if one of them dies."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    return subprocess.Popen(
+        [str(ray_cli) if ray_cli.exists() else "ray", "start", "--block", f"--address={settings.ray_address}",
+         "--num-cpus=0", "--num-gpus=0", "--disable-usage-stats"]
+        + ([f"--node-ip-address={settings.node_ip}"] if settings.node_ip else []),
+        stdout=sys.stderr,  # the node's own messages, in the router's log
+    )
+
+
+def _leave(node: subprocess.Popen | None) -> None:
+    if node is not None and node.poll() is None:
+        node.terminate()
+        try:
+            node.wait(30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from quiver.serving import AppState, application_states
+from quiver.serving import AppState, application_states, in_daemon_thread
 
 from .routes import RouteTable, VariantRoute, VersionRoutes
 
@@ -79,7 +79,7 @@ class Readiness:
     async def refresh(self) -> None:
         self._polled_at = self._clock()
         if self._polling is None or self._polling.done():  # a poll still out is awaited again, not doubled
-            self._polling = asyncio.ensure_future(asyncio.to_thread(self._poll))
+            self._polling = in_daemon_thread(self._poll, "quiver-serve-status")
         self._states = await asyncio.wait_for(asyncio.shield(self._polling), self._poll_timeout_s)
 
     def next_poll_in(self) -> float:

@@ -35,6 +35,7 @@ _PUBLIC = {
     "Variant": "manifest",
     "DataPlaneClient": "dataplane",
     "ReplicaUnreachable": "dataplane",
+    "in_daemon_thread": "blocking",
     "DirectoryUnavailable": "directory",
     "Endpoint": "directory",
     "listen_directory": "directory",

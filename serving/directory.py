@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import ray
 from ray import exceptions as ray_errors
 
+from .blocking import in_daemon_thread
+
 logger = logging.getLogger(__name__)
 
 NAME, NAMESPACE = "quiver-replica-directory", "quiver"
@@ -107,7 +109,11 @@ def _directory() -> ray.actor.ActorHandle:
 async def _call(method: str, *args: object) -> object:
     global _handle
     try:
-        return await getattr(_directory(), method).remote(*args)
+        # Finding the actor asks the GCS, which may be away: never on the event loop.
+        handle = _handle or await in_daemon_thread(_directory, "quiver-directory-lookup")
+        return await getattr(handle, method).remote(*args)
+    except ray_errors.ActorUnavailableError as exc:  # restarting, or its node or the GCS away: the handle stays good
+        raise DirectoryUnavailable(f"{type(exc).__name__}: {exc}") from exc
     except (ray_errors.RayError, ValueError) as exc:  # ValueError: its name was taken by a restart meanwhile
         _handle = None
         raise DirectoryUnavailable(f"{type(exc).__name__}: {exc}") from exc

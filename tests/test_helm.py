@@ -85,7 +85,9 @@ def test_template_renders_every_component(rendered: dict[str, list[hc.Obj]]) -> 
         } <= kinds, name
     everything = {o["kind"] for o in rendered["everything"]}
     assert {"NetworkPolicy", "ServiceMonitor"} <= everything
-    assert "HorizontalPodAutoscaler" not in everything and "PersistentVolumeClaim" not in everything
+    assert "HorizontalPodAutoscaler" not in everything
+    # The models' claim exists already (modelStore.existingClaim): only the head's GCS claim is made.
+    assert [o["metadata"]["name"] for o in hc.by_kind(rendered["everything"], "PersistentVolumeClaim")] == ["quiver-ray-gcs"]
 
 
 def test_notes_say_how_to_reach_the_router_and_what_to_create() -> None:
@@ -281,6 +283,30 @@ def test_pools_advertise_their_ray_resource_and_the_head_runs_no_replicas(render
         assert group["template"]["metadata"]["labels"]["quiver.dev/pool"] == group["groupName"]
 
 
+def test_the_head_keeps_the_gcs_on_a_claim_and_ray_processes_wait_for_it(rendered: dict[str, list[hc.Obj]], tmp_path: Path) -> None:
+    """A lost head pod comes back with the cluster's state (tests/test_head_loss.py plays it out)."""
+    objects = rendered["everything"]
+    head = hc.one(objects, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
+    container = next(c for c in head["containers"] if c["name"] == "ray-head")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RAY_gcs_storage"] == "rocksdb"
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == env["RAY_gcs_storage_path"]]
+    [volume] = [v for v in head["volumes"] if v["name"] == mount["name"]]
+    claim = hc.one(objects, "PersistentVolumeClaim", "-ray-gcs")
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    waiting = set()
+    for _, _, spec in hc.pod_templates(objects):
+        for each in hc.containers(spec):
+            if {"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": "600"} in each.get("env", []):
+                waiting.add(each["name"])
+    assert {"ray-head", "ray-worker", "router"} <= waiting
+    ephemeral = render_with({"ray": {"head": {"gcsStorage": {"persistent": False}}}}, tmp_path)
+    assert not [o for o in hc.by_kind(ephemeral, "PersistentVolumeClaim") if o["metadata"]["name"].endswith("-ray-gcs")]
+    head = hc.one(ephemeral, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
+    assert "RAY_gcs_storage" not in {e["name"] for e in head["containers"][0]["env"]}
+
+
 def test_rbac_is_namespaced_and_grants_no_wildcards(rendered: dict[str, list[hc.Obj]]) -> None:
     objects = rendered["everything"]
     assert not hc.by_kind(objects, "ClusterRole") and not hc.by_kind(objects, "ClusterRoleBinding")
@@ -344,7 +370,7 @@ def test_operator_flags_name_what_the_chart_renders(rendered: dict[str, list[hc.
     assert operator["spec"]["replicas"] == 1 and operator["spec"]["strategy"]["type"] == "Recreate"
     assert flags["--namespace"] == "$(POD_NAMESPACE)"
     assert flags["--store"] == "/models" and "/models" in _mounts(operator)
-    assert flags["--store-claim"] == hc.one(objects, "PersistentVolumeClaim")["metadata"]["name"] == "quiver-models"
+    assert flags["--store-claim"] == hc.one(objects, "PersistentVolumeClaim", "-models")["metadata"]["name"] == "quiver-models"
     routes = hc.one(objects, "ConfigMap", "-routes")
     assert flags["--routes-configmap"] == routes["metadata"]["name"] == "quiver-routes"
     assert json.loads(routes["data"]["routes.json"]) == {"models": {}}

@@ -4,6 +4,8 @@ one is pending or just failed, rarely once all run."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 from quiver.router.readiness import Readiness
@@ -74,3 +76,37 @@ def test_an_application_answers_with_the_replicas_it_runs_whatever_its_status() 
     readiness = Readiness(routes, lambda: {app: AppState("UNHEALTHY", 0)}, direct=lambda name: name == app)
     asyncio.run(readiness.refresh())
     assert readiness.ready(route)
+
+
+def test_a_poll_that_hangs_reports_the_cluster_and_keeps_the_last_states_until_it_answers() -> None:
+    """While Ray's head is away Serve's status waits for it: the poll times out, once, not a thread per interval."""
+    routes, app = table()
+    route = routes.lookup("m").variants["a"]
+    head_away, head_back = threading.Event(), threading.Event()
+    hung: list[float] = []
+
+    def poll() -> dict[str, AppState]:
+        if head_away.is_set() and not head_back.is_set():
+            hung.append(time.monotonic())
+            head_back.wait(5)  # bounded, so that the test ends whatever happens
+        return {app: AppState("RUNNING", 1)}
+
+    async def scenario() -> None:
+        readiness = Readiness(routes, poll, interval_s=0.02, steady_interval_s=0.02, poll_timeout_s=0.1)
+        await readiness.refresh()
+        head_away.set()
+        watch = asyncio.create_task(readiness.watch())
+        try:
+            await asyncio.sleep(0.5)
+            assert readiness.cluster_problem == "Serve's application status did not come back within 0.1 s"
+            assert readiness.ready(route)  # its replicas may well still answer: the last states stand
+            assert len(hung) == 1  # one poll out, awaited again rather than repeated
+            head_back.set()
+            await asyncio.sleep(0.3)
+            assert readiness.cluster_problem is None
+        finally:
+            head_back.set()
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    asyncio.run(scenario())

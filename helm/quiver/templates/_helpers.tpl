@@ -173,6 +173,12 @@ Call with (dict "size" "1Gi").
 {{- define "quiver.rayEnv" -}}
 - name: RAY_USAGE_STATS_ENABLED
   value: {{ ternary "1" "0" .Values.ray.usageStats | quote }}
+- name: RAY_gcs_rpc_server_reconnect_timeout_s
+  value: {{ .Values.ray.gcsReconnectTimeoutSeconds | quote }}
+{{- end }}
+
+{{- define "quiver.rayGcsClaim" -}}
+{{ include "quiver.fullname" . }}-ray-gcs
 {{- end }}
 
 {{/* The Secret with Ray's auth token (key auth_token); KubeRay generates it unless named. */}}
