@@ -250,11 +250,13 @@ def test_the_direct_path_follows_replicas_serve_adds_stops_loses_and_moves(tmp_p
                 _eventually(lambda: len(_listed(app)) == 2 and len(_replicas(app)) == 2, "a second replica", 120)
                 began = time.monotonic()
 
-                # One of the two is killed outright: the other takes its calls, nothing fails.
+                # One of the two is killed outright: the other takes its calls, nothing fails. Serve
+                # replaces it, unless its autoscaler (on the requests held, which the kill just
+                # lowered) settles for one: either way the directory comes to list what runs.
                 victim = next(iter(_replicas(app)))
                 os.kill(victim, signal.SIGKILL)
-                _eventually(lambda: len(_replicas(app)) == 2 and victim not in _replicas(app), "Serve to replace the killed replica")
-                _eventually(lambda: len(_listed(app)) == 2, "the new replica's address")
+                _eventually(lambda: victim not in _replicas(app) and len(_listed(app)) == len(_replicas(app)) >= 1,
+                            "the directory to list the replicas Serve runs after the kill")
 
                 # One client is left: the autoscaler stops a replica, which leaves the directory first and drains.
                 for stop in stops[1:]:
