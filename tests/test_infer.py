@@ -260,4 +260,5 @@ def test_an_expired_deadline_comes_back_on_time_and_the_server_serves_on(client:
     assert {status for status, _ in outcomes} <= {"OK", "StatusCode.DEADLINE_EXCEEDED"}
     assert any(status == "StatusCode.DEADLINE_EXCEEDED" for status, _ in outcomes)
     assert max(elapsed for status, elapsed in outcomes if status != "OK") < 0.5
-    assert with_deadline(30)[0] == "OK"
+    last = client.infer("example", [tensor], client_timeout=30)
+    assert last.as_numpy("output") is not None
