@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from functools import partial
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
@@ -121,6 +122,7 @@ class Coalescer:
                 waiting.call = call
             self._calls.add(call)
             call.task = asyncio.create_task(self._run(call, batch), name=f"quiver-call-{self._name}")
+            call.task.add_done_callback(partial(self._finished, call))
 
     def _take(self) -> list[Pending]:
         """Waiting requests from the front, up to one batch of rows (at least one request)."""
@@ -146,8 +148,6 @@ class Coalescer:
             outcomes = [Expired(sent=True)] * len(batch)  # nobody waits for them any more
         except Exception as exc:  # noqa: BLE001 - the call failed: every request it carried fails with it
             outcomes = [exc] * len(batch)
-        finally:
-            self._calls.discard(call)
         for waiting, outcome in zip(batch, outcomes):
             if waiting.future.done():
                 continue
@@ -155,6 +155,12 @@ class Coalescer:
                 waiting.future.set_exception(outcome)
             else:
                 waiting.future.set_result(outcome)
+
+    def _finished(self, call: _Call, task: asyncio.Task) -> None:
+        # Here, not in `_run`: a call cancelled before it ran (every request gave up in the same
+        # turn, as clients with millisecond deadlines do) never enters `_run`, and must not keep
+        # its slot, or the variant stops sending anything.
+        self._calls.discard(call)
         self._flush()
 
     def _expire(self, waiting: Pending) -> None:

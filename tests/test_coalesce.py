@@ -187,3 +187,22 @@ def test_autoscaling_counts_the_requests_replicas_hold_not_calls() -> None:
     assert requests_policy(context)[0] == 5  # 40 requests held, 8 per replica (2 calls: 0.25)
     context.aggregated_metrics = {}  # no replica reported yet: Serve's own count
     assert requests_policy(context)[0] == 0.25
+
+
+def test_a_call_whose_requests_all_give_up_before_it_runs_frees_its_slot() -> None:
+    """Requests with millisecond deadlines expire in the very turn their call is made (under load
+    the loop runs their timers right after the flush): the call is cancelled before it ever ran,
+    and the variant must still send the next request (it once stopped sending anything)."""
+
+    async def scenario() -> None:
+        replica = Replica()
+        coalescer = Coalescer(replica.send, capacity=lambda: 1, max_rows=64)
+        for _ in range(3):
+            doomed = [coalescer.submit(request(tag=1), 0) for _ in range(4)]
+            outcomes = await asyncio.gather(*(asyncio.ensure_future(p) for p in doomed), return_exceptions=True)
+            assert all(isinstance(o, Expired) for o in outcomes), outcomes
+        assert replica.calls == []  # no call ran: each was cancelled before its first step
+        result = await coalescer.submit(request(tag=7), 5)
+        assert result.outputs["y"][0, 0] == 14
+
+    run(scenario())
