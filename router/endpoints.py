@@ -9,8 +9,6 @@ random, the one with fewer calls in flight. A replica whose call failed is passe
 `cooldown_s`, or until it registers anew (a restarted replica has a new identity); one that
 died drops out of the directory within seconds anyway. While a variant has no direct address
 (the directory unreachable, every replica cooling down), its calls go through Serve's handle.
-When the directory restarts empty, the replicas it does not list yet stay in use for one entry
-TTL, the time a live one takes to register again.
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ class DirectReplica:
         self.client = DataPlaneClient(endpoint)
         self.in_flight = 0
         self.failed_at: float | None = None
-        self.kept_until: float | None = None  # None while the directory lists it; see `Endpoints._use`
 
 
 class Endpoints:
@@ -53,14 +50,12 @@ class Endpoints:
         listen: Listen = listen_directory,
         cooldown_s: float = 5.0,
         poll_s: float = 30.0,
-        keep_s: float = 6.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self._listen = listen
         self._cooldown_s = cooldown_s
         self._poll_s = poll_s
-        self._keep_s = keep_s  # the directory's entry TTL: a live replica registers again well within it
         self._clock = clock
         self._rng = rng or random.Random()
         self._epoch: int | None = None
@@ -71,10 +66,7 @@ class Endpoints:
     def live(self, app: str) -> list[DirectReplica]:
         """The variant's replicas that may take a call now."""
         now = self._clock()
-        return [
-            r for r in self._by_app.get(app, ())
-            if (r.failed_at is None or now - r.failed_at >= self._cooldown_s) and (r.kept_until is None or now < r.kept_until)
-        ]
+        return [r for r in self._by_app.get(app, ()) if r.failed_at is None or now - r.failed_at >= self._cooldown_s]
 
     def serves(self, app: str) -> bool:
         """Whether the variant has a replica that may take a call now."""
@@ -112,9 +104,8 @@ class Endpoints:
             logger.warning("reading the replica directory again")
         self._failing = False
         if epoch != self._epoch:
-            restarted = self._epoch is not None
             self._epoch = epoch
-            self._use(endpoints, restarted)
+            self._use(endpoints)
         return True
 
     async def follow(self) -> None:
@@ -130,21 +121,11 @@ class Endpoints:
         self._by_app = {}
         await asyncio.gather(*self._closing, return_exceptions=True)
 
-    def _use(self, endpoints: list[Endpoint], restarted: bool = False) -> None:
-        # A restarted directory (its node or Ray's head lost) starts empty and fills as replicas
-        # renew their entries: what it does not list yet is kept for one entry TTL, not dropped.
-        now = self._clock()
+    def _use(self, endpoints: list[Endpoint]) -> None:
         known = {r.endpoint: r for replicas in self._by_app.values() for r in replicas}
         by_app: dict[str, list[DirectReplica]] = {}
         for endpoint in endpoints:
-            replica = known.pop(endpoint, None) or DirectReplica(endpoint)
-            replica.kept_until = None
-            by_app.setdefault(endpoint.app, []).append(replica)
-        for replica in list(known.values()):
-            if restarted and replica.kept_until is None:
-                replica.kept_until = now + self._keep_s
-            if replica.kept_until is not None and now < replica.kept_until:
-                by_app.setdefault(replica.endpoint.app, []).append(known.pop(replica.endpoint))
+            by_app.setdefault(endpoint.app, []).append(known.pop(endpoint, None) or DirectReplica(endpoint))
         self._by_app = by_app
         self._retire(known.values())
 
