@@ -45,15 +45,21 @@ class Replica:
         ]
 
 
+def one_call_at_a_time(held: bool = False) -> tuple[Replica, Coalescer]:
+    """A scripted replica behind a coalescer allowing one call out; `held`: calls wait for `release`."""
+    replica = Replica()
+    if held:
+        replica.release.clear()
+    return replica, Coalescer(replica.send, capacity=lambda: 1, max_rows=64)
+
+
 def run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 10))
 
 
 def test_requests_that_arrive_while_calls_are_out_travel_together() -> None:
     async def scenario() -> None:
-        replica = Replica()
-        replica.release.clear()
-        coalescer = Coalescer(replica.send, capacity=lambda: 1, max_rows=64)
+        replica, coalescer = one_call_at_a_time(held=True)
         first = asyncio.ensure_future(coalescer.submit(request(tag=1), 5))
         await asyncio.sleep(0)  # the first call leaves alone
         await asyncio.sleep(0)
@@ -93,8 +99,7 @@ def test_a_call_never_carries_more_rows_than_one_batch() -> None:
 
 def test_a_refused_request_fails_alone_and_a_failed_call_fails_only_its_own() -> None:
     async def scenario() -> None:
-        replica = Replica()
-        coalescer = Coalescer(replica.send, capacity=lambda: 1, max_rows=64)
+        replica, coalescer = one_call_at_a_time()
         outcomes = await asyncio.gather(*(coalescer.submit(request(tag=t), 5) for t in (1, -1, 2)), return_exceptions=True)
         assert isinstance(outcomes[1], InferenceError) and "refused" in str(outcomes[1])
         assert [float(outcomes[i].outputs["y"][0, 0]) for i in (0, 2)] == [2, 4]
@@ -110,9 +115,7 @@ def test_a_refused_request_fails_alone_and_a_failed_call_fails_only_its_own() ->
 
 def test_a_request_whose_wait_runs_out_while_queued_is_never_sent() -> None:
     async def scenario() -> None:
-        replica = Replica()
-        replica.release.clear()
-        coalescer = Coalescer(replica.send, capacity=lambda: 1, max_rows=64)
+        replica, coalescer = one_call_at_a_time(held=True)
         out = asyncio.ensure_future(coalescer.submit(request(tag=1), 5))
         await asyncio.sleep(0.01)
         with pytest.raises(Expired) as expired:
@@ -127,9 +130,7 @@ def test_a_request_whose_wait_runs_out_while_queued_is_never_sent() -> None:
 
 def test_a_call_nobody_waits_for_is_cancelled_and_frees_its_place() -> None:
     async def scenario() -> None:
-        replica = Replica()
-        replica.release.clear()
-        coalescer = Coalescer(replica.send, capacity=lambda: 1, max_rows=64)
+        replica, coalescer = one_call_at_a_time(held=True)
         with pytest.raises(Expired) as expired:
             await coalescer.submit(request(), 0.02)
         assert expired.value.sent is True
@@ -143,9 +144,7 @@ def test_a_call_nobody_waits_for_is_cancelled_and_frees_its_place() -> None:
 
 def test_a_client_that_goes_away_leaves_the_queue() -> None:
     async def scenario() -> None:
-        replica = Replica()
-        replica.release.clear()
-        coalescer = Coalescer(replica.send, capacity=lambda: 1, max_rows=64)
+        replica, coalescer = one_call_at_a_time(held=True)
         out = asyncio.ensure_future(coalescer.submit(request(tag=1), 5))
         await asyncio.sleep(0.01)
         gone = asyncio.ensure_future(coalescer.submit(request(tag=2), 5))
@@ -161,9 +160,7 @@ def test_a_client_that_goes_away_leaves_the_queue() -> None:
 
 def test_a_withdrawn_request_fails_at_once_and_is_not_sent() -> None:
     async def scenario() -> None:
-        replica = Replica()
-        replica.release.clear()
-        coalescer = Coalescer(replica.send, capacity=lambda: 1, max_rows=64)
+        replica, coalescer = one_call_at_a_time(held=True)
         out = coalescer.submit(request(tag=1), 5)
         await asyncio.sleep(0.01)
         queued = coalescer.submit(request(tag=2), 5)
@@ -195,8 +192,7 @@ def test_a_call_whose_requests_all_give_up_before_it_runs_frees_its_slot() -> No
     and the variant must still send the next request (it once stopped sending anything)."""
 
     async def scenario() -> None:
-        replica = Replica()
-        coalescer = Coalescer(replica.send, capacity=lambda: 1, max_rows=64)
+        replica, coalescer = one_call_at_a_time()
         for _ in range(3):
             doomed = [coalescer.submit(request(tag=1), 0) for _ in range(4)]
             outcomes = await asyncio.gather(*(asyncio.ensure_future(p) for p in doomed), return_exceptions=True)
