@@ -112,7 +112,7 @@ TARGETS: dict[str, Target] = {
     for target in (
         Target("onnxruntime", "ONNX Runtime in-process, ideal batching (no network, no serving)", None),
         Target("grpc-plain", "one grpc.aio process calling ONNX Runtime (no hop, no batching)", _plain),
-        Target("quiver", "quiver serve: router → Serve DeploymentHandle → replica (batching)", _quiver),
+        Target("quiver", "quiver serve: router → replica data plane (coalesced calls, batching)", _quiver),
         Target("ray-serve", "Ray Serve's gRPC proxy → ingress deployment (v2 ModelInfer)", _serve),
         Target("kserve", "KServe ModelServer (Python), gRPC v2, ORT model class", _kserve),
         Target("mlserver", "MLServer, gRPC v2, custom ORT runtime", _mlserver),

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,22 @@ def test_a_server_that_cannot_start_is_reported_not_raised(tmp_path: Path) -> No
 
     assert record["points"] == []
     assert "did not start" in record["error"] and "missing.onnx" in record["error"]
+
+
+
+def test_cpu_per_process_reads_what_each_process_of_a_session_used() -> None:
+    from benchmarks.process_cpu import process_cpu_s, used_between
+
+    # Burns 0.6 s of CPU, then sleeps: its own session, as a server's processes are.
+    burn = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\ntime.sleep(5)"
+    busy = subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
+    try:
+        before = process_cpu_s(busy.pid)
+        time.sleep(3.0)
+        used = used_between(before, process_cpu_s(busy.pid))
+    finally:
+        busy.kill()
+        busy.wait()
+    assert len(used) == 1 and next(iter(used)).startswith(sys.executable), used
+    assert 0.3 < next(iter(used.values())) <= 0.7, used
+    assert process_cpu_s(busy.pid) == {}  # gone: nothing of its session is left to count
