@@ -6,7 +6,9 @@ their address and secret when they start, again every `HEARTBEAT_S` (an entry no
 within `TTL_S` is dropped, so a replica killed outright disappears within that), and
 unregister when Serve stops them. Routers long-poll it: `listen` answers at once when the
 table changed since the epoch they know, else when it changes or after `timeout_s`. A restarted
-directory starts empty at a new epoch and fills again within one heartbeat.
+directory (its node or the Ray head went) starts empty at a new epoch and fills again as replicas
+renew; a router that knew the earlier one keeps its table until the replicas still alive have
+had `TTL_S` to register again, as long as a silent entry would have been kept.
 
 Serve stays in charge of which replicas exist and where; this only says how to reach them.
 """
@@ -52,7 +54,8 @@ class DirectoryTable:
         self._ttl_s = ttl_s
         self._entries: dict[tuple[str, str], tuple[Endpoint, float]] = {}
         # A fresh directory never repeats an old one's epoch, so routers notice the restart.
-        self._epoch = secrets.randbits(62)
+        self._epoch = self._first_epoch = secrets.randbits(62)
+        self._filled_at = time.monotonic() + ttl_s  # by then every live replica has registered here
         self._changed = asyncio.Event()
 
     async def register(self, endpoint: Endpoint) -> None:
@@ -69,6 +72,10 @@ class DirectoryTable:
     async def listen(self, epoch: int | None, timeout_s: float) -> tuple[int, list[Endpoint]]:
         """The table once it differs from `epoch` (None: now), or as it is after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
+        if epoch is not None and not self._first_epoch <= epoch <= self._epoch:
+            # The caller knew an earlier directory: a table still filling would take it away from
+            # replicas that serve. Wait until it is filled (or the caller's timeout).
+            await asyncio.sleep(max(0.0, min(self._filled_at, deadline) - time.monotonic()))
         self._expire()
         while epoch == self._epoch and (left := deadline - time.monotonic()) > 0:
             next_expiry = min((expires for _, expires in self._entries.values()), default=deadline)

@@ -71,6 +71,30 @@ def test_the_directory_answers_listeners_on_change_and_forgets_silent_replicas()
     asyncio.run(scenario())
 
 
+def test_a_restarted_directory_answers_routers_that_knew_the_earlier_one_once_replicas_registered_again() -> None:
+    async def scenario() -> None:
+        earlier = DirectoryTable(ttl_s=0.3)
+        one, two = (Endpoint("m.1.a", name, f"10.0.0.1:500{i}", "secret") for i, name in enumerate(("r1", "r2")))
+        await earlier.register(one)
+        await earlier.register(two)
+        known, _ = await earlier.listen(None, 0)
+
+        restarted = DirectoryTable(ttl_s=0.3)
+        assert (await restarted.listen(None, 0))[1] == []  # a router starting now takes it as it is
+        began = time.monotonic()
+        answer = asyncio.create_task(restarted.listen(known, 5))
+        for _ in range(2):  # r1 renews, as its heartbeat does; r2 died with the earlier directory's node
+            await asyncio.sleep(0.1)
+            assert not answer.done()
+            await restarted.register(one)
+        epoch, listed = await answer
+        assert listed == [one] and time.monotonic() - began >= 0.25
+        began = time.monotonic()
+        assert (await restarted.listen(epoch, 0))[0] == epoch and time.monotonic() - began < 0.1  # its own epoch: no wait
+
+    asyncio.run(scenario())
+
+
 async def _echo(requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
     """A replica that doubles `x`, refuses negative values and skips expired requests."""
     answers: list[InferenceResult | Exception] = []

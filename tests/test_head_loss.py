@@ -176,7 +176,7 @@ def test_the_router_serves_through_a_ray_head_loss_and_reads_serve_again_when_it
             for thread in load.threads:
                 thread.join(60)
             assert router.process.poll() is None  # the same router throughout
-            assert health(channel, INFERENCE) == "SERVING"
+            assert health(channel, INFERENCE) == "SERVING", f"{load.since(after)}\n{router.log()[-6000:]}"
 
         assert not any(thread.is_alive() for thread in load.threads)
         assert during["OK"] > 20 and set(during) == {"OK"}, during
