@@ -90,21 +90,30 @@ def summarize(sample: Sample) -> dict:
     }
 
 
-def session_cpu_s(session: int) -> float | None:
-    """CPU seconds (user + system) used so far by the live processes of one session (Linux /proc)."""
+def session_processes(session: int) -> dict[int, tuple[str, float]]:
+    """pid → (command line, CPU seconds used so far: user + system) of the live processes of one session (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total, seen = 0, False
+    found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as stat:
                 fields = stat.read().rsplit(b")", 1)[1].split()
+            if int(fields[3]) != session:  # fields after the name: state ppid pgrp session ... utime stime
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:  # gone meanwhile
             continue
-        if int(fields[3]) == session:  # fields after the name: state ppid pgrp session ... utime stime
-            total, seen = total + int(fields[11]) + int(fields[12]), True
-    return total / ticks if seen else None
+        found[int(entry.name)] = (command, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def session_cpu_s(session: int) -> float | None:
+    """CPU seconds used so far by the live processes of one session; None when it has none."""
+    processes = session_processes(session)
+    return sum(seconds for _, seconds in processes.values()) if processes else None
 
 
 async def closed_loop(call: Callable[[], Awaitable[object]], seconds: float, concurrency: int) -> Sample:

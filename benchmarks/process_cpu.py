@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks import harness, models
-from benchmarks.loadgen import MODEL_INFER, closed_loop, encode_request, request_rows
+from benchmarks.loadgen import MODEL_INFER, closed_loop, encode_request, request_rows, session_processes
 from benchmarks.targets import TARGETS
 
 # Processes that carry no Ray title, by a part of their command line.
@@ -32,22 +32,7 @@ _PLAIN_NAMES = ("quiver serve", "gcs_server", "raylet", "log_monitor", "dashboar
 
 def process_cpu_s(session: int) -> dict[int, tuple[str, float]]:
     """pid → (name, CPU seconds so far) for the live processes of one session."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-            if int(fields[3]) != session:
-                continue
-            with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
-                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # gone meanwhile
-            continue
-        found[int(entry.name)] = (_name(command), (int(fields[11]) + int(fields[12])) / ticks)
-    return found
+    return {pid: (_name(command), seconds) for pid, (command, seconds) in session_processes(session).items()}
 
 
 def _name(command: str) -> str:
