@@ -76,12 +76,10 @@ async def measure(address: str, model: models.BenchModel, session: int, concurre
 def report(model: str, concurrency: int, used: dict[str, float], answered: int, elapsed: float) -> None:
     load = f"closed loop, concurrency {concurrency}: {answered / elapsed:.1f} req/s" if concurrency else "idle"
     print(f"\n{model}, {load}, {elapsed:.0f} s\n  % of one CPU   ms per request   process")
-    for name, seconds in sorted(used.items(), key=lambda item: -item[1]):
-        if seconds > 0:
-            per_request = f"{1000 * seconds / answered:8.3f}" if answered else "       –"
-            print(f"  {100 * seconds / elapsed:8.2f}        {per_request}         {name}")
-    total = sum(used.values())
-    print(f"  {100 * total / elapsed:8.2f}        {1000 * total / answered if answered else float('nan'):8.3f}         all")
+    rows = sorted(((seconds, name) for name, seconds in used.items() if seconds > 0), reverse=True)
+    for seconds, name in [*rows, (sum(used.values()), "all")]:
+        per_request = f"{1000 * seconds / answered:8.3f}" if answered else "       –"
+        print(f"  {100 * seconds / elapsed:8.2f}        {per_request}         {name}")
 
 
 def main() -> None:
