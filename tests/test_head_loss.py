@@ -16,9 +16,11 @@ its session; the head gets a temporary directory of its own, as on a machine of 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +39,6 @@ from quiver.operator.serve_api import ServeApi
 from quiver.serving import Manifest, Replicas, Variant, build_example, from_onnx_file, node_resources, write_version
 from quiver.serving.apps import VariantApp
 
-from .raycluster import free_port
 from .serverproc import quiver_process
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -92,6 +93,22 @@ class Load:
         return Counter(status for sent, status in self.outcomes if sent >= t)
 
 
+def port_below_ephemeral_range() -> int:
+    """A free port the kernel never hands out as a connection's own. While the head is away, the
+    other nodes keep connecting to its ports; a connect to a closed port inside the ephemeral
+    range may be given that very port as its source and connect to itself (TCP simultaneous
+    open), and the returning head then cannot listen there. (Ray's usual 6379 is below the range.)"""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(10_000, low), 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
+
+
 def health(channel: grpc.Channel, service: str) -> str:
     status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
     return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
@@ -119,7 +136,7 @@ def test_the_router_serves_through_a_ray_head_loss_and_reads_serve_again_when_it
     token = secrets.token_hex(16)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_gcs_rpc_server_reconnect_timeout_s": "600"}  # as the chart sets on every Ray pod
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port = port_below_ephemeral_range(), port_below_ephemeral_range()
     head_env = {**env, "RAY_gcs_storage": "rocksdb", "RAY_gcs_storage_path": str(tmp_path / "gcs")}
 
     scratch = Path(tempfile.mkdtemp(prefix="quiver-head-"))  # short: Ray's socket paths must fit 107 bytes
@@ -167,7 +184,10 @@ def test_the_router_serves_through_a_ray_head_loss_and_reads_serve_again_when_it
             returned_at = time.monotonic()
             head = start_head(2)
             nodes.append(head)
-            back_s = wait_for(lambda: health(channel, "ray") == "SERVING", 120, "the router to read Serve again", router.log)
+            wait_for(lambda: serve_answers() or head.process.poll() is not None, 90, "the head to return", head.log.read_text)
+            assert head.process.poll() is None, head.log.read_text()[-4000:]
+            wait_for(lambda: health(channel, "ray") == "SERVING", 120, "the router to read Serve again", router.log)
+            back_s = time.monotonic() - returned_at
             wait_for(lambda: serve_answers() and serve.statuses().get(app.name) == "RUNNING", 60,
                      "Serve to report the application again", head.log.read_text)
             after = time.monotonic()
