@@ -97,16 +97,17 @@ def port_below_ephemeral_range() -> int:
     """A free port the kernel never hands out as a connection's own. While the head is away, the
     other nodes keep connecting to its ports; a connect to a closed port inside the ephemeral
     range may be given that very port as its source and connect to itself (TCP simultaneous
-    open), and the returning head then cannot listen there. (Ray's usual 6379 is below the range.)"""
+    open), and the returning head then cannot listen there. (Ray's usual 6379 is below the range.)
+    Above 20000: Ray keeps 10000-19999 for its workers."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(10_000, low), 100):
+    for port in random.sample(range(20_000, low), 100):
         with socket.socket() as sock:
             try:
                 sock.bind(("", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port between 10000 and {low}")
+    raise RuntimeError(f"no free port between 20000 and {low}")
 
 
 def health(channel: grpc.Channel, service: str) -> str:
