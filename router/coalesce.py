@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from functools import partial
 from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 from typing import Any
 
 from quiver.serving import InferenceRequest, InferenceResult
