@@ -11,9 +11,10 @@ own is between nodes.
 
 The connection carries frames, each `length (4 bytes) | call id (4 bytes) | message`, big-endian:
 the caller's secret (call id 0, answered by an empty `InferManyResponse` or a refusal), then
-`InferManyRequest`s, each answered by the `InferManyResponse` with its id (protos/quiver_replica.proto). Not gRPC: both ends are Quiver's,
-nothing outside the cluster speaks this, and a grpc.aio call costs each end more CPU than the
-replica's own work on a small model (benchmarks/NOTES.md, "The data plane without gRPC").
+`InferManyRequest`s, each answered by the `InferManyResponse` with its id
+(protos/quiver_replica.proto). Not gRPC: both ends are Quiver's, nothing outside the cluster
+speaks this, and a grpc.aio call costs each end more CPU than the replica's own work on a small
+model (benchmarks/NOTES.md, "The data plane without gRPC").
 
 `DataPlane` runs in the replica, on its event loop; `DataPlaneClient` is a router's persistent
 connection to one replica. The protocol lives here only, both ends of it.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import itertools
 import logging
 import secrets
 import socket
@@ -186,7 +186,7 @@ class _Connection:
         self._writer = writer
         self._address = address
         self._pending: dict[int, asyncio.Future[bytes]] = {}
-        self._ids = itertools.cycle(range(1, 2**32))
+        self._last_id = _HELLO
         self._reading = asyncio.create_task(self._read(reader))
 
     @classmethod
@@ -212,7 +212,8 @@ class _Connection:
     async def call(self, message: bytes) -> bytes:
         if self.lost is not None:
             raise ReplicaUnreachable(f"replica at {self._address}: {self.lost}")
-        call_id = next(self._ids)
+        self._last_id = self._last_id % (2**32 - 1) + 1  # 1, 2, ... 2**32 - 1, 1, ...: never the greeting's 0
+        call_id = self._last_id
         answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = answer
         try:
