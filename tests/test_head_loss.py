@@ -93,21 +93,24 @@ class Load:
         return Counter(status for sent, status in self.outcomes if sent >= t)
 
 
-def port_below_ephemeral_range() -> int:
-    """A free port the kernel never hands out as a connection's own. While the head is away, the
-    other nodes keep connecting to its ports; a connect to a closed port inside the ephemeral
-    range may be given that very port as its source and connect to itself (TCP simultaneous
-    open), and the returning head then cannot listen there. (Ray's usual 6379 is below the range.)
-    Above 20000: Ray keeps 10000-19999 for its workers."""
+def ports_below_ephemeral_range(count: int) -> list[int]:
+    """Distinct free ports the kernel never hands out as a connection's own. While the head is
+    away, the other nodes keep connecting to its ports; a connect to a closed port inside the
+    ephemeral range may be given that very port as its source and connect to itself (TCP
+    simultaneous open), and the returning head then cannot listen there. (Ray's usual 6379 is
+    below the range.) Above 20000: Ray keeps 10000-19999 for its workers."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    free: list[int] = []
     for port in random.sample(range(20_000, low), 100):
         with socket.socket() as sock:
             try:
                 sock.bind(("", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError(f"no free port between 20000 and {low}")
+        free.append(port)
+        if len(free) == count:
+            return free
+    raise RuntimeError(f"not {count} free ports between 20000 and {low}")
 
 
 def health(channel: grpc.Channel, service: str) -> str:
@@ -137,7 +140,7 @@ def test_the_router_serves_through_a_ray_head_loss_and_reads_serve_again_when_it
     token = secrets.token_hex(16)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_gcs_rpc_server_reconnect_timeout_s": "600"}  # as the chart sets on every Ray pod
-    gcs_port, dashboard_port = port_below_ephemeral_range(), port_below_ephemeral_range()
+    gcs_port, dashboard_port = ports_below_ephemeral_range(2)
     head_env = {**env, "RAY_gcs_storage": "rocksdb", "RAY_gcs_storage_path": str(tmp_path / "gcs")}
 
     scratch = Path(tempfile.mkdtemp(prefix="quiver-head-"))  # short: Ray's socket paths must fit 107 bytes
