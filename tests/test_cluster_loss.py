@@ -115,8 +115,13 @@ def health(channel: grpc.Channel, service: str) -> str:
 def wait_for(condition, timeout_s: float, what: str, load: Load, log=lambda: "") -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; answers so far: {load.summary()}\n{log()[-4000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; answers so far: {load.summary()}\n{quiver_lines(log())[-4000:]}"
         time.sleep(0.1)
+
+
+def quiver_lines(log: str) -> str:
+    """The server's own log lines (the router's, and its replicas' as Ray forwards them), without Ray's."""
+    return "".join(line for line in log.splitlines(keepends=True) if " quiver." in line)
 
 
 def test_a_crashed_pool_fails_fast_with_a_reason_and_serving_recovers_when_a_node_returns(tmp_path: Path) -> None:
