@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the process names in the lines it forwards
 READY = re.compile(r"^ready: (?P<address>\S+) models=(?P<models>\S*)(?: metrics=(?P<metrics>\S+))?$")
 
 
@@ -30,6 +31,11 @@ class ServerProcess:
 
     def log(self) -> str:
         return "".join(self.output)
+
+    def own_log(self) -> str:
+        """The log less Ray's C++ lines and its Serve controller's, which repeat every few seconds
+        while part of the cluster is away and would fill a failure message's tail."""
+        return "".join(line for line in self.output if not ANSI.sub("", line).startswith(("[", "(ServeController")))
 
 
 @contextmanager

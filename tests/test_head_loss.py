@@ -172,20 +172,17 @@ def test_the_router_serves_through_a_ray_head_loss_and_reads_serve_again_when_it
         with quiver_process("router", "--ray-address", f"127.0.0.1:{gcs_port}", "--join", "--node-ip", "127.0.0.2",
                             "--store", str(store), "--routes", str(routes), env=env) as router, \
                 grpc.insecure_channel(router.address) as channel:
-            def router_log() -> str:  # without Ray's own C++ lines, which repeat every few seconds while the head is away
-                return "".join(line for line in router.output if not line.startswith("["))
-
             load = Load(router.address)
             for thread in load.threads:
                 thread.start()
-            wait_for(lambda: load.since(0)["OK"] >= 50, 60, "first answers", router_log)
+            wait_for(lambda: load.since(0)["OK"] >= 50, 60, "first answers", router.own_log)
             assert (health(channel, INFERENCE), health(channel, "ray")) == ("SERVING", "SERVING")
 
             lost_at = time.monotonic()
             head.crash()
-            noticed_s = wait_for(lambda: health(channel, "ray") == "NOT_SERVING", 30, "health to report the head lost", router_log)
+            noticed_s = wait_for(lambda: health(channel, "ray") == "NOT_SERVING", 30, "health to report the head lost", router.own_log)
             time.sleep(10)  # the head stays away a while: the data plane serves on
-            assert health(channel, INFERENCE) == "SERVING", f"{load.since(lost_at)}\n{router_log()[-6000:]}"
+            assert health(channel, INFERENCE) == "SERVING", f"{load.since(lost_at)}\n{router.own_log()[-6000:]}"
             during = load.since(lost_at)
 
             returned_at = time.monotonic()
@@ -193,17 +190,17 @@ def test_the_router_serves_through_a_ray_head_loss_and_reads_serve_again_when_it
             nodes.append(head)
             wait_for(lambda: serve_answers() or head.process.poll() is not None, 90, "the head to return", head.log.read_text)
             assert head.process.poll() is None, head.log.read_text()[-4000:]
-            wait_for(lambda: health(channel, "ray") == "SERVING", 120, "the router to read Serve again", router_log)
+            wait_for(lambda: health(channel, "ray") == "SERVING", 120, "the router to read Serve again", router.own_log)
             back_s = time.monotonic() - returned_at
             wait_for(lambda: serve_answers() and serve.statuses().get(app.name) == "RUNNING", 60,
                      "Serve to report the application again", head.log.read_text)
             after = time.monotonic()
-            wait_for(lambda: load.since(after)["OK"] >= 50, 30, "answers after the return", router_log)
+            wait_for(lambda: load.since(after)["OK"] >= 50, 30, "answers after the return", router.own_log)
             load.stop.set()
             for thread in load.threads:
                 thread.join(60)
             assert router.process.poll() is None  # the same router throughout
-            assert health(channel, INFERENCE) == "SERVING", f"{load.since(after)}\n{router_log()[-6000:]}"
+            assert health(channel, INFERENCE) == "SERVING", f"{load.since(after)}\n{router.own_log()[-6000:]}"
 
         assert not any(thread.is_alive() for thread in load.threads)
         assert during["OK"] > 20 and set(during) == {"OK"}, during
