@@ -5,9 +5,10 @@ dies with its processes (a pod or machine lost, not drained), Ray keeps its acto
 until its health checks give up, and calls to them wait. The router finds out on its own:
 
 - `Reachability` sends every running variant a probe (`ready`, a round trip that runs nothing)
-  each `interval_s`; a variant that answered before and then misses `failures` probes in a row
-  (each bounded by `timeout_s`, or four times its calls' recent duration when that is longer),
-  with no call to it coming back meanwhile, is *lost*. Requests waiting on a lost variant are
+  each `interval_s`; a variant that answered before (a probe or a call: a node may be lost
+  before a freshly started router's first probe came back) and then misses `failures` probes
+  in a row (each bounded by `timeout_s`, or four times its calls' recent duration when that is
+  longer), with no call to it coming back meanwhile, is *lost*. Requests waiting on a lost variant are
   cancelled, so dispatch retries them elsewhere at once (or answers UNAVAILABLE), and the
   policy routes around it; it is found again by its next answered probe, once Serve has a
   replica up. Variants that may scale to zero are not probed. A variant with a replica on the
@@ -65,7 +66,7 @@ def probe_via(endpoints: Endpoints | None) -> Callable[[VariantRoute], Awaitable
 
 @dataclass
 class _Variant:
-    answered: bool = False  # has answered a probe since the router started
+    answered: bool = False  # has answered a probe or a call since the router started
     misses: int = 0  # probes missed in a row
     lost_since: float | None = None
     last_answer: float = float("-inf")  # when a call to it last came back OK: as good as a probe
@@ -128,6 +129,7 @@ class Reachability:
         state, response, start = token
         state.waiting.discard(response)
         if code is grpc.StatusCode.OK:
+            state.answered = True
             state.last_answer = now = self._clock()
             state.call_s += 0.2 * (now - start - state.call_s)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 
-from quiver.router.health import ProbedReadiness, ServingHealth
+from quiver.router.health import ProbedReadiness, Reachability, ServingHealth
 from quiver.router.routes import RouteTable, VariantRoute
 from quiver.serving import AppState, Manifest, ModelVersion, app_name
 
@@ -81,3 +82,26 @@ def test_a_variant_is_lost_after_missed_probes_and_found_again_and_health_follow
         ("answers again", True, serving_),
     ]
     assert "z" not in probed  # a variant that may scale to zero is never woken by a probe
+
+
+def test_a_variant_whose_calls_answered_before_any_probe_did_is_lost_when_it_stops() -> None:
+    """A node lost right after the router started: the variant's calls came back, its first probe
+    had not yet. It is lost all the same, and the call waiting on it is withdrawn."""
+    routes, handles, _ = two_models()
+    m = routes.lookup("m").variants["a"]
+    now = [0.0]
+
+    async def scenario() -> tuple[bool, bool]:
+        reachability = Reachability(routes, serving=lambda route: True, probe=lambda route: route.handle.ready.remote(),
+                                    timeout_s=0.05, clock=lambda: now[0])
+        loop = asyncio.get_running_loop()
+        reachability.finished(reachability.started(m, loop.create_future(), "default"), grpc.StatusCode.OK)
+        waiting = loop.create_future()
+        reachability.started(m, waiting, "default")
+        handles["m"].answering = False  # the node is gone
+        now[0] = 10.0
+        await reachability.probe_all()
+        await reachability.probe_all()
+        return reachability.answering(m), waiting.cancelled()
+
+    assert asyncio.run(scenario()) == (False, True)
