@@ -92,8 +92,7 @@ def test_a_variant_whose_calls_answered_before_any_probe_did_is_lost_when_it_sto
     now = [0.0]
 
     async def scenario() -> tuple[bool, bool]:
-        reachability = Reachability(routes, serving=lambda route: True, probe=lambda route: route.handle.ready.remote(),
-                                    timeout_s=0.05, clock=lambda: now[0])
+        reachability = Reachability(routes, serving=lambda route: True, timeout_s=0.05, clock=lambda: now[0])
         loop = asyncio.get_running_loop()
         reachability.finished(reachability.started(m, loop.create_future(), "default"), grpc.StatusCode.OK)
         waiting = loop.create_future()
