@@ -80,9 +80,10 @@ def quiver_process(
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            code = process.wait(60)
+            code = process.wait(120)  # a drain of up to 10 s, then Ray's shutdown: slow on a busy machine
         except subprocess.TimeoutExpired:
             process.kill()
-            raise
+            reader.join(5)
+            raise AssertionError(f"quiver {command} did not stop within 120 s of SIGTERM:\n{server.own_log()[-6000:]}") from None
         reader.join(5)
         assert code == 0, f"quiver {command} exited with {code}:\n{server.log()}"
