@@ -46,12 +46,9 @@ def route_cluster(settings: ClusterRouterSettings) -> int:
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "600")
     import ray
 
+    node = None
     try:
         node = _join(settings) if settings.join else None
-    except NodeStartError as exc:
-        print(f"quiver: could not join the Ray cluster at {settings.ray_address}: {exc}", file=sys.stderr)
-        return 1
-    try:
         ray.init(address=settings.ray_address, logging_level=logging.WARNING, _node_ip_address=settings.node_ip)
     except Exception as exc:  # noqa: BLE001 - said plainly, with the node's own output above it
         print(f"quiver: could not join the Ray cluster at {settings.ray_address}: {exc}", file=sys.stderr)
@@ -75,10 +72,6 @@ def route_cluster(settings: ClusterRouterSettings) -> int:
 
 # `ray start --block` prints this once its node is up, and then only watches it.
 NODE_STARTED = "This command will now block forever"
-
-
-class NodeStartError(RuntimeError):
-    pass
 
 
 def _join(settings: ClusterRouterSettings, timeout_s: float = 300) -> subprocess.Popen:
@@ -106,10 +99,10 @@ def _join(settings: ClusterRouterSettings, timeout_s: float = 300) -> subprocess
     deadline = time.monotonic() + timeout_s
     while not started.wait(0.5):
         if node.poll() is not None:
-            raise NodeStartError(f"`ray start` ended with exit status {node.returncode} before its node was up")
+            raise RuntimeError(f"`ray start` ended with exit status {node.returncode} before its node was up")
         if time.monotonic() > deadline:
             _leave(node)
-            raise NodeStartError(f"`ray start` did not start this node within {timeout_s:g} s")
+            raise RuntimeError(f"`ray start` did not start this node within {timeout_s:g} s")
     return node
 
 
