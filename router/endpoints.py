@@ -72,6 +72,10 @@ class Endpoints:
         """Whether the variant has a replica that may take a call now."""
         return bool(self.live(app))
 
+    def unreachable(self, app: str) -> int:
+        """How many of the variant's replicas are passed over after a failed call."""
+        return len(self._by_app.get(app, ())) - len(self.live(app))
+
     def pick(self, app: str) -> DirectReplica | None:
         """The less busy of two live replicas picked at random; None when the variant has none."""
         live = self.live(app)

@@ -87,7 +87,7 @@ class Reachability:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._routes = routes
-        self._serving = serving  # Serve's view: is the variant's application running?
+        self._serving = serving  # is a replica of the variant said to run (by Serve, or the data plane)?
         self._probe = probe
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -210,7 +210,7 @@ class ProbedReadiness(Readiness):
         **kwargs,
     ) -> None:
         super().__init__(routes, *args, **kwargs)
-        self.reachability = Reachability(routes, super().ready, probe, timeout_s=probe_timeout_s)
+        self.reachability = Reachability(routes, self.said_to_run, probe, timeout_s=probe_timeout_s)
 
     def ready(self, route: VariantRoute) -> bool:
         return super().ready(route) and self.reachability.answering(route)

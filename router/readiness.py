@@ -7,6 +7,12 @@ still answers with the replicas it runs; so does one with a replica on the direc
 says it runs. A variant whose pool has no nodes stays not ready, and one whose replicas could not
 start (a refused model file) is failed; the policy routes around both.
 
+The data plane outweighs Serve where they disagree: Serve counts a replica that has just died with
+its node as running for tens of seconds, while the router's calls to it already fail. So Serve's
+running replicas count only beyond those the data plane has found unreachable; otherwise a status
+read a moment after a crash would make the variant ready again until the router's probes declare
+it lost (router/health.py).
+
 A poll is not cheap: `serve.status()` has the controller describe every application and
 replica, and this process turn the answer into pydantic models — tens of ms of CPU each time,
 which on a one-CPU share cost ~5 % of the throughput when done every second. So the watch polls
@@ -26,12 +32,25 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from quiver.serving import AppState, application_states, in_daemon_thread
 
 from .routes import RouteTable, VariantRoute, VersionRoutes
 
 logger = logging.getLogger(__name__)
+
+
+class DataPlane(Protocol):
+    """What the router's data plane (router/endpoints.py `Endpoints`) knows of a variant's replicas."""
+
+    def serves(self, app: str) -> bool:
+        """Whether a replica of the application may take a call now."""
+        ...
+
+    def unreachable(self, app: str) -> int:
+        """How many of the application's replicas failed a call a moment ago."""
+        ...
 
 
 class Readiness:
@@ -42,11 +61,11 @@ class Readiness:
         interval_s: float = 1.0,
         steady_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
-        direct: Callable[[str], bool] = lambda app: False,
+        data_plane: DataPlane | None = None,
         poll_timeout_s: float = 5.0,
     ) -> None:
         self._routes = routes
-        self._direct = direct  # whether an application has a replica on the data plane now
+        self._data_plane = data_plane
         self._poll = poll
         self._interval_s = interval_s
         self._steady_interval_s = steady_interval_s
@@ -59,8 +78,17 @@ class Readiness:
         self._polled_at = float("-inf")
 
     def ready(self, route: VariantRoute) -> bool:
+        if self._data_plane is None:
+            return self.said_to_run(route)
+        if self._data_plane.serves(route.app):
+            return True
         state = self._states.get(route.app)
-        return (state is not None and state.answers) or self._direct(route.app)
+        return state is not None and state.running > self._data_plane.unreachable(route.app)
+
+    def said_to_run(self, route: VariantRoute) -> bool:
+        """Whether Serve's status or the data plane says a replica of the variant runs, be it reachable or not."""
+        state = self._states.get(route.app)
+        return (state is not None and state.answers) or (self._data_plane is not None and self._data_plane.serves(route.app))
 
     def failed(self, route: VariantRoute) -> bool:
         state = self._states.get(route.app)

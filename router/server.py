@@ -95,8 +95,7 @@ class Router:
         self.metrics = RouterMetrics()
         self.endpoints = Endpoints() if settings.direct else None
         # Serve's view, and replicas on the data plane, less variants that stopped answering (router/health.py).
-        direct = self.endpoints.serves if self.endpoints is not None else (lambda app: False)
-        self.readiness = ProbedReadiness(routes, direct=direct, probe=probe_via(self.endpoints))
+        self.readiness = ProbedReadiness(routes, data_plane=self.endpoints, probe=probe_via(self.endpoints))
         self.traffic = Traffic(routes.models(), settings.traffic_file)
         self.catalog = (
             Catalog(routes, self.traffic, settings.store or Path("."), settings.routes_file, self.readiness, self.metrics.show_routes)

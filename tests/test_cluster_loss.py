@@ -139,10 +139,6 @@ def test_a_crashed_pool_fails_fast_with_a_reason_and_serving_recovers_when_a_nod
 
             crashed_at = time.monotonic()
             crash(gpu_node)
-            # Both, read together. (In a router's first seconds, before it has read Serve's status,
-            # a variant may be ready through its data-plane replica alone; a crash then turns it
-            # not ready, a Serve status that still lists the dead replica ready again for about a
-            # second, until the probes find it lost. benchmarks/NOTES.md has the log.)
             wait_for(lambda: health(channel, INFERENCE) == "NOT_SERVING" and not client.is_server_ready(), 15,
                      "the inference service to turn NOT_SERVING and the server not ready", load, server.own_log)
             noticed_s = time.monotonic() - crashed_at
@@ -150,6 +146,9 @@ def test_a_crashed_pool_fails_fast_with_a_reason_and_serving_recovers_when_a_nod
             wait_for(lambda: sum(o.status == "UNAVAILABLE" for o in load.since("gpuonly", crashed_at + noticed_s)) >= 20
                      and sum(o.variant == "fp32" for o in load.since("pooled", crashed_at + noticed_s)) >= 20, 15,
                      "gpuonly to fail fast and pooled to move to fp32", load, server.own_log)
+            # Still not ready: a Serve status that lists the dead replica as running does not outweigh
+            # the router's failed calls to it (router/readiness.py).
+            assert (health(channel, INFERENCE), client.is_server_ready()) == ("NOT_SERVING", False), server.own_log()
             down = load.since("gpuonly", crashed_at)
 
             returned_at = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from quiver.router.readiness import Readiness
@@ -72,10 +73,36 @@ def test_an_application_answers_with_the_replicas_it_runs_whatever_its_status() 
         readiness = Readiness(routes, lambda: {app: state})
         asyncio.run(readiness.refresh())
         assert (readiness.ready(route), readiness.failed(route)) == (ready, failed), state
-    # A replica on the data plane answers before Serve's next status says it runs.
-    readiness = Readiness(routes, lambda: {app: AppState("UNHEALTHY", 0)}, direct=lambda name: name == app)
-    asyncio.run(readiness.refresh())
-    assert readiness.ready(route)
+
+
+@dataclass
+class DataPlaneView:
+    """What router/endpoints.py would say of the variant's replicas."""
+
+    live: int
+    unreachable_: int
+
+    def serves(self, app: str) -> bool:
+        return self.live > 0
+
+    def unreachable(self, app: str) -> int:
+        return self.unreachable_
+
+
+def test_the_data_plane_outweighs_serve_where_they_disagree() -> None:
+    routes, app = table()
+    route = routes.lookup("m").variants["a"]
+    for serve, data_plane, ready in [
+        (AppState("UNHEALTHY", 0), DataPlaneView(1, 0), True),  # a replica on the data plane before Serve's status says it runs
+        # Its node just crashed: the router's calls to it fail, Serve still counts it as running.
+        (AppState("RUNNING", 1), DataPlaneView(0, 1), False),
+        (AppState("RUNNING", 2), DataPlaneView(0, 1), True),  # Serve runs one more than the data plane lost
+        (AppState("RUNNING", 2), DataPlaneView(1, 1), True),
+    ]:
+        readiness = Readiness(routes, lambda: {app: serve}, data_plane=data_plane)
+        asyncio.run(readiness.refresh())
+        assert readiness.ready(route) == ready, (serve, data_plane)
+        assert readiness.said_to_run(route)  # so the router's probes find out whether it still answers
 
 
 def test_a_poll_that_hangs_reports_the_cluster_and_keeps_the_last_states_until_it_answers() -> None:
