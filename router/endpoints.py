@@ -1,8 +1,8 @@
-"""The replicas' direct addresses, as the replica directory lists them, and the router's channels to them.
+"""The replicas' direct addresses, as the replica directory lists them, and the router's connections to them.
 
 Serving's replica directory (serving/directory.py) is followed with a long poll: one Ray call
 per change, or one every half minute when nothing changes. Each replica listed gets a client
-with a persistent gRPC channel (serving/dataplane.py), kept while the directory lists it.
+with a persistent connection (serving/dataplane.py), kept while the directory lists it.
 
 A call goes to one of its variant's replicas by the power of two choices: of two picked at
 random, the one with fewer calls in flight. A replica whose call failed is passed over for
@@ -119,7 +119,7 @@ class Endpoints:
                 await asyncio.sleep(1.0)
 
     async def close(self) -> None:
-        """Close every channel (once the router has stopped taking requests)."""
+        """Close every connection (once the router has stopped taking requests)."""
         for replicas in self._by_app.values():
             self._retire(replicas)
         self._by_app = {}
@@ -134,8 +134,8 @@ class Endpoints:
         self._retire(known.values())
 
     def _retire(self, replicas: Iterable[DirectReplica]) -> None:
-        # Calls in flight finish on the old channel: a replica that left the directory is draining.
+        # Calls in flight finish on the old connection: a replica that left the directory is draining.
         for replica in replicas:
-            task = asyncio.create_task(replica.client.close(grace_s=30.0), name="quiver-close-replica-channel")
+            task = asyncio.create_task(replica.client.close(grace_s=30.0), name="quiver-close-replica-connection")
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)

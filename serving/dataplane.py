@@ -1,16 +1,23 @@
-"""The replica data plane: a router hands a replica the requests it coalesced, straight over gRPC.
+"""The replica data plane: a router hands a replica the requests it coalesced, over one TCP connection.
 
 Serve keeps what it is there for: placing replicas on their pool's nodes, replacing them,
 scaling them. Requests skip its per-call path (the handle's router thread, Ray's task
 submission, the replica's request wrapper), which was most of the router's CPU per call and
-~4 ms of a request's latency at one in flight. Each replica serves
-`quiver.replica.Replica/InferMany` (protos/quiver_replica.proto) on its node's address, at a
+~4 ms of a request's latency at one in flight. Each replica listens on its node's address, at a
 port the OS picks, and registers it in the replica directory (serving/directory.py) with a
-secret of its own that every call must carry: only who can read the directory, that is who
-can reach Ray, can call a replica. The traffic is plaintext, as Ray's own is between nodes.
+secret of its own that a caller presents first on each connection: only who can read the
+directory, that is who can reach Ray, can call a replica. The traffic is plaintext, as Ray's
+own is between nodes.
 
-`DataPlane` runs in the replica, on its event loop; `DataPlaneClient` is a router's
-persistent channel to one replica. The protocol's encoding lives here only, both ends of it.
+The connection carries frames, each `length (4 bytes) | call id (4 bytes) | message`, big-endian:
+the caller's secret (call id 0, answered by an empty `InferManyResponse` or a refusal), then
+`InferManyRequest`s, each answered by the `InferManyResponse` with its id
+(protos/quiver_replica.proto). Not gRPC: both ends are Quiver's, nothing outside the cluster
+speaks this, and a grpc.aio call costs each end more CPU than the replica's own work on a small
+model (benchmarks/NOTES.md, "The data plane without gRPC").
+
+`DataPlane` runs in the replica, on its event loop; `DataPlaneClient` is a router's persistent
+connection to one replica. The protocol lives here only, both ends of it.
 """
 
 from __future__ import annotations
@@ -19,14 +26,14 @@ import asyncio
 import hmac
 import logging
 import secrets
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
-import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from quiver._proto import quiver_replica_pb2 as pb
-from quiver._proto import quiver_replica_pb2_grpc as pb_grpc
 
 from .datatypes import Datatype
 from .directory import Endpoint, Registration
@@ -36,16 +43,10 @@ logger = logging.getLogger(__name__)
 
 InferMany = Callable[[list[InferenceRequest]], Awaitable[list[InferenceResult | Exception]]]
 
-TOKEN_HEADER = "quiver-replica-token"
-# Both ends ping every 10 s when idle, so a replica whose node vanished without closing its
-# connections is noticed within ~15 s even between calls.
-_KEEPALIVE = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
-_UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+_HEADER = 8
+_HELLO = 0  # the call id of the caller's secret
+_HELLO_MOST = 1024  # bytes: a stranger must not make the replica buffer a large "secret"
+_CONNECT_TIMEOUT_S = 5.0
 
 
 class ReplicaUnreachable(ConnectionError):
@@ -53,28 +54,71 @@ class ReplicaUnreachable(ConnectionError):
 
 
 class DataPlaneServer:
-    """The gRPC server of a replica's data plane, admitting only callers with its secret."""
+    """The listening end of a replica's data plane, admitting only callers with its secret."""
 
     def __init__(self, infer_many: InferMany) -> None:
         self.token = secrets.token_urlsafe(32)
-        self._server = grpc.aio.server(
-            # The server's own floor on ping intervals is 5 min: routers pinging every 10 s would be sent away.
-            options=[*_KEEPALIVE, *_UNLIMITED, ("grpc.so_reuseport", 0), ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
-        )
-        pb_grpc.add_ReplicaServicer_to_server(_Servicer(infer_many, self.token), self._server)
-        self._started = False
+        self._infer_many = infer_many
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._calls: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     async def start(self, host: str) -> str:
         """Listen on `host` at a port the OS picks; returns HOST:PORT. Runs on the loop that serves."""
-        port = self._server.add_insecure_port(f"{host}:0")
-        await self._server.start()
-        self._started = True
-        return f"{host}:{port}"
+        self._server = await asyncio.start_server(self._serve, host, 0)
+        return f"{host}:{self._server.sockets[0].getsockname()[1]}"
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls; those in flight get `grace_s` to finish."""
-        if self._started:
-            await self._server.stop(grace_s)
+        if self._server is None:
+            return
+        self._stopping = True
+        self._server.close()
+        if self._calls:
+            await asyncio.wait(self._calls, timeout=grace_s)
+        for call in list(self._calls):
+            call.cancel()
+        for connection in list(self._connections):
+            connection.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _keep_alive(writer)
+        self._connections.add(writer)
+        try:
+            _, presented = await _read_frame(reader, _HELLO_MOST)
+            if not hmac.compare_digest(presented, self.token.encode()):
+                writer.write(_frame(_HELLO, _refusal("unknown caller")))
+                return
+            writer.write(_frame(_HELLO, b""))
+            while True:
+                call_id, message = await _read_frame(reader)
+                call = asyncio.create_task(self._answer(call_id, message, writer))
+                self._calls.add(call)
+                call.add_done_callback(self._calls.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the caller went away; its calls in flight finish unheard
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    async def _answer(self, call_id: int, message: bytes, writer: asyncio.StreamWriter) -> None:
+        if self._stopping:
+            answer = _refusal("stopping")
+        else:
+            try:
+                requests = [decode_request(request) for request in pb.InferManyRequest.FromString(message).requests]
+            except (DecodeError, ValueError) as exc:
+                answer = _refusal(f"malformed call: {exc}")
+            else:
+                try:
+                    answer = encode_results(await self._infer_many(requests)).SerializeToString()
+                except Exception as exc:  # noqa: BLE001 - the caller hears of it, as with any server
+                    logger.exception("data plane call failed")
+                    answer = _refusal(f"{type(exc).__name__}: {exc}")
+        # Not drained: answers waiting to be sent are as many as the calls a router keeps in flight.
+        if not writer.is_closing():
+            writer.write(_frame(call_id, answer))
 
 
 class DataPlane:
@@ -104,47 +148,135 @@ class DataPlane:
         await self._server.stop(self._grace_s)
 
 
-class _Servicer(pb_grpc.ReplicaServicer):
-    def __init__(self, infer_many: InferMany, token: str) -> None:
-        self._infer_many = infer_many
-        self._token = token.encode()
-
-    async def InferMany(self, request: pb.InferManyRequest, context: grpc.aio.ServicerContext) -> pb.InferManyResponse:
-        presented = dict(context.invocation_metadata() or ()).get(TOKEN_HEADER, "")
-        if not hmac.compare_digest(presented.encode(), self._token):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown caller")
-        try:
-            requests = [decode_request(message) for message in request.requests]
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return encode_results(await self._infer_many(requests))
-
-
 class DataPlaneClient:
-    """A router's channel to one replica's data plane, kept open between calls."""
+    """A router's connection to one replica's data plane, opened at the first call and kept."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self._channel = grpc.aio.insecure_channel(endpoint.address, options=[*_KEEPALIVE, *_UNLIMITED])
-        self._infer_many = self._channel.unary_unary(
-            "/quiver.replica.Replica/InferMany",
-            request_serializer=pb.InferManyRequest.SerializeToString,
-            response_deserializer=pb.InferManyResponse.FromString,
-        )
-        self._metadata = ((TOKEN_HEADER, endpoint.token),)
+        self._connection: _Connection | None = None
+        self._connecting = asyncio.Lock()
 
     async def infer_many(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult | Exception]:
         """One answer per request, in order; `ReplicaUnreachable` if the call itself failed."""
-        try:
-            response = await self._infer_many(encode_requests(requests), metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise ReplicaUnreachable(f"replica at {self.endpoint.address}: {exc.code().name} {exc.details()}") from exc
+        connection = await self._connected()
+        response = pb.InferManyResponse.FromString(await connection.call(encode_requests(requests).SerializeToString()))
+        if response.refused:
+            raise ReplicaUnreachable(f"replica at {self.endpoint.address}: {response.refused}")
         if len(response.results) != len(requests):
             raise ReplicaUnreachable(f"replica at {self.endpoint.address}: {len(response.results)} answers to {len(requests)} requests")
         return [decode_result(result) for result in response.results]
 
     async def close(self, grace_s: float | None = None) -> None:
-        await self._channel.close(grace_s)
+        """Close the connection once the calls in flight are answered, or after `grace_s`."""
+        if self._connection is not None:
+            await self._connection.close(grace_s)
+
+    async def _connected(self) -> _Connection:
+        async with self._connecting:
+            if self._connection is None or self._connection.lost is not None:
+                self._connection = await _Connection.open(self.endpoint)
+        return self._connection
+
+
+class _Connection:
+    """One TCP connection to a replica: calls go out as frames, answers come back by call id."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
+        self.lost: str | None = None  # why the connection ended, once it has
+        self._writer = writer
+        self._address = address
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._last_id = _HELLO
+        self._reading = asyncio.create_task(self._read(reader))
+
+    @classmethod
+    async def open(cls, endpoint: Endpoint) -> _Connection:
+        """Connect and present the secret; the replica answers it before any call is sent."""
+        host, _, port = endpoint.address.rpartition(":")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), _CONNECT_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ReplicaUnreachable(f"replica at {endpoint.address}: cannot connect: {exc!r}") from exc
+        try:
+            _keep_alive(writer)
+            writer.write(_frame(_HELLO, endpoint.token.encode()))
+            _, answer = await asyncio.wait_for(_read_frame(reader), _CONNECT_TIMEOUT_S)
+            refused = pb.InferManyResponse.FromString(answer).refused
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
+            refused = f"no greeting: {exc!r}"
+        if refused:
+            writer.close()
+            raise ReplicaUnreachable(f"replica at {endpoint.address}: {refused}")
+        return cls(reader, writer, endpoint.address)
+
+    async def call(self, message: bytes) -> bytes:
+        if self.lost is not None:
+            raise ReplicaUnreachable(f"replica at {self._address}: {self.lost}")
+        self._last_id = self._last_id % (2**32 - 1) + 1  # 1, 2, ... 2**32 - 1, 1, ...: never the greeting's 0
+        call_id = self._last_id
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = answer
+        try:
+            self._writer.write(_frame(call_id, message))
+            await self._writer.drain()
+            return await answer
+        except ReplicaUnreachable:
+            raise
+        except ConnectionError as exc:
+            raise ReplicaUnreachable(f"replica at {self._address}: {exc!r}") from exc
+        finally:  # also when the caller gave up: a late answer is dropped
+            self._pending.pop(call_id, None)
+
+    async def close(self, grace_s: float | None) -> None:
+        if self._pending and grace_s:
+            await asyncio.wait(list(self._pending.values()), timeout=grace_s)
+        self.lost = "closed by the router"
+        self._writer.close()
+        await asyncio.wait([self._reading])
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                call_id, message = await _read_frame(reader)
+                answer = self._pending.get(call_id)
+                if answer is not None and not answer.done():
+                    answer.set_result(message)
+        except asyncio.IncompleteReadError:
+            self.lost = self.lost or "closed by the replica"
+        except ConnectionError as exc:
+            self.lost = self.lost or repr(exc)
+        finally:
+            self.lost = self.lost or "closed"
+            self._writer.close()
+            for answer in self._pending.values():
+                if not answer.done():
+                    answer.set_exception(ReplicaUnreachable(f"replica at {self._address}: {self.lost}"))
+
+
+def _frame(call_id: int, message: bytes) -> bytes:
+    return len(message).to_bytes(4, "big") + call_id.to_bytes(4, "big") + message
+
+
+async def _read_frame(reader: asyncio.StreamReader, most: int = 2**32) -> tuple[int, bytes]:
+    header = await reader.readexactly(_HEADER)
+    length = int.from_bytes(header[:4], "big")
+    if length > most:
+        raise ConnectionError(f"a frame of {length} bytes, more than {most}")
+    return int.from_bytes(header[4:], "big"), await reader.readexactly(length)
+
+
+def _refusal(reason: str) -> bytes:
+    return pb.InferManyResponse(refused=reason).SerializeToString()
+
+
+def _keep_alive(writer: asyncio.StreamWriter) -> None:
+    """Notice a peer whose node vanished without closing the connection within ~15 s, even between
+    calls: keepalive probes after 10 s idle, and unacknowledged data given up after 15 s."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 1), ("TCP_USER_TIMEOUT", 15_000)):
+        if hasattr(socket, option):  # Linux names; elsewhere the system's defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def encode_requests(requests: Sequence[InferenceRequest]) -> pb.InferManyRequest:

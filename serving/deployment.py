@@ -7,7 +7,7 @@ with the requests it coalesced (router/coalesce.py): they are already a batch, r
 `infer` takes one request and joins it with others through Serve's batching.
 
 Each replica also opens a data plane (serving/dataplane.py): the same `infer_many`, called by
-routers over gRPC without Serve's per-call path, while Serve keeps placing, replacing and
+routers on their own connections without Serve's per-call path, while Serve keeps placing, replacing and
 scaling the replicas. A replica counts the requests it holds, through either door, and reports
 them to Serve's autoscaler (`record_autoscaling_stats`; policy in serving/autoscaling.py):
 Serve's own count sees only calls through its handle, and one call carries many requests.

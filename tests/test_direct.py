@@ -126,14 +126,51 @@ def test_a_data_plane_answers_each_request_and_only_callers_with_its_secret() ->
             assert ok.outputs["i"].dtype == np.int64 and (ok.batch_requests, ok.batch_rows) == (3, 2)
             assert isinstance(refused, InferenceError) and str(refused) == "negative values"
             assert isinstance(expired, DeadlinePassed)
-            with pytest.raises(ReplicaUnreachable, match="UNAUTHENTICATED"):
+            with pytest.raises(ReplicaUnreachable, match="unknown caller"):
                 await stranger.infer_many([InferenceRequest({"x": x})])
             await server.stop(0)
-            with pytest.raises(ReplicaUnreachable, match="UNAVAILABLE"):
+            with pytest.raises(ReplicaUnreachable, match="replica at"):
                 await client.infer_many([InferenceRequest({"x": x})])
         finally:
             await client.close()
             await stranger.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_stopping_data_plane_finishes_calls_in_flight_refuses_new_ones_and_never_leaves_one_hanging() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def held(requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
+            await release.wait()
+            return await _echo(requests)
+
+        x = np.ones((1, 3), dtype=np.float32)
+        for grace_s, answered in ((10.0, True), (0.2, False)):
+            server = DataPlaneServer(held)
+            client = DataPlaneClient(Endpoint("m.1.a", "r1", await server.start("127.0.0.1"), server.token))
+            try:
+                in_flight = asyncio.create_task(client.infer_many([InferenceRequest({"x": x})]))
+                await asyncio.sleep(0.1)
+                stopping = asyncio.create_task(server.stop(grace_s))
+                await asyncio.sleep(0.1)
+                with pytest.raises(ReplicaUnreachable, match="stopping"):
+                    await client.infer_many([InferenceRequest({"x": x})])
+                if answered:  # within its grace period: the call in flight is answered
+                    release.set()
+                    np.testing.assert_array_equal((await in_flight)[0].outputs["y"], x * 2)
+                else:  # past it: the replica closes the connection, and the caller hears so at once
+                    with pytest.raises(ReplicaUnreachable, match="closed"):
+                        await asyncio.wait_for(in_flight, 5)
+                await stopping
+                with pytest.raises(ReplicaUnreachable):  # the connection's end, if not heard of yet
+                    await client.infer_many([InferenceRequest({"x": x})])
+                with pytest.raises(ReplicaUnreachable, match="cannot connect"):
+                    await client.infer_many([InferenceRequest({"x": x})])
+            finally:
+                release.clear()
+                await client.close()
 
     asyncio.run(scenario())
 
