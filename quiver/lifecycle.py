@@ -1,12 +1,18 @@
 """A router process's life, shared by `quiver serve` and `quiver router`: start, say ready, drain.
 
 Prints one `ready: HOST:PORT models=a:1|2,... metrics=URL` line once requests can be served, and
-on SIGINT/SIGTERM turns health to NOT_SERVING, drains and stops.
+on SIGINT/SIGTERM turns health to NOT_SERVING, drains and stops; a signal that comes while the
+router still waits for its variants stops it at once (a pod deleted while it starts).
+
+Once a signal came nothing may keep the process alive: past the drain and `STOP_TIMEOUT_S` more
+(closing connections, Ray's shutdown), every thread's stack is written to stderr, to say what
+hung, and the process exits with status 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -14,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from quiver.router import Router
 
 logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 60.0
 
 
 async def run_router(router: Router, until_ready: Callable[[], Awaitable[None]]) -> int:
@@ -28,16 +36,25 @@ async def run_router(router: Router, until_ready: Callable[[], Awaitable[None]])
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    try:
-        await until_ready()
-    except TimeoutError as exc:
-        logger.error("%s", exc)
-        await router.stop()
-        return 1
-    models = ",".join(f"{name}:{'|'.join(versions)}" for name, versions in router.routes.models().items())
-    metrics = f" metrics=http://{settings.host}:{router.metrics_port}/metrics" if router.metrics_port else ""
-    print(f"ready: {settings.host}:{port} models={models}{metrics}", flush=True)
-    await stop.wait()
+    starting = asyncio.create_task(until_ready(), name="quiver-until-ready")
+    signalled = asyncio.create_task(stop.wait(), name="quiver-until-signal")
+    await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        try:
+            starting.result()
+        except TimeoutError as exc:
+            logger.error("%s", exc)
+            signalled.cancel()
+            await router.stop()
+            return 1
+        models = ",".join(f"{name}:{'|'.join(versions)}" for name, versions in router.routes.models().items())
+        metrics = f" metrics=http://{settings.host}:{router.metrics_port}/metrics" if router.metrics_port else ""
+        print(f"ready: {settings.host}:{port} models={models}{metrics}", flush=True)
+        await signalled
+    else:
+        starting.cancel()
+        logger.warning("stopping before every variant was ready")
+    faulthandler.dump_traceback_later(settings.drain_delay_s + settings.grace_period_s + STOP_TIMEOUT_S, exit=True)
     logger.warning("shutting down: draining requests for up to %.0f s", settings.grace_period_s)
     await router.stop()
     return 0

@@ -4,6 +4,8 @@ already accepted, refuses new ones, and exits 0."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,3 +63,33 @@ def test_sigterm_finishes_accepted_requests_then_exits(tmp_path: Path) -> None:
         assert answers == ["OK"] * 16, (answers, server.log()[-3000:])
         server.process.wait(60)
         assert server.process.returncode == 0
+
+
+def test_sigterm_while_waiting_for_variants_stops_at_once(tmp_path: Path) -> None:
+    """A pod deleted while it starts: the router does not wait out its ready timeout first."""
+    signature = from_onnx_file(build_example(tmp_path / "store/example/1/model.onnx")).manifest
+    # Two CPUs a replica on a one-CPU instance: it is never placed, so the router keeps waiting.
+    variant = signature.variants[0].model_copy(update={"replicas": Replicas(num_cpus=2)})
+    write_version(tmp_path / "store", signature.model_copy(update={"name": "example", "variants": [variant]}))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quiver", "serve", str(tmp_path / "store"), "--num-cpus", "1", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output: list[str] = []
+    try:
+        for line in process.stdout:  # the router listens, then waits for its variant
+            output.append(line)
+            if "no --token-file" in line:
+                break
+        time.sleep(2)
+        assert process.poll() is None, "".join(output)
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(30)
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        process.kill()
+    log = "".join(output) + process.stdout.read()
+    assert code == 0, f"exit status {code} (None: still running 30 s after SIGTERM):\n{log}"
+    assert "stopping before every variant was ready" in log and "ready: " not in log, log
