@@ -1,8 +1,10 @@
 """The limit: ONNX Runtime called in-process, with ideal batching and no network or serving.
 
-Run by the load generator (benchmarks/loadgen.py) when a plan says `inprocess`; the harness
-then pins that process to the servers' CPUs, so this target gets the same CPU share as the
-servers do. The same points as the gRPC targets, answered as a perfect server would:
+    python -m benchmarks.inprocess PLAN.json    (started by benchmarks/harness.py)
+
+Run in place of the load generator (benchmarks/loadgen.py), with the same plan and the same
+output lines; the harness pins this process to the servers' CPUs, so this target gets the same
+CPU share as the servers do. The same points as the gRPC targets, answered as a perfect server would:
 
 - closed loop at CONCURRENCY: every round runs the CONCURRENCY waiting requests as batches of
   at most `max_batch` rows (Quiver's replicas batch the same way), back to back; each request's
@@ -13,6 +15,7 @@ servers do. The same points as the gRPC targets, answered as a perfect server wo
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.loadgen import Sample, request_rows, summarize
+from benchmarks.loadgen import Sample, emit, request_rows, summarize
 
 Feeds = dict[str, np.ndarray]
 
@@ -93,3 +96,11 @@ def run(plan: dict, emit: Callable[[dict], None]) -> None:
             open_batched(model.run, batches, point["rate"], plan["warmup_s"], max_batch)
             sample = open_batched(model.run, batches, point["rate"], plan["seconds"], max_batch)
         emit({"point": point, **summarize(sample)})
+
+
+def main() -> None:
+    run(json.loads(Path(sys.argv[1]).read_text()), emit)
+
+
+if __name__ == "__main__":
+    main()

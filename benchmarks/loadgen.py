@@ -285,18 +285,13 @@ async def measure(call: Callable[[], Awaitable[object]], point: dict, plan: dict
     return sample
 
 
+def emit(line: dict) -> None:
+    """One JSON line on stdout, which the harness reads as it comes."""
+    print(json.dumps(line), flush=True)
+
+
 def main() -> None:
-    plan = json.loads(Path(sys.argv[1]).read_text())
-
-    def emit(line: dict) -> None:
-        print(json.dumps(line), flush=True)
-
-    if plan.get("inprocess"):
-        from benchmarks import inprocess
-
-        inprocess.run(plan, emit)
-    else:
-        asyncio.run(run_grpc(plan, emit))
+    asyncio.run(run_grpc(json.loads(Path(sys.argv[1]).read_text()), emit))
 
 
 if __name__ == "__main__":
