@@ -8,8 +8,9 @@ own pinned to the client CPUs, then the server is stopped (SIGTERM, then its pro
 killed if anything is left). Pinning is `os.sched_setaffinity` in the child before it execs,
 as `taskset -c` does; everything a server starts (Ray's raylet, GCS, workers, replicas)
 inherits it. The in-process ONNX Runtime target runs in a process of its own in the load
-generator's place (benchmarks/inprocess.py), pinned to the server CPUs instead. A target that fails to start, or answers nothing,
-is recorded with its error (and its log's tail) and the run goes on.
+generator's place (benchmarks/inprocess.py), pinned to the server CPUs instead. A target that
+fails to start, or answers nothing, is recorded with its error (and its log's tail) and the run
+goes on.
 """
 
 from __future__ import annotations
@@ -171,8 +172,9 @@ def load(address: str | None, model: BenchModel, settings: BenchSettings, cpus: 
     budget = (settings.ready_timeout_s + settings.rpc_timeout_s + 60
               + len(plan["points"]) * (settings.seconds + settings.warmup_s + settings.rpc_timeout_s) * 1.5)
     result: dict = {"ready": None, "points": [], "error": None}
+    module = "benchmarks.inprocess" if inprocess else "benchmarks.loadgen"
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.inprocess" if inprocess else "benchmarks.loadgen", str(plan_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", module, str(plan_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, cwd=ROOT, text=True, preexec_fn=_pin(cpus),
     )
     try:
