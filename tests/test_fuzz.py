@@ -90,7 +90,7 @@ def requests(draw: st.DrawFn) -> pb.ModelInferRequest:
     return request
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(request=requests())
 def test_any_request_gets_an_expected_status_in_time(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest) -> None:
     try:
