@@ -82,6 +82,7 @@ def test_replicas_stay_on_their_pools_and_losing_the_gpu_pool_loses_no_request(t
             for thread in threads:
                 thread.join(60)
 
+            print(f"\nsent {len(outcomes)}, answered by (status, variant): {state()}")
             failed = [(status, round(t - removed_at, 1)) for t, status, _ in outcomes if status != "OK"]
             assert not failed, f"{len(failed)} of {len(outcomes)} requests failed: {failed[:10]}"
             late = [variant for t, _, variant in outcomes if t > removed_at + 5]
