@@ -8,8 +8,8 @@ until its health checks give up, and calls to them wait. The router finds out on
   each `interval_s`; a variant that answered before (a probe or a call: a node may be lost
   before a freshly started router's first probe came back) and then misses `failures` probes
   in a row (each bounded by `timeout_s`, or four times its calls' recent duration when that is
-  longer), with no call to it coming back meanwhile, is *lost*. Requests waiting on a lost variant are
-  cancelled, so dispatch retries them elsewhere at once (or answers UNAVAILABLE), and the
+  longer), with no call to it coming back meanwhile, is *lost*. Requests waiting on a lost
+  variant are cancelled, so dispatch retries them elsewhere at once (or answers UNAVAILABLE), and the
   policy routes around it; it is found again by its next answered probe, once Serve has a
   replica up. Variants that may scale to zero are not probed. A variant with a replica on the
   data plane is probed there, so that it stays in service while Ray's head is away.
