@@ -1,4 +1,4 @@
-"""Where Quiver's server spends its CPU, process by process: idle, and under closed-loop load.
+"""Where Quiver's server spends its CPU, process by process, and a request's time, stage by stage.
 
     python -m benchmarks.process_cpu [--models example,minilm-int8] [--concurrency 0,1,4] [--seconds 10]
 
@@ -7,6 +7,11 @@ of the CPUs, this process, which sends the load, on the rest), then for each con
 the CPU time of every process of the server's session over the window, from /proc. Concurrency
 0 sends nothing: what the stack costs at rest. Ray's processes are named by their titles
 (`ray::ServeReplica:APP`, `ray::ServeController`, `gcs_server`, `raylet`, ...).
+
+Under load it also splits the mean latency the client saw, from the router's metrics over the
+same window: ONNX Runtime in the replica (the whole run of each request's batch), waiting in the
+replica for it, and the rest (the client's and the router's gRPC, the router's work and, above
+concurrency 1, its queue, the hop to the replica and back).
 
 On a one-CPU share everything here competes with ONNX Runtime for the same core, so a
 compute-bound model loses what the other processes use: this is the breakdown behind the
@@ -19,12 +24,16 @@ import argparse
 import asyncio
 import os
 import tempfile
+import urllib.request
 from collections import defaultdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import harness, models
 from benchmarks.loadgen import MODEL_INFER, closed_loop, encode_request, request_rows, session_processes
-from benchmarks.targets import TARGETS
+from benchmarks.targets import TARGETS, free_port
 
 # Processes that carry no Ray title, by a part of their command line.
 _PLAIN_NAMES = ("quiver serve", "gcs_server", "raylet", "log_monitor", "dashboard/agent", "dashboard.py", "monitor.py")
@@ -50,8 +59,30 @@ def used_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[st
     return dict(used)
 
 
-async def measure(address: str, model: models.BenchModel, session: int, concurrency: int, seconds: float) -> tuple[dict[str, float], int, float]:
-    """(CPU seconds per process, requests answered, elapsed seconds) over one window."""
+@dataclass(frozen=True)
+class Window:
+    """One measured window: CPU seconds per process, answers, and seconds summed over the answers."""
+
+    cpu_s: dict[str, float]
+    answered: int
+    elapsed_s: float
+    latency_s: float = 0.0  # as the client saw it
+    replica_s: dict[str, float] = field(default_factory=dict)  # the router's metrics: queue, compute
+
+
+def replica_seconds(metrics_url: str) -> dict[str, float]:
+    """Seconds the replicas spent queueing and computing so far, summed over every answered request."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    wanted = {"quiver_replica_queue_seconds_sum": "queue", "quiver_replica_compute_seconds_sum": "compute"}
+    spent = dict.fromkeys(wanted.values(), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                spent[wanted[sample.name]] += sample.value
+    return spent
+
+
+async def measure(address: str, metrics_url: str, model: models.BenchModel, session: int, concurrency: int, seconds: float) -> Window:
     import grpc
 
     payload = encode_request(model.name, request_rows(model.inputs), model.parameters)
@@ -61,25 +92,33 @@ async def measure(address: str, model: models.BenchModel, session: int, concurre
         async def call() -> None:
             await infer(payload, timeout=10)
 
-        if concurrency:
-            await closed_loop(call, 2.0, concurrency)  # warm-up
-        before = process_cpu_s(session)
-        if concurrency:
-            sample = await closed_loop(call, seconds, concurrency)
-            answered, elapsed = len(sample.latencies_s), sample.elapsed_s
-        else:
+        if not concurrency:
+            before = process_cpu_s(session)
             await asyncio.sleep(seconds)
-            answered, elapsed = 0, seconds
-        return used_between(before, process_cpu_s(session)), answered, elapsed
+            return Window(used_between(before, process_cpu_s(session)), 0, seconds)
+        await closed_loop(call, 2.0, concurrency)  # warm-up
+        before, spent_before = process_cpu_s(session), replica_seconds(metrics_url)
+        sample = await closed_loop(call, seconds, concurrency)
+        used, spent = used_between(before, process_cpu_s(session)), replica_seconds(metrics_url)
+        # Requests still in flight when the window closed are in the client's count, not yet in the
+        # router's: with `concurrency` of them against hundreds answered, the split is off by < 1 %.
+        return Window(used, len(sample.latencies_s), sample.elapsed_s, sum(sample.latencies_s),
+                      {stage: spent[stage] - spent_before[stage] for stage in spent})
 
 
-def report(model: str, concurrency: int, used: dict[str, float], answered: int, elapsed: float) -> None:
+def report(model: str, concurrency: int, window: Window) -> None:
+    answered, elapsed = window.answered, window.elapsed_s
     load = f"closed loop, concurrency {concurrency}: {answered / elapsed:.1f} req/s" if concurrency else "idle"
     print(f"\n{model}, {load}, {elapsed:.0f} s\n  % of one CPU   ms per request   process")
-    rows = sorted(((seconds, name) for name, seconds in used.items() if seconds > 0), reverse=True)
-    for seconds, name in [*rows, (sum(used.values()), "all")]:
+    rows = sorted(((seconds, name) for name, seconds in window.cpu_s.items() if seconds > 0), reverse=True)
+    for seconds, name in [*rows, (sum(window.cpu_s.values()), "all")]:
         per_request = f"{1000 * seconds / answered:8.3f}" if answered else "       –"
         print(f"  {100 * seconds / elapsed:8.2f}        {per_request}         {name}")
+    if answered:
+        mean = {stage: 1000 * seconds / answered for stage, seconds in window.replica_s.items()}
+        latency = 1000 * window.latency_s / answered
+        print(f"  mean latency {latency:.2f} ms: ONNX Runtime {mean['compute']:.2f}, waiting in the replica "
+              f"{mean['queue']:.2f}, the rest {latency - mean['compute'] - mean['queue']:.2f}")
 
 
 def main() -> None:
@@ -95,10 +134,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="quiver-cpu-") as scratch:
         for model in models.prepare(args.models.split(","), Path(scratch)):
             launch = TARGETS["quiver"].launch(model, Path(scratch), len(pins.server_cpus or os.sched_getaffinity(0)))
+            metrics_port = free_port()  # the harness turns the router's metrics off; here they are read
+            launch = replace(launch, command=[*launch.command, "--metrics-port", str(metrics_port)])
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             log = Path(scratch) / f"{model.key}.log"
             with harness.started(launch, pins.server_cpus, log, timeout_s=180) as (address, session):
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
-                    report(model.key, concurrency, *asyncio.run(measure(address, model, session, concurrency, args.seconds)))
+                    report(model.key, concurrency, asyncio.run(measure(address, metrics_url, model, session, concurrency, args.seconds)))
 
 
 if __name__ == "__main__":

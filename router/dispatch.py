@@ -171,6 +171,8 @@ class Dispatcher:
             result = await pending
             code, elapsed_ms = grpc.StatusCode.OK, 1000 * (self._clock() - start)
             metrics.latency.observe(elapsed_ms / 1000)
+            metrics.replica_queue.observe(result.queue_s)
+            metrics.replica_compute.observe(result.compute_s)
             metrics.batch_requests.observe(result.batch_requests)
             return result
         except InferenceError as exc:

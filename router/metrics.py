@@ -1,8 +1,9 @@
 """The router's Prometheus metrics: what the routing policy sees, exported.
 
-Per model, version, variant and pool: requests by gRPC status, latency, requests in flight
-(the router's view of queue depth), batch sizes the replicas ran, routing decisions by reason,
-calls to replicas by path and how many requests each carried.
+Per model, version, variant and pool: requests by gRPC status, latency and how much of it the
+replica spent queueing and computing, requests in flight (the router's view of queue depth),
+batch sizes the replicas ran, routing decisions by reason, calls to replicas by path and how
+many requests each carried.
 Requests refused before a variant was chosen are counted per model and status. The operator's
 rollout gates read error rate and p99 per version from here.
 """
@@ -28,6 +29,22 @@ class RouterMetrics:
             "Time from dispatch to answer",
             VARIANT_LABELS,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        # What the latency above spent in the replica (Triton's queue and compute durations): the
+        # rest is the router and the hop to the replica.
+        self.replica_queue = Histogram(
+            "quiver_replica_queue_seconds",
+            "Time a request waited in the replica before its batch started to run",
+            VARIANT_LABELS,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.replica_compute = Histogram(
+            "quiver_replica_compute_seconds",
+            "ONNX Runtime time of the batch that served a request",
+            VARIANT_LABELS,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
         self.in_flight = Gauge("quiver_in_flight_requests", "Requests dispatched, not yet answered", VARIANT_LABELS, registry=self.registry)
@@ -94,6 +111,8 @@ class VariantMetrics:
         self._labels = labels
         self.in_flight = metrics.in_flight.labels(*labels)
         self.latency = metrics.latency.labels(*labels)
+        self.replica_queue = metrics.replica_queue.labels(*labels)
+        self.replica_compute = metrics.replica_compute.labels(*labels)
         self.batch_requests = metrics.batch_requests.labels(*labels)
         self.call_requests = metrics.call_requests.labels(*labels)
         self._requests: dict[grpc.StatusCode, Counter] = {}

@@ -294,7 +294,11 @@ def encode_results(results: Sequence[InferenceResult | Exception]) -> pb.InferMa
     for result in results:
         if isinstance(result, InferenceResult):
             response.results.add(
-                outputs=_tensors(result.outputs), batch_requests=result.batch_requests, batch_rows=result.batch_rows
+                outputs=_tensors(result.outputs),
+                batch_requests=result.batch_requests,
+                batch_rows=result.batch_rows,
+                queue_seconds=result.queue_s,
+                compute_seconds=result.compute_s,
             )
         elif isinstance(result, DeadlinePassed):
             response.results.add(failure=pb.Result.EXPIRED, message=str(result))
@@ -310,7 +314,9 @@ def decode_result(message: pb.Result) -> InferenceResult | Exception:
         return DeadlinePassed(message.message)
     if message.failure == pb.Result.REFUSED:
         return InferenceError(message.message)
-    return InferenceResult(_arrays(message.outputs), message.batch_requests, message.batch_rows)
+    return InferenceResult(
+        _arrays(message.outputs), message.batch_requests, message.batch_rows, message.queue_seconds, message.compute_seconds
+    )
 
 
 def _tensors(arrays: Tensors) -> list[pb.Tensor]:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from itertools import accumulate, groupby
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from .dataplane import DataPlane
 from .integrity import variant_bytes
 from .manifest import Variant
 from .pools import REPLICA_SHARE, pool_resource
-from .requests import DeadlinePassed, InferenceError, InferenceRequest, InferenceResult, Tensors, rows
+from .requests import DeadlinePassed, InferenceError, InferenceRequest, InferenceResult, Tensors
 from .runtime import ModelRuntime
 from .store import ModelVersion, read_version
 
@@ -97,7 +98,7 @@ class VariantReplica:
         """Run one request; `deadline` (time.time() seconds) skips it if it passes while queued."""
         self._holding += 1
         try:
-            result = await self._queued(InferenceRequest(inputs, deadline))
+            result = await self._queued(InferenceRequest(inputs, deadline, time.monotonic()))
         finally:
             self._holding -= 1
         if isinstance(result, Exception):
@@ -112,6 +113,8 @@ class VariantReplica:
         A variant whose batches wait for more rows (`max_wait_ms`) queues them through Serve's
         batching, which waits for other calls' requests too; otherwise they run as they came.
         """
+        arrived = time.monotonic()
+        requests = [replace(request, received=arrived) for request in requests]
         self._holding += len(requests)
         try:
             if self._waits:
@@ -126,7 +129,7 @@ class VariantReplica:
     async def _queued(self, request: InferenceRequest) -> InferenceResult | Exception:
         """One request through Serve's batching queue (alone, if it cannot share a batch)."""
         if not self._batchable or request.rows > self._max_rows:
-            return await self._run_alone(request.inputs)
+            return await self._run_alone(request)
         return await self._infer_batch(request)
 
     def _chunks(self, requests: list[InferenceRequest]) -> list[list[InferenceRequest]]:
@@ -160,35 +163,43 @@ class VariantReplica:
         live.sort(key=lambda i: _signature(queued[i].inputs))
         for _, group in groupby(live, key=lambda i: _signature(queued[i].inputs)):
             indices = list(group)
-            for index, result in zip(indices, await self._run_group([queued[i].inputs for i in indices])):
+            for index, result in zip(indices, await self._run_group([queued[i] for i in indices])):
                 results[index] = result
         return results
 
-    async def _run_group(self, group: list[Tensors]) -> list[InferenceResult | InferenceError]:
-        sizes = [rows(request) for request in group]
-        joined = {name: np.concatenate([request[name] for request in group]) for name in group[0]}
+    async def _run_group(self, group: list[InferenceRequest]) -> list[InferenceResult | InferenceError]:
+        if len(group) == 1:
+            return [await self._run_alone(group[0])]
+        sizes = [request.rows for request in group]
+        joined = {name: np.concatenate([request.inputs[name] for request in group]) for name in group[0].inputs}
         try:
-            outputs = await self._run(joined)
-        except InferenceError as exc:
-            if len(group) == 1:
-                return [exc]
+            outputs, started, compute_s = await self._run(joined)
+        except InferenceError:
             # One bad request must not fail the others: run each alone to find it.
             return [await self._run_alone(request) for request in group]
-        bounds = list(accumulate(sizes))[:-1]
-        split = {name: np.split(array, bounds) for name, array in outputs.items()}
+        split = {name: np.split(array, list(accumulate(sizes))[:-1]) for name, array in outputs.items()}
         return [
-            InferenceResult({name: parts[i] for name, parts in split.items()}, len(group), sum(sizes))
-            for i in range(len(group))
+            InferenceResult(
+                {name: parts[i] for name, parts in split.items()}, len(group), sum(sizes), started - request.received, compute_s
+            )
+            for i, request in enumerate(group)
         ]
 
-    async def _run_alone(self, request: Tensors) -> InferenceResult | InferenceError:
+    async def _run_alone(self, request: InferenceRequest) -> InferenceResult | InferenceError:
         try:
-            return InferenceResult(await self._run(request), batch_requests=1, batch_rows=rows(request))
+            outputs, started, compute_s = await self._run(request.inputs)
         except InferenceError as exc:
             return exc
+        return InferenceResult(outputs, 1, request.rows, started - request.received, compute_s)
 
-    async def _run(self, inputs: Tensors) -> Tensors:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._runtime.run, inputs)
+    async def _run(self, inputs: Tensors) -> tuple[Tensors, float, float]:
+        """The outputs, when the run started (time.monotonic()) and how long it took."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, inputs)
+
+    def _timed_run(self, inputs: Tensors) -> tuple[Tensors, float, float]:
+        started = time.monotonic()  # on the ONNX Runtime thread: the hand-off to it counts as queueing
+        outputs = self._runtime.run(inputs)
+        return outputs, started, time.monotonic() - started
 
 
 def _signature(inputs: Tensors) -> tuple:

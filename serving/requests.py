@@ -28,6 +28,7 @@ class InferenceRequest:
 
     inputs: Tensors
     deadline: float | None = None  # wall-clock (time.time()) seconds: replicas may run on other nodes
+    received: float = 0.0  # time.monotonic() when the replica took it; the replica sets it
 
     @property
     def rows(self) -> int:
@@ -36,11 +37,13 @@ class InferenceRequest:
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """Every output of the model for one request, and the batch it ran in."""
+    """Every output of the model for one request, the batch it ran in, and where its time in the replica went."""
 
     outputs: Tensors
     batch_requests: int
     batch_rows: int
+    queue_s: float = 0.0  # from its arrival in the replica until its batch started to run
+    compute_s: float = 0.0  # its batch's ONNX Runtime call
 
 
 def rows(inputs: Tensors) -> int:

@@ -105,7 +105,9 @@ async def _echo(requests: list[InferenceRequest]) -> list[InferenceResult | Exce
         elif (x < 0).any():
             answers.append(InferenceError("negative values"))
         else:
-            answers.append(InferenceResult({"y": x * 2, "i": np.arange(len(x), dtype=np.int64)}, len(requests), len(x)))
+            answers.append(
+                InferenceResult({"y": x * 2, "i": np.arange(len(x), dtype=np.int64)}, len(requests), len(x), queue_s=0.25, compute_s=0.5)
+            )
     return answers
 
 
@@ -124,6 +126,7 @@ def test_a_data_plane_answers_each_request_and_only_callers_with_its_secret() ->
             ])
             np.testing.assert_array_equal(ok.outputs["y"], x * 2)
             assert ok.outputs["i"].dtype == np.int64 and (ok.batch_requests, ok.batch_rows) == (3, 2)
+            assert (ok.queue_s, ok.compute_s) == (0.25, 0.5)
             assert isinstance(refused, InferenceError) and str(refused) == "negative values"
             assert isinstance(expired, DeadlinePassed)
             with pytest.raises(ReplicaUnreachable, match="unknown caller"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from prometheus_client.parser import text_string_to_metric_families
 
 from quiver.serving import read_version
 
@@ -202,6 +203,19 @@ def test_prometheus_metrics_count_requests_and_decisions(client: triton.Inferenc
     assert 'quiver_routing_decisions_total{model="tuned",pool="cpu",reason="pinned",variant="int8-static",version="1"}' in text
     assert 'quiver_rejected_requests_total{code="NOT_FOUND",model="nope"}' in text
     assert 'quiver_batch_requests_bucket{le="1.0",model="tuned"' in text
+    # The replica's queueing and ONNX Runtime time, observed with every answered request, lie within its latency.
+    samples = {
+        (sample.name, sample.labels["model"], sample.labels["variant"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "variant" in sample.labels
+    }
+    key = ("tuned", "int8-static")
+    answered = samples[("quiver_request_latency_seconds_count", *key)]
+    assert answered >= 1
+    assert samples[("quiver_replica_queue_seconds_count", *key)] == samples[("quiver_replica_compute_seconds_count", *key)] == answered
+    queue, compute = samples[("quiver_replica_queue_seconds_sum", *key)], samples[("quiver_replica_compute_seconds_sum", *key)]
+    assert 0 < compute and 0 <= queue and queue + compute < samples[("quiver_request_latency_seconds_sum", *key)]
 
 
 def test_a_new_traffic_split_takes_effect_under_load_within_a_second(
