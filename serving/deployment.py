@@ -113,6 +113,7 @@ class VariantReplica:
         A variant whose batches wait for more rows (`max_wait_ms`) queues them through Serve's
         batching, which waits for other calls' requests too; otherwise they run as they came.
         """
+        # Their time in this replica starts now: requests come from a router without an arrival time.
         arrived = time.monotonic()
         requests = [replace(request, received=arrived) for request in requests]
         self._holding += len(requests)
@@ -177,7 +178,8 @@ class VariantReplica:
         except InferenceError:
             # One bad request must not fail the others: run each alone to find it.
             return [await self._run_alone(request) for request in group]
-        split = {name: np.split(array, list(accumulate(sizes))[:-1]) for name, array in outputs.items()}
+        bounds = list(accumulate(sizes))[:-1]
+        split = {name: np.split(array, bounds) for name, array in outputs.items()}
         return [
             InferenceResult(
                 {name: parts[i] for name, parts in split.items()}, len(group), sum(sizes), started - request.received, compute_s
