@@ -16,6 +16,8 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 VARIANT_LABELS = ("model", "version", "variant", "pool")
+# From a small model's run (0.1 ms) to a replica that stalls.
+_REPLICA_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class RouterMetrics:
@@ -37,14 +39,14 @@ class RouterMetrics:
             "quiver_replica_queue_seconds",
             "Time a request waited in the replica before its batch started to run",
             VARIANT_LABELS,
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            buckets=_REPLICA_SECONDS,
             registry=self.registry,
         )
         self.replica_compute = Histogram(
             "quiver_replica_compute_seconds",
             "ONNX Runtime time of the batch that served a request",
             VARIANT_LABELS,
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            buckets=_REPLICA_SECONDS,
             registry=self.registry,
         )
         self.in_flight = Gauge("quiver_in_flight_requests", "Requests dispatched, not yet answered", VARIANT_LABELS, registry=self.registry)
