@@ -83,6 +83,7 @@ def replica_seconds(metrics_url: str) -> dict[str, float]:
 
 
 async def measure(address: str, metrics_url: str, model: models.BenchModel, session: int, concurrency: int, seconds: float) -> Window:
+    """One window: `seconds` at rest (concurrency 0), or of closed-loop load after a 2 s warm-up."""
     import grpc
 
     payload = encode_request(model.name, request_rows(model.inputs), model.parameters)
