@@ -1,7 +1,8 @@
 """kmock's Kubernetes emulator on a loopback port, in a thread, with the resources the operator uses.
 
 The emulator keeps objects as JSON and serves list/watch/get/create/patch/delete; it is the
-real HTTP API the real kopf operator and the real kubernetes client talk to (DESIGN.md).
+real HTTP API the real kopf operator and the real kubernetes client talk to (README.md, "The
+operator: ModelDeployment").
 What a cluster would do beside the API server (kubelet mounting a ConfigMap, a Job's pod
 running) the tests play themselves, through the same API.
 """

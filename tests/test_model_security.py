@@ -89,7 +89,9 @@ def test_a_refused_variant_names_its_model_and_loads_nothing(tmp_path: Path, att
         other = encrypted_store(tmp_path / "other", name="public")
         set_file(version_dir, (other / "public/1/fp32.onnx.enc").read_bytes())
     else:
-        (version_dir / "fp32.onnx.enc").write_bytes(b"\0" + (version_dir / "fp32.onnx.enc").read_bytes()[1:])
+        changed = bytearray((version_dir / "fp32.onnx.enc").read_bytes())
+        changed[0] ^= 0xFF  # every bit of the first byte: always another file (a random nonce byte could already be 0)
+        (version_dir / "fp32.onnx.enc").write_bytes(bytes(changed))
     version = read_version(version_dir)
     expected = {"no key": "no model key was given", "digest mismatch": "the manifest expects"}.get(attack, "cannot decrypt")
     with pytest.raises(IntegrityError, match=f"secret:1 variant 'fp32'.*{expected}"):
