@@ -121,16 +121,31 @@ class Replicas(_Spec):
 
 
 class Metrics(_Spec):
-    """What `quiver optimize` measured for a variant: accuracy on the eval set and speed here."""
+    """What `quiver optimize` measured for a variant: accuracy on the eval set and speed here.
+
+    `accuracy` is the mean over examples; the tail fields (absent from manifests written before
+    them) are over units, examples for cosine and classes for top1; serving/optimize/accuracy.py
+    says why, and how a tail drop is taken.
+    """
 
     metric: Annotated[str, Field(min_length=1)]  # top1, top1-agreement or cosine
     accuracy: float
     accuracy_drop: float  # against the fp32 reference model, in the same metric
+    tail_unit: Literal["example", "class"] | None = None
+    accuracy_p5: float | None = None  # 5th percentile of the per-unit scores
+    accuracy_min: float | None = None  # the worst unit's score
+    accuracy_drop_p5: float | None = None  # 95th percentile of the per-unit drops against fp32
+    accuracy_drop_min: float | None = None  # the largest per-unit drop against fp32
+    gate: Literal["mean", "p5", "min"] | None = None  # the statistic whose drop was held to the limit
     max_abs_error: Annotated[float, Field(ge=0)]  # of the evaluated output, against fp32
     p50_ms: Annotated[float, Field(ge=0)]  # batch 1
     p99_ms: Annotated[float, Field(ge=0)]
     throughput: Annotated[float, Field(ge=0)]  # rows per second at throughput_batch
     throughput_batch: Annotated[int, Field(ge=1)]
+
+    def drop(self, statistic: str) -> float | None:
+        """The drop in `statistic` (mean, p5 or min); None where the manifest predates the tail."""
+        return {"mean": self.accuracy_drop, "p5": self.accuracy_drop_p5, "min": self.accuracy_drop_min}[statistic]
 
 
 class Variant(_Spec):

@@ -1,5 +1,6 @@
 """quiver optimize: every variant kind is built and measured, the gate refuses what breaks
-accuracy, the quantization scheme is the linear one, and bad requests leave the store as it was."""
+accuracy (in the mean or in the tail), the quantization scheme is the linear one, and bad
+requests leave the store as it was."""
 
 from __future__ import annotations
 
@@ -17,19 +18,20 @@ from quiver.serving import StoreError, build_example, read_version
 from quiver.serving.optimize import (
     Calibration,
     DatasetError,
+    Metric,
     OptimizeError,
     OptimizeSettings,
     SpeedBudget,
     StaticQuantization,
+    Statistic,
     VariantKind,
     default_variants,
     optimize,
 )
+from quiver.serving.optimize.accuracy import scores
 from quiver.serving.optimize.datasets import load_dataset
 from quiver.serving.optimize.quantize import quantize_int8_static
 from quiver.serving.store import from_onnx_file, sha256_file
-
-
 
 from .models import build_cnn, build_gemm
 
@@ -115,9 +117,67 @@ def test_the_gate_refuses_a_variant_that_breaks_accuracy(tmp_path: Path) -> None
     ))
     refused = {o.kind: o for o in result.outcomes}[VariantKind.INT8_STATIC]
     assert not refused.published and refused.metrics.accuracy_drop > 0.3
-    assert refused.reason.startswith(f"drop {refused.metrics.accuracy_drop:.4f} > 0.01")
+    assert refused.reason.startswith(f"mean drop {refused.metrics.accuracy_drop:.4f} > 0.01")
     assert result.manifest.variant_names == ["fp32"]
     assert not (tmp_path / "store/gemm/1/int8-static.onnx").exists()
+
+
+@pytest.mark.parametrize("gate", list(Statistic))
+def test_a_tail_gate_refuses_what_the_mean_would_publish(tmp_path: Path, gate: Statistic) -> None:
+    # 12 of 200 eval rows lie 30× outside the calibration set's range: static int8 clips them, so
+    # their cosine to fp32 falls (the kind of input an eval set lacked) while the mean barely moves.
+    rng = np.random.default_rng(7)
+    model = build_gemm(tmp_path / "gemm.onnx", rng.standard_normal((16, 8)).astype(np.float32))
+    np.savez(tmp_path / "calibration.npz", x=rng.standard_normal((200, 16)).astype(np.float32))
+    x = rng.standard_normal((200, 16)).astype(np.float32)
+    x[:12] *= 30
+    np.savez(tmp_path / "eval.npz", x=x)
+    store = tmp_path / "store"
+    assert main([
+        "optimize", str(model), "--name", "gemm", "--version", "1", "--store", str(store), "--eval", str(tmp_path / "eval.npz"),
+        "--calibration", str(tmp_path / "calibration.npz"), "--variants", "fp32,int8-static", "--metric", "cosine",
+        "--max-accuracy-drop", "0.02", "--gate", gate.value, "--bench-seconds", "0.05",
+    ]) == 0
+    report = json.loads((store / "gemm/1/report.json").read_text())
+    assert (report["gate"], report["tail_unit"], report["reference_min"]) == (gate.value, "example", pytest.approx(1.0))
+    int8 = {v["variant"]: v for v in report["variants"]}["int8-static"]
+    metrics = int8["metrics"]
+    assert metrics["accuracy_drop"] < 0.02 < metrics["accuracy_drop_p5"] < metrics["accuracy_drop_min"]
+    assert metrics["accuracy_min"] < metrics["accuracy_p5"] < metrics["accuracy"]
+    # fp32 scores 1 on every example, so a tail drop is 1 - the variant's statistic.
+    assert metrics["accuracy_drop_p5"] == pytest.approx(1 - metrics["accuracy_p5"])
+    published = read_version(store / "gemm/1").manifest
+    if gate is Statistic.MEAN:
+        assert int8["published"] and published.variant_names == ["fp32", "int8-static"]
+        assert published.variant("int8-static").metrics.gate == "mean"
+    else:
+        drop = metrics[f"accuracy_drop_{gate.value}"]
+        assert not int8["published"] and published.variant_names == ["fp32"]
+        assert int8["reason"] == f"{gate.value} drop {drop:.4f} > 0.02 (over examples)"
+        assert not (store / "gemm/1/int8-static.onnx").exists()
+    page = (store / "gemm/1/report.html").read_text()
+    assert f"the drop in the {gate.value} against fp32" in page and f"{metrics['accuracy_p5']:.4f}" in page
+
+
+def test_the_top1_tail_is_over_classes_not_0_1_examples() -> None:
+    # 10 classes of 50; the variant breaks 20 of class 3's 50 and nothing else: 4 % of examples,
+    # under the 5 % at which an example-wise p5 of 0/1 scores would even notice.
+    rng = np.random.default_rng(8)
+    labels = np.repeat(np.arange(10), 50)
+    reference = np.eye(10)[labels] + rng.random((500, 10)) * 0.1
+    reference[labels == 7, 7] = 0  # fp32's own worst class: it gets 7 wrong
+    variant = reference.copy()
+    variant[np.flatnonzero(labels == 3)[:20], 3] = 0
+    fp32, int8 = scores(Metric.TOP1, reference, reference, labels), scores(Metric.TOP1, variant, reference, labels)
+    assert (int8.metric, int8.unit, len(int8.units)) == ("top1", "class", 10)
+    assert int8.drop(fp32, Statistic.MEAN) == pytest.approx(0.04)
+    assert int8.statistic(Statistic.MIN) == fp32.statistic(Statistic.MIN) == 0  # the worst class is fp32's too
+    # ... so fp32's min minus the variant's would be 0; the largest class regression is not.
+    assert int8.drop(fp32, Statistic.MIN) == pytest.approx(0.4)
+    # Without labels the classes are fp32's predictions, on which fp32 agrees with itself throughout.
+    agreed, agreement = scores(Metric.TOP1, reference, reference, None), scores(Metric.TOP1, variant, reference, None)
+    assert agreement.metric == "top1-agreement" and agreed.statistic(Statistic.MIN) == 1
+    assert agreement.drop(agreed, Statistic.MIN) == pytest.approx(20 / (reference.argmax(1) == 3).sum())
 
 
 def test_asymmetric_linear_quantization_of_weights(tmp_path: Path) -> None:

@@ -62,6 +62,22 @@ def test_invalid_manifests_are_refused_naming_the_field(changes: dict, message: 
     assert message in str(error.value)
 
 
+def test_metrics_with_and_without_the_tail_round_trip() -> None:
+    before_the_tail = {"metric": "cosine", "accuracy": 0.9923, "accuracy_drop": 0.0077, "max_abs_error": 0.05,
+                       "p50_ms": 1.0, "p99_ms": 2.0, "throughput": 900.0, "throughput_batch": 64}
+    tail = {"tail_unit": "example", "accuracy_p5": 0.9887, "accuracy_min": 0.9883, "accuracy_drop_p5": 0.0113,
+            "accuracy_drop_min": 0.0117, "gate": "p5"}
+    for metrics in (before_the_tail, before_the_tail | tail):
+        document = manifest(variants=[{"name": "int8", "file": "m.onnx", "sha256": SHA, "metrics": metrics}])
+        parsed = Manifest.model_validate(document)
+        assert Manifest.model_validate_json(parsed.model_dump_json(exclude_none=True)) == parsed
+        assert parsed.default.metrics.model_dump(exclude_none=True) == metrics
+    assert parsed.default.metrics.drop("p5") == 0.0113 and parsed.default.metrics.drop("mean") == 0.0077
+    with pytest.raises(ValidationError, match="metrics.gate"):
+        Manifest.model_validate(manifest(variants=[{"name": "int8", "file": "m.onnx", "sha256": SHA,
+                                                    "metrics": before_the_tail | {"gate": "p50"}}]))
+
+
 def test_a_fixed_first_dimension_turns_batching_off() -> None:
     parsed = Manifest.model_validate(manifest(outputs=[{"name": "y", "datatype": "FP32", "shape": [1, 2]}]))
     assert not parsed.batchable

@@ -4,8 +4,9 @@ Public face: `optimize(OptimizeSettings)` and the choices it takes. Used by `qui
 (and, later, by the operator's optimization Jobs).
 """
 
+from .accuracy import Metric, Statistic
 from .datasets import Dataset, DatasetError, load_dataset
-from .measure import Metric, SpeedBudget
+from .measure import SpeedBudget
 from .pipeline import default_variants, optimize, variant_kinds
 from .results import Outcome, Result
 from .settings import OptimizeError, OptimizeSettings, VariantKind
@@ -23,6 +24,7 @@ __all__ = [
     "Result",
     "SpeedBudget",
     "StaticQuantization",
+    "Statistic",
     "Training",
     "VariantKind",
     "default_variants",

@@ -2,13 +2,12 @@
 
 Metrics: `top1` (accuracy against the eval set's labels), `top1-agreement` (same argmax as the
 fp32 reference; used when there are no labels) and `cosine` (mean cosine similarity to the
-reference's output rows, for embeddings). Speed: p50/p99 latency at batch 1 and rows/s at a
-larger batch, each loop bounded in time and count.
+reference's output rows, for embeddings), each with its tail (accuracy.py). Speed: p50/p99
+latency at batch 1 and rows/s at a larger batch, each loop bounded in time and count.
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ..manifest import Metrics
+from .accuracy import Metric, Scores, Statistic, scores
 from .datasets import Dataset
-
-
-class Metric(str, enum.Enum):
-    TOP1 = "top1"
-    COSINE = "cosine"
 
 
 @dataclass(frozen=True)
@@ -41,18 +36,6 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
 def outputs_on(model: ort.InferenceSession, data: Dataset, output: str, batch: int = 256) -> np.ndarray:
     """The model's `output` over the whole data set, run in batches."""
     return np.concatenate([model.run([output], feeds)[0] for feeds in data.batches(batch)])
-
-
-def score(metric: Metric, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> tuple[str, float]:
-    """The metric's name and value of `outputs` (the reference scores itself with the same call)."""
-    if metric is Metric.COSINE:
-        a, b = outputs.reshape(len(outputs), -1).astype(np.float64), reference.reshape(len(reference), -1).astype(np.float64)
-        cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-        return "cosine", float(cosine.mean())
-    predicted = outputs.reshape(len(outputs), -1).argmax(1)
-    if labels is not None:
-        return "top1", float((predicted == labels).mean())
-    return "top1-agreement", float((predicted == reference.reshape(len(reference), -1).argmax(1)).mean())
 
 
 def speed(model: ort.InferenceSession, data: Dataset, budget: SpeedBudget) -> tuple[float, float, float]:
@@ -74,17 +57,24 @@ def measure(
     output: str,
     metric: Metric,
     reference: np.ndarray,
-    reference_score: float,
+    reference_scores: Scores,
+    gate: Statistic,
     budget: SpeedBudget,
 ) -> Metrics:
     model = session(path)
     outputs = outputs_on(model, data, output)
-    name, value = score(metric, outputs, reference, data.labels)
+    found = scores(metric, outputs, reference, data.labels)
     p50, p99, throughput = speed(model, data, budget)
     return Metrics(
-        metric=name,
-        accuracy=value,
-        accuracy_drop=reference_score - value,
+        metric=found.metric,
+        accuracy=found.mean,
+        accuracy_drop=found.drop(reference_scores, Statistic.MEAN),
+        tail_unit=found.unit,
+        accuracy_p5=found.statistic(Statistic.P5),
+        accuracy_min=found.statistic(Statistic.MIN),
+        accuracy_drop_p5=found.drop(reference_scores, Statistic.P5),
+        accuracy_drop_min=found.drop(reference_scores, Statistic.MIN),
+        gate=gate.value,
         max_abs_error=float(np.abs(outputs.astype(np.float64) - reference).max()),
         p50_ms=p50,
         p99_ms=p99,

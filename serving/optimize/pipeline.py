@@ -1,8 +1,9 @@
 """The optimization pipeline: one fp32 ONNX model in, measured and accuracy-gated variants out.
 
 Every variant is built into a scratch directory inside the store, measured against the fp32
-source on the eval set, and published only if its accuracy drop is within the limit. The
-version directory appears in the store at once and complete (a rename), or not at all.
+source on the eval set, and published only if its accuracy drop, in the statistic the settings
+gate on (the mean, p5 or min: accuracy.py), is within the limit. The version directory appears
+in the store at once and complete (a rename), or not at all.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from .. import crypto, signing
 from ..crypto import read_key
 from ..manifest import Manifest, Variant
 from ..store import MANIFEST_FILE, from_onnx_file, sha256_file
+from .accuracy import Metric, Scores, Statistic, scores
 from .datasets import Dataset, load_dataset
 from .fp16 import convert_fp16
 from .fp32 import optimize_graph
-from .measure import Metric, measure, outputs_on, score, session
+from .measure import measure, outputs_on, session
 from .quantize import quantize_int8_dynamic, quantize_int8_static
 from .report import write_report
 from .results import Outcome, Result
@@ -70,7 +72,7 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
 
     progress("reference", "fp32 source")
     reference = outputs_on(session(settings.model), eval_set, output)
-    _, reference_score = score(settings.metric, reference, reference, eval_set.labels)
+    reference_scores = scores(settings.metric, reference, reference, eval_set.labels)
 
     settings.store.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{settings.name}-{settings.version}-", dir=settings.store))
@@ -86,14 +88,17 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
                 outcomes.append(Outcome(kind, False, f"build failed: {type(exc).__name__}: {exc}"))
                 continue
             progress("measure", kind.value)
-            outcomes.append(_gate(kind, path, settings, eval_set, output, reference, reference_score))
+            outcomes.append(_gate(kind, path, settings, eval_set, output, reference, reference_scores))
         for outcome in outcomes:
             if not outcome.published:
                 (scratch / f"{outcome.kind.value}.onnx").unlink(missing_ok=True)
         key = read_key(settings.encrypt_key) if settings.encrypt_key else None
         manifest = _manifest(source, outcomes, scratch, key)
         (scratch / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
-        result = Result(manifest, target, reference_score, outcomes)
+        result = Result(
+            manifest, target, reference_scores.mean, outcomes,
+            reference_scores.statistic(Statistic.P5), reference_scores.statistic(Statistic.MIN),
+        )
         write_report(result, settings, scratch)
         if settings.sign_key:
             signing.sign(scratch, settings.sign_key)
@@ -136,17 +141,20 @@ def _build(
 
 
 def _gate(
-    kind: VariantKind, path: Path, settings: OptimizeSettings, eval_set: Dataset, output: str, reference, reference_score: float
+    kind: VariantKind, path: Path, settings: OptimizeSettings, eval_set: Dataset, output: str, reference, reference_scores: Scores
 ) -> Outcome:
     size = path.stat().st_size
+    gate = settings.gate
     try:
-        metrics = measure(path, eval_set, output, settings.metric, reference, reference_score, settings.speed)
+        metrics = measure(path, eval_set, output, settings.metric, reference, reference_scores, gate, settings.speed)
     except Exception as exc:  # noqa: BLE001 - a variant that does not run is not published
         return Outcome(kind, False, f"does not run: {type(exc).__name__}: {exc}", size)
-    if metrics.accuracy_drop > settings.max_accuracy_drop:
-        reason = f"drop {metrics.accuracy_drop:.4f} > {settings.max_accuracy_drop}"
-        return Outcome(kind, False, reason, size, metrics)
-    return Outcome(kind, True, f"drop {metrics.accuracy_drop:.4f} ≤ {settings.max_accuracy_drop}", size, metrics)
+    drop = metrics.drop(gate.value)
+    # The reason names the statistic: a p5 refusal of a variant whose mean is fine must say so.
+    over = "" if gate is Statistic.MEAN else f" (over {'classes' if metrics.tail_unit == 'class' else 'examples'})"
+    if drop > settings.max_accuracy_drop:
+        return Outcome(kind, False, f"{gate.value} drop {drop:.4f} > {settings.max_accuracy_drop}{over}", size, metrics)
+    return Outcome(kind, True, f"{gate.value} drop {drop:.4f} ≤ {settings.max_accuracy_drop}{over}", size, metrics)
 
 
 def _manifest(source: Manifest, outcomes: list[Outcome], directory: Path, key: bytes | None) -> Manifest:

@@ -24,5 +24,7 @@ class Outcome:
 class Result:
     manifest: Manifest
     directory: Path
-    reference_score: float
+    reference_score: float  # fp32's mean; its tail, over the same units as the variants':
     outcomes: list[Outcome]
+    reference_p5: float | None = None
+    reference_min: float | None = None

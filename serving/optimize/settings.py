@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..manifest import VariantKind
-from .measure import Metric, SpeedBudget
+from .accuracy import Metric, Statistic
+from .measure import SpeedBudget
 from .quantize import StaticQuantization
 
 
@@ -36,6 +37,7 @@ class OptimizeSettings:
     calibration: Path | None = None
     variants: tuple[VariantKind, ...] | None = None  # None: the defaults for the model's kind
     max_accuracy_drop: float = 0.01
+    gate: Statistic = Statistic.MEAN  # which statistic's drop max_accuracy_drop bounds
     metric: Metric = Metric.TOP1
     output: str | None = None  # the output to evaluate; the model's first by default
     static: StaticQuantization = field(default_factory=StaticQuantization)
