@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-from quiver.operator import SpecError, parse_spec
+from quiver.operator import OperatorSettings, SpecError, parse_spec
+from quiver.operator.jobs import optimize_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("modeldeployment*.yaml"))
@@ -44,6 +45,7 @@ BROKEN = [
     (lambda s: s["model"].update(name="Digits_2"), "spec.model.name", "does not match"),
     (lambda s: s["model"].update(source="s3://bucket/model.onnx"), "spec.model.source", "does not match"),
     (lambda s: s["optimization"].update(variants=["int4"]), "spec.optimization.variants.0", "is not one of"),
+    (lambda s: s["optimization"].update(gate="p50"), "spec.optimization.gate", "is not one of"),
     (lambda s: s["placement"][0].update(minReplicas=-1), "spec.placement.0.minReplicas", "less than the minimum"),
     (lambda s: s["rollout"].update(strategy="BlueGreen"), "spec.rollout.strategy", "is not one of"),
     (lambda s: s["rollout"]["gates"].update(maxErrorRate=2), "spec.rollout.gates.maxErrorRate", "greater than the maximum"),
@@ -89,3 +91,14 @@ def test_a_placement_becomes_serve_replicas_and_autoscaling() -> None:
     assert placed.batching.max_wait_ms == 2
     fixed = spec.placement_of("fp32").serve_placement()
     assert fixed.replicas.autoscaling.max_replicas == 2
+
+
+@pytest.mark.parametrize("gate", [None, "p5"])
+def test_the_gate_reaches_the_optimization_job(gate: str | None) -> None:
+    body = yaml.safe_load(DIGITS.read_text())
+    if gate:
+        body["spec"]["optimization"]["gate"] = gate
+    assert schema_errors(body) == []
+    settings = OperatorSettings(namespace="quiver", store=Path("/store"), image="quiver:test", ray_dashboard="http://ray:8265")
+    command = optimize_command(parse_spec(body["spec"]), settings)
+    assert command[command.index("--gate") + 1] == (gate or "mean")

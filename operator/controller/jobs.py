@@ -28,6 +28,7 @@ def optimize_command(spec: ModelDeploymentSpec, settings: OperatorSettings) -> l
         "--eval", str(local_path(optimization.eval_data)),
         "--variants", ",".join(kind.value for kind in optimization.variants),
         "--max-accuracy-drop", str(optimization.max_accuracy_drop),
+        "--gate", optimization.gate,
         "--metric", optimization.metric,
         "--target", optimization.target,
     ]

@@ -46,6 +46,8 @@ class Optimization(_Spec):
     calibration_data: Uri | None = None
     train_data: Uri | None = None
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
+    # The statistic maxAccuracyDrop bounds: the mean, or the tail (serving/optimize/accuracy.py).
+    gate: Annotated[str, Field(pattern="^(mean|p5|min)$")] = "mean"
     metric: Annotated[str, Field(pattern="^(top1|cosine)$")] = "top1"
     target: Annotated[str, Field(pattern="^(cpu|gpu)$")] = "cpu"
 
