@@ -44,6 +44,7 @@ def _router_settings(args: argparse.Namespace) -> RouterSettings | None:
         max_request_bytes=args.max_request_mb << 20,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         dispatch_timeout_s=args.dispatch_timeout_s,
+        replacement_wait_s=args.replacement_wait_s,
         traffic_file=getattr(args, "traffic_file", None),
         routes_file=getattr(args, "routes", None),
         store=getattr(args, "store", None),
@@ -123,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     listener.add_argument(
         "--dispatch-timeout-s", type=float, default=30.0, help="longest wait for a variant before another is tried"
+    )
+    listener.add_argument(
+        "--replacement-wait-s", type=float, default=10.0,
+        help="how long requests wait (within their deadline) for a variant's replica that just died to be replaced "
+        "before failing; 0: fail at once (default: %(default)s)",
     )
     listener.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     listener.add_argument("--tls-key", type=Path, help="server private key (PEM)")

@@ -2,7 +2,8 @@
 
 Admission sheds load when every allowed variant's queue is full (RESOURCE_EXHAUSTED with a
 retry hint); the call goes to the variant's replicas (router/replicas.py), bounded by the
-request's deadline, and what comes back is translated here into the router's taxonomy.
+request's deadline, and what comes back is translated here into the router's taxonomy. A request
+that found no replica waits for a replacement while one may come (router/replacement.py).
 It also keeps each variant's live statistics (the policy's input) and the metrics that export them.
 """
 
@@ -26,6 +27,7 @@ from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavai
 from .hints import RoutingHints
 from .metrics import RouterMetrics
 from .readiness import Readiness
+from .replacement import ReplacementWait
 from .replicas import ReplicaLost, VariantReplicas
 from .routes import VariantRoute, VersionRoutes
 from .stats import VariantStats
@@ -51,6 +53,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.perf_counter,
         watchers: Sequence[CallWatcher] = (),
         endpoints: Endpoints | None = None,
+        replacement: ReplacementWait | None = None,
     ) -> None:
         self._metrics = metrics
         self._watchers = tuple(watchers)  # see router/calls.py
@@ -59,6 +62,7 @@ class Dispatcher:
         # A call waits at most this long: a variant that lost its last replica (its pool's nodes
         # gone) holds calls in Serve's queue until a replica returns, which may be never.
         self._timeout_s = timeout_s
+        self._replacement = replacement  # None: a request that finds no replica fails at once
         self._clock = clock
         self._stats: dict[tuple[str, str, str], VariantStats] = {}
         self._replicas: dict[str, VariantReplicas] = {}
@@ -133,6 +137,29 @@ class Dispatcher:
     ) -> Served:
         """Serve one request; `deadline_s` is the time it has left (None: no deadline)."""
         expires = None if deadline_s is None else self._clock() + deadline_s
+        while True:
+            try:
+                return await self._serve(version, hints, inputs, expires)
+            except Unavailable:
+                if not await self._replaced(version, hints, expires):
+                    raise
+
+    async def _replaced(self, version: VersionRoutes, hints: RoutingHints, expires: float | None) -> bool:
+        """Whether a variant that may serve the request can answer again after waiting for its replacement."""
+        if self._replacement is None:
+            return False
+        allowed = [version.variants[c.name] for c in policy.constrained(self.candidates(version, skip_cooling=False), hints)]
+        return await self._replacement.wait(
+            version.version.key,
+            [self.stats(route) for route in allowed],
+            lambda: any(self._readiness.ready(route) for route in allowed),
+            hints.priority,
+            expires,
+        )
+
+    async def _serve(
+        self, version: VersionRoutes, hints: RoutingHints, inputs: dict[str, np.ndarray], expires: float | None
+    ) -> Served:
         decision = self.admit(version, hints)
         route = version.variants[decision.variant]
         try:

@@ -52,8 +52,10 @@ class Endpoints:
         poll_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._listen = listen
+        self._on_change = on_change  # told when the table changes (router/replacement.py: requests waiting for a replica)
         self._cooldown_s = cooldown_s
         self._poll_s = poll_s
         self._clock = clock
@@ -110,6 +112,7 @@ class Endpoints:
         if epoch != self._epoch:
             self._epoch = epoch
             self._use(endpoints)
+            self._on_change()
         return True
 
     async def follow(self) -> None:

@@ -85,8 +85,10 @@ class Reachability:
         timeout_s: float = 1.0,
         failures: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._routes = routes
+        self._on_change = on_change  # told when a lost variant answers again (router/replacement.py)
         self._serving = serving  # is a replica of the variant said to run (by Serve, or the data plane)?
         self._probe = probe
         self._interval_s = interval_s
@@ -171,6 +173,7 @@ class Reachability:
             if state.lost_since is not None:
                 logger.warning("%s variant %s answers again", route.version.key, route.variant.name)
                 state.lost_since = None
+                self._on_change()
             return
         if self._clock() - state.last_answer < self._patience(state) + self._interval_s:
             return  # busy, not gone: a call came back while the probe waited
@@ -210,7 +213,7 @@ class ProbedReadiness(Readiness):
         **kwargs,
     ) -> None:
         super().__init__(routes, *args, **kwargs)
-        self.reachability = Reachability(routes, self.said_to_run, probe, timeout_s=probe_timeout_s)
+        self.reachability = Reachability(routes, self.said_to_run, probe, timeout_s=probe_timeout_s, on_change=self._on_change)
 
     def ready(self, route: VariantRoute) -> bool:
         return super().ready(route) and self.reachability.answering(route)

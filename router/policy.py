@@ -52,19 +52,7 @@ class Decision:
 def choose(candidates: Sequence[Candidate], default: str, hints: RoutingHints, excluded: frozenset[str] = frozenset()) -> Decision:
     if hints.variant is not None:
         return _pinned(candidates, hints.variant)
-    allowed = [c for c in candidates if c.name not in excluded]
-    for parameter, value, keep in (
-        (PRECISION, hints.precision, lambda c: c.precision is hints.precision),
-        (POOL, hints.pool, lambda c: c.pool == hints.pool),
-        (MIN_ACCURACY, hints.min_accuracy, lambda c: c.accuracy is not None and c.accuracy >= hints.min_accuracy),
-    ):
-        if value is None:
-            continue
-        kept = [c for c in allowed if keep(c)]
-        if not kept:
-            offered = ", ".join(f"{c.name} ({c.precision.value}, pool {c.pool}, accuracy {c.accuracy})" for c in allowed)
-            raise NoVariantFits(f"no variant meets {parameter}={getattr(value, 'value', value)}; candidates: {offered or 'none'}")
-        allowed = kept
+    allowed = constrained(candidates, hints, excluded)
     ready = [c for c in allowed if c.ready]
     if not ready:
         raise Unavailable(f"no variant that fits the request can answer now (not ready: {[c.name for c in allowed]})")
@@ -80,6 +68,27 @@ def choose(candidates: Sequence[Candidate], default: str, hints: RoutingHints, e
         if others:
             return Decision(max(others, key=_accuracy_then_speed).name, "spill-over")
     return Decision(preferred.name, "default" if preferred.name == default else "most-accurate")
+
+
+def constrained(candidates: Sequence[Candidate], hints: RoutingHints, excluded: frozenset[str] = frozenset()) -> list[Candidate]:
+    """The candidates the request may be served by, ready or not: the pinned one, or those its
+    hard constraints leave (NoVariantFits names the constraint that left none)."""
+    if hints.variant is not None:
+        return [c for c in candidates if c.name == hints.variant]
+    allowed = [c for c in candidates if c.name not in excluded]
+    for parameter, value, keep in (
+        (PRECISION, hints.precision, lambda c: c.precision is hints.precision),
+        (POOL, hints.pool, lambda c: c.pool == hints.pool),
+        (MIN_ACCURACY, hints.min_accuracy, lambda c: c.accuracy is not None and c.accuracy >= hints.min_accuracy),
+    ):
+        if value is None:
+            continue
+        kept = [c for c in allowed if keep(c)]
+        if not kept:
+            offered = ", ".join(f"{c.name} ({c.precision.value}, pool {c.pool}, accuracy {c.accuracy})" for c in allowed)
+            raise NoVariantFits(f"no variant meets {parameter}={getattr(value, 'value', value)}; candidates: {offered or 'none'}")
+        allowed = kept
+    return allowed
 
 
 def _within(ready: Sequence[Candidate], budget_ms: float) -> Decision:

@@ -63,8 +63,10 @@ class Readiness:
         clock: Callable[[], float] = time.monotonic,
         data_plane: DataPlane | None = None,
         poll_timeout_s: float = 5.0,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._routes = routes
+        self._on_change = on_change  # told after every poll (router/replacement.py: requests waiting for a replica)
         self._data_plane = data_plane
         self._poll = poll
         self._interval_s = interval_s
@@ -109,6 +111,7 @@ class Readiness:
         if self._polling is None or self._polling.done():  # a poll still out is awaited again, not doubled
             self._polling = in_daemon_thread(self._poll, "quiver-serve-status")
         self._states = await asyncio.wait_for(asyncio.shield(self._polling), self._poll_timeout_s)
+        self._on_change()
 
     def next_poll_in(self) -> float:
         """Seconds until the watch polls again, unless nudged."""

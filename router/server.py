@@ -27,6 +27,7 @@ from .dispatch import Dispatcher
 from .endpoints import Endpoints
 from .health import ProbedReadiness, ServingHealth, probe_via
 from .metrics import RouterMetrics
+from .replacement import Changes, ReplacementWait
 from .routes import RouteTable
 from .servicer import InferenceServicer
 from .tracing import Tracing, TracingSettings, provider_for
@@ -66,6 +67,9 @@ class RouterSettings:
     drain_delay_s: float = 1.0
     metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; None: not served
     dispatch_timeout_s: float = 30.0  # longest wait for a variant before trying another
+    # A request that finds its variant's last replica just gone waits this long (within its
+    # deadline) for Serve's replacement rather than failing; 0: fail at once (router/replacement.py).
+    replacement_wait_s: float = 10.0
     traffic_file: Path | None = None  # version weights, watched (see router/traffic.py)
     # A cluster router's route table, written by the operator (see router/catalog.py), and the
     # store its manifests are read from. When set, the versions it names are what is served.
@@ -93,9 +97,12 @@ class Router:
             ]
         )
         self.metrics = RouterMetrics()
-        self.endpoints = Endpoints() if settings.direct else None
+        changes = Changes()  # what the router learns of replicas wakes requests waiting for one
+        self.endpoints = Endpoints(on_change=changes.notify) if settings.direct else None
         # Serve's view, and replicas on the data plane, less variants that stopped answering (router/health.py).
-        self.readiness = ProbedReadiness(routes, data_plane=self.endpoints, probe=probe_via(self.endpoints))
+        self.readiness = ProbedReadiness(
+            routes, data_plane=self.endpoints, probe=probe_via(self.endpoints), on_change=changes.notify
+        )
         self.traffic = Traffic(routes.models(), settings.traffic_file)
         self.catalog = (
             Catalog(routes, self.traffic, settings.store or Path("."), settings.routes_file, self.readiness, self.metrics.show_routes)
@@ -108,7 +115,8 @@ class Router:
         self.tracing = Tracing(provider) if provider is not None else None
         watchers = [self.readiness.reachability, *([self.tracing] if self.tracing else [])]
         dispatcher = Dispatcher(
-            self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers, endpoints=self.endpoints
+            self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers, endpoints=self.endpoints,
+            replacement=ReplacementWait(settings.replacement_wait_s, changes),
         )
         servicer = InferenceServicer(
             routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes

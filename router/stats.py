@@ -25,7 +25,8 @@ class VariantStats:
     cooldown_s: float = 5.0
     in_flight: int = 0
     ewma_ms: float | None = field(default=None)
-    failed_at: float | None = field(default=None)
+    failed_at: float | None = field(default=None)  # the last call that found no replica
+    down_since: float | None = field(default=None)  # the first such call since one last answered
 
     def started(self) -> None:
         self.in_flight += 1
@@ -38,7 +39,10 @@ class VariantStats:
         self.in_flight -= 1
         if now is not None:
             self.failed_at = now
+            if self.down_since is None:
+                self.down_since = now
         if latency_ms is not None:
+            self.down_since = None
             self.ewma_ms = latency_ms if self.ewma_ms is None else self.alpha * latency_ms + (1 - self.alpha) * self.ewma_ms
 
     @property
@@ -60,9 +64,13 @@ class VariantStats:
     def admits(self, priority: int) -> bool:
         """Whether one more request of this priority may queue: low priority is shed at half
         the limit, high priority is let through up to one and a half times it."""
-        share = 0.5 if priority < 0 else 1.5 if priority > 0 else 1.0
-        return self.in_flight < share * self.queue_limit
+        return self.in_flight < priority_share(priority) * self.queue_limit
 
     @property
     def saturated(self) -> bool:
         return self.in_flight >= self.saturation_batches * self.capacity
+
+
+def priority_share(priority: int) -> float:
+    """The share of a queue limit a request of this priority may fill: low priority is shed first."""
+    return 0.5 if priority < 0 else 1.5 if priority > 0 else 1.0
