@@ -25,6 +25,14 @@ def table() -> tuple[RouteTable, str]:
     return RouteTable([VariantRoute(version, manifest.variants[0], handle=None)]), app_name(version, manifest.variants[0])
 
 
+async def until(condition, what: str, timeout_s: float = 30) -> None:
+    """Wait for `condition`; the generous timeout only bounds a test that would otherwise hang."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def test_polls_fast_while_pending_slowly_once_running_and_soon_after_a_nudge() -> None:
     routes, app = table()
     states = {app: AppState("DEPLOYING", 0)}
@@ -35,24 +43,27 @@ def test_polls_fast_while_pending_slowly_once_running_and_soon_after_a_nudge() -
         return dict(states)
 
     async def scenario() -> None:
-        readiness = Readiness(routes, poll, interval_s=0.02, steady_interval_s=60)
+        # Its clock stands still: every wait it computes is a whole interval, and next_poll_in() is exact.
+        readiness = Readiness(routes, poll, interval_s=0.02, steady_interval_s=60, clock=lambda: 0.0)
+        route = routes.lookup("m").variants["a"]
         watch = asyncio.create_task(readiness.watch())
         try:
-            await asyncio.sleep(0.2)
-            assert len(polls) >= 4, polls  # pending: every interval
-            assert not readiness.ready(routes.lookup("m").variants["a"])
+            await until(lambda: len(polls) >= 4, "polls every interval while pending")
+            assert not readiness.ready(route)
             states[app] = AppState("RUNNING", 1)
-            await asyncio.sleep(0.1)
-            assert readiness.ready(routes.lookup("m").variants["a"])
+            await until(lambda: readiness.ready(route), "the poll that finds it running")
             settled = len(polls)
-            await asyncio.sleep(0.2)
-            assert len(polls) == settled  # all running: the next poll is a minute away
-            states[app] = AppState("UNHEALTHY", 0)  # its one replica died
-            for _ in range(10):  # a burst of failed calls
+            assert readiness.next_poll_in() == 60  # all running: the next poll is a minute away
+            for _ in range(10):  # a burst of failed calls, though Serve still runs it
                 readiness.nudge()
-            await asyncio.sleep(0.1)
-            assert not readiness.ready(routes.lookup("m").variants["a"])
-            assert 1 <= len(polls) - settled <= 6  # polled soon, at most once per interval
+            # 30 s: well within the minute, so it is the nudge's poll, not the schedule's.
+            await until(lambda: len(polls) > settled, "the poll the nudges ask for")
+            # One poll for the burst. (A sleep can only miss a second one, never fail a correct watch.)
+            await asyncio.sleep(0.2)
+            assert len(polls) == settled + 1 and readiness.next_poll_in() == 60
+            states[app] = AppState("UNHEALTHY", 0)  # its one replica died
+            readiness.nudge()
+            await until(lambda: not readiness.ready(route), "the poll after its one replica died")
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
@@ -115,7 +126,7 @@ def test_a_poll_that_hangs_reports_the_cluster_and_keeps_the_last_states_until_i
     def poll() -> dict[str, AppState]:
         if head_away.is_set() and not head_back.is_set():
             hung.append(time.monotonic())
-            head_back.wait(5)  # bounded, so that the test ends whatever happens
+            head_back.wait(120)  # bounded, so that the test ends whatever happens
         return {app: AppState("RUNNING", 1)}
 
     async def scenario() -> None:
@@ -124,13 +135,14 @@ def test_a_poll_that_hangs_reports_the_cluster_and_keeps_the_last_states_until_i
         head_away.set()
         watch = asyncio.create_task(readiness.watch())
         try:
-            await asyncio.sleep(0.5)
+            await until(lambda: readiness.cluster_problem is not None, "the poll to time out")
             assert readiness.cluster_problem == "Serve's application status did not come back within 0.1 s"
             assert readiness.ready(route)  # its replicas may well still answer: the last states stand
+            # More polls time out meanwhile. (A sleep can only miss a second one out, never fail a correct watch.)
+            await asyncio.sleep(0.5)
             assert len(hung) == 1  # one poll out, awaited again rather than repeated
             head_back.set()
-            await asyncio.sleep(0.3)
-            assert readiness.cluster_problem is None
+            await until(lambda: readiness.cluster_problem is None, "the poll to come back")
         finally:
             head_back.set()
             watch.cancel()
