@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from .faults import record
 from .serverproc import quiver_serve
 
 CLIENTS = 8
@@ -104,6 +105,8 @@ def test_a_killed_replica_is_replaced_and_requests_with_room_wait_for_it(wait_s:
         assert not any(thread.is_alive() for thread in threads), "a request never returned"
         print(f"\n--replacement-wait-s {wait_s:g}: sent {load.sent}, answered by status {dict(load.outcomes)} "
               f"(a replacement process {replaced_s:.1f} s after the kill)")
+        record(f"replica_kill[wait={wait_s:g}]", clients=CLIENTS, deadline_s=DEADLINE_S, replacement_wait_s=wait_s,
+               sent=load.sent, answered=dict(load.outcomes), replacement_started_s=round(replaced_s, 1))
         # Nothing lost: every request sent has its outcome.
         assert load.sent == sum(load.outcomes.values())
         if wait_s:  # a deadline that leaves room for the replacement: none failed
