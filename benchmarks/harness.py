@@ -16,10 +16,8 @@ goes on.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -33,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import models as bench_models
+from benchmarks import provenance
 from benchmarks.models import BenchModel
 from benchmarks.targets import PEER_VENVS, ROOT, TARGETS, Launch
 
@@ -249,58 +248,20 @@ def _one_line(record: dict) -> str:
 
 
 def meta(settings: BenchSettings, pins: Pinning, began: dt.datetime) -> dict:
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
+    """The run's provenance (benchmarks/provenance.py), in the layout report.py reads."""
     return {
         "date": began.isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "command": provenance.command_line(),
+        "machine": provenance.machine(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "pinning": asdict(pins),
         "settings": asdict(settings),
         "versions": {
-            "python": platform.python_version(),
-            "quiver": version("quiver"),
-            "git_commit": _git_commit(),
-            "pythonpath": os.environ.get("PYTHONPATH"),
-            # Uncommitted changes to what the quiver target runs: the numbers are of that tree.
-            "quiver_uncommitted": _git_dirty("quiver", "serving", "router", "protos"),
-            **{name: version(name) for name in ("onnxruntime-gpu", "onnxruntime", "ray", "grpcio", "protobuf", "numpy")},
+            **provenance.versions(),
             "kserve_venv": _peer_versions("kserve", ("kserve", "onnxruntime", "grpcio", "protobuf")),
             "mlserver_venv": _peer_versions("mlserver", ("mlserver", "onnxruntime", "grpcio", "protobuf")),
         },
     }
-
-
-def _machine() -> dict:
-    cpu_model = ""
-    try:
-        cpu_model = next(
-            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), ""
-        )
-        memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")))
-    except (OSError, StopIteration, ValueError):
-        memory_kb = 0
-    return {"cpu": cpu_model or platform.processor(), "logical_cpus": os.cpu_count(), "memory_gib": round(memory_kb / 2**20, 1),
-            "os": platform.platform()}
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _git_dirty(*paths: str) -> list[str] | None:
-    try:
-        status = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return [line[3:] for line in status.stdout.splitlines()]
 
 
 def _peer_versions(peer: str, packages: tuple[str, ...]) -> dict | None:

@@ -61,6 +61,8 @@ def header(meta: dict) -> list[str]:
         + (f"; PYTHONPATH={v['pythonpath']}" if v.get("pythonpath") else ""),
         f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB, {m['os']}; "
         f"load average {meta['load_average_start']} at start, {meta.get('load_average_end', '?')} at end (shared machine)",
+        "- instruction-set flags: " + (" ".join(m["isa"]) if "isa" in m else "not recorded (this run predates the record; "
+                                        "ONNX Runtime's int8 speed depends on them)"),
         f"- pinning: {meta['pinning']['how']}",
         f"- .venv: python {v['python']}, onnxruntime {v.get('onnxruntime-gpu') or v.get('onnxruntime')}, ray {v['ray']}, "
         f"grpcio {v['grpcio']}, protobuf {v['protobuf']}, numpy {v['numpy']}",
