@@ -8,7 +8,8 @@ loop, benchmarks/loadgen.py: latency counted from the scheduled send time), one 
 too). Every window it records answers by status, latency p50/p99, and the memory of the router
 process and of the replica (RSS), and the router's open file descriptors and threads. At the
 end: growth per minute (least squares over the windows after the first two, which include
-warm-up), first vs last window, written to benchmarks/results/soak-<date>.{json,md}.
+warm-up), first vs last window, written to benchmarks/results/soak-<date>.{json,md}
+(benchmarks/provenance.py).
 Not run by CI (minutes long); loopback only, bounded by --minutes.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import re
@@ -30,10 +30,10 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from benchmarks import provenance
 from benchmarks.loadgen import open_loop, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(ROOT))
 from tests.serverproc import quiver_serve  # noqa: E402 (the launcher the tests use)
 
@@ -141,11 +141,8 @@ def summary(windows: list[dict]) -> dict:
     return out
 
 
-def markdown(meta: dict, windows: list[dict], total: dict) -> str:
+def markdown(windows: list[dict], total: dict) -> str:
     lines = [
-        f"# Soak: {meta['minutes']} min at {meta['rate']} req/s ({meta['date']})", "",
-        f"`python -m benchmarks.soak --minutes {meta['minutes']} --rate {meta['rate']} --window-s {meta['window_s']}`"
-        f" on {meta['machine']}; commit {meta['commit']}.", "",
         f"Sent {total['sent']}, answered OK {total['ok']}, expected INVALID_ARGUMENT (bad requests) "
         f"{total['expected_invalid_argument']}, other failures {total['errors'] or 'none'}.", "",
         f"Warnings and errors in the server's output: {total.get('router_log_lines', len(total['router_log']))}"
@@ -171,9 +168,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=150.0, help="requests per second (open loop)")
     parser.add_argument("--window-s", type=float, default=30.0)
     parser.add_argument("--bad-every", type=int, default=100, help="one request in this many is invalid (0: none)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=provenance.RESULTS)
     args = parser.parse_args()
-    began = dt.datetime.now(dt.timezone.utc)
+    run = provenance.begin()
     with quiver_serve("--num-cpus", "2") as server:
         windows = asyncio.run(soak(server.address, server.process.pid, args.minutes, args.rate, args.window_s, args.bad_every))
     total = summary(windows)
@@ -181,15 +178,11 @@ def main() -> None:
     said = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in server.output if " WARNING " in line or " ERROR " in line]
     said = [line for line in said if not any(usual in line for usual in ("plaintext", "--token-file", "shutting down"))]
     total["router_log_lines"], total["router_log"] = len(said), said[:5]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    meta = {"minutes": args.minutes, "rate": args.rate, "window_s": args.window_s, "date": began.strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": commit, "machine": f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}"}
-    stem = args.out / f"soak-{began.strftime('%Y-%m-%dT%H%M')}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": total, "windows": windows}, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(meta, windows, total))
+    settings = {"minutes": args.minutes, "rate": args.rate, "window_s": args.window_s, "bad_every": args.bad_every}
+    paths = provenance.write("soak", run, {"settings": settings, "summary": total, "windows": windows}, markdown(windows, total),
+                             f"Soak: {args.minutes:g} min at {args.rate:g} req/s", out=args.out)
     print(json.dumps(total, indent=1))
-    print(f"written: {stem}.json, {stem}.md")
+    print("written:", *paths)
 
 
 if __name__ == "__main__":

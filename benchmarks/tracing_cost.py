@@ -10,7 +10,7 @@
 2. End to end: `quiver serve` (the bundled example) with tracing off, then with
    `--otel-endpoint` to an OTLP collector in this process that drops what it gets, measured
    alternately twice with closed loops at concurrency 1 and 16 (benchmarks/loadgen.py).
-Prints one JSON document.
+Writes benchmarks/results/tracing-cost-<stamp>.{json,md} (benchmarks/provenance.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from benchmarks import provenance
 from benchmarks.loadgen import closed_loop, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,14 +156,34 @@ def end_to_end(seconds: float) -> list[dict]:
     return rows
 
 
+def markdown(micro: dict[str, float], rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        f"Dispatch alone (in this process, fake Serve handles, best of 5 interleaved rounds of {args.calls:,} requests):", "",
+        "| dispatch | µs per request |", "|---|---:|",
+        *(f"| {name} | {us} |" for name, us in micro.items()),
+        "", f"End to end (`quiver serve --num-cpus 1`, the bundled example, closed loop, {args.seconds:g} s per point; "
+        "tracing on exports to a collector in this process that drops the spans; off and on alternated, twice):", "",
+        "| tracing | round | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|---|",
+        *(f"| {r['tracing']} | {r['round']} | {r['concurrency']} | {r['req_per_s']:,} | {r['p50_ms']} | {r['p99_ms']} | "
+          f"{r['errors'] or 0} |" for r in rows),
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--out", type=Path, default=provenance.RESULTS)
     args = parser.parse_args()
+    run = provenance.begin()
     micro = dispatch_alone(args.calls)
     print(json.dumps({"dispatch_us_per_request": micro}), flush=True)
-    print(json.dumps({"end_to_end": end_to_end(args.seconds)}, indent=1), flush=True)
+    rows = end_to_end(args.seconds)
+    print(json.dumps({"end_to_end": rows}, indent=1), flush=True)
+    data = {"settings": {"seconds": args.seconds, "calls": args.calls}, "dispatch_us_per_request": micro, "end_to_end": rows}
+    paths = provenance.write("tracing-cost", run, data, markdown(micro, rows, args), "What tracing costs", out=args.out)
+    print("written:", *paths)
 
 
 if __name__ == "__main__":
