@@ -30,6 +30,7 @@ from ray.cluster_utils import Cluster
 
 from quiver.serving import Manifest, Replicas, Variant, build_example, from_onnx_file, node_resources, write_version
 
+from . import faults
 from .serverproc import quiver_serve
 from .test_pools import pooled_store
 
@@ -180,6 +181,7 @@ def test_a_crashed_pool_fails_fast_with_a_reason_and_serving_recovers_when_a_nod
         assert late and np.percentile([o.seconds for o in late], 99) < 0.5
         assert all("'fp32' (pool 'gpu')" in o.message for o in late), late[0].message
         print(f"back after {recovered_s:.1f} s; sent {dict(load.sent)}, answered by status: {load.summary()}")
+        faults.record("cluster_loss", sent=dict(load.sent), answers=load.summary(), noticed_s=round(noticed_s, 1), recovered_s=round(recovered_s, 1))
     finally:
         try:
             cluster.shutdown()

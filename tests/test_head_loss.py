@@ -39,6 +39,7 @@ from quiver.operator.serve_api import ServeApi
 from quiver.serving import Manifest, Replicas, Variant, build_example, from_onnx_file, node_resources, write_version
 from quiver.serving.apps import VariantApp
 
+from . import faults
 from .serverproc import quiver_process
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -215,6 +216,8 @@ def test_the_router_serves_through_a_ray_head_loss_and_reads_serve_again_when_it
         assert serve.running_replicas().get(app.name) == 1
         print(f"\nhead lost → health 'ray' NOT_SERVING in {noticed_s:.1f} s; head back → SERVING in {back_s:.1f} s; "
               f"answered while it was away: {dict(during)}; in all: {dict(load.since(0))}; returned {returned_at - lost_at:.0f} s after the loss")
+        faults.record("head_loss", sent=len(load.outcomes), answers=dict(load.since(0)), while_away=dict(during),
+                      noticed_s=round(noticed_s, 1), back_s=round(back_s, 1))
     finally:
         for node in nodes:
             node.crash()

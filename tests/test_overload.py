@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quiver.serving import Batching, Replicas, from_onnx_file, write_version
 
+from . import faults
 from .serverproc import quiver_serve
 
 CLIENT = Path(__file__).parent / "clients" / "overload_client.py"
@@ -124,6 +125,8 @@ def test_ten_times_the_sustainable_rate_is_shed_quickly_and_admitted_requests_ke
             f"{overload['answers']} ms {overload['ms']}; after {after['rate']}/s, ms {after['ms']['OK']}; "
             f"router RSS {during(capacity)[-1]:.0f} → peak {max(during(overload) + during(after)):.0f} → {during(after)[-1]:.0f} MiB"
         )
+        faults.record("overload", sent=overload["sent"], answers=overload["answers"], rate=overload["rate"], sustainable_rate=capacity["rate"],
+                      ms=overload["ms"], router_rss_mib=[during(capacity)[-1], max(during(overload) + during(after)), during(after)[-1]])
         assert set(capacity["answers"]) == set(after["answers"]) == {"OK"}, (capacity, after)
         assert set(overload["answers"]) == {"OK", "RESOURCE_EXHAUSTED"}, overload
         # The server kept answering near its sustainable rate; the excess was shed, and quickly.

@@ -16,6 +16,7 @@ from ray.util.state import list_actors
 
 from quiver.serving import Device, Manifest, Precision, Replicas, Variant, build_example, from_onnx_file, node_resources, write_version
 
+from . import faults
 from .serverproc import quiver_serve
 
 
@@ -83,6 +84,7 @@ def test_replicas_stay_on_their_pools_and_losing_the_gpu_pool_loses_no_request(t
                 thread.join(60)
 
             print(f"\nsent {len(outcomes)}, answered by (status, variant): {state()}")
+            faults.record("pools", sent=len(outcomes), answers={f"{status} {variant}".strip(): n for (status, variant), n in state().items()})
             failed = [(status, round(t - removed_at, 1)) for t, status, _ in outcomes if status != "OK"]
             assert not failed, f"{len(failed)} of {len(outcomes)} requests failed: {failed[:10]}"
             late = [variant for t, _, variant in outcomes if t > removed_at + 5]

@@ -22,6 +22,7 @@ from quiver.operator.serve_api import ServeApi
 from quiver.serving import Replicas, VariantApp, build_example, from_onnx_file, write_version
 
 from .raycluster import ray_head
+from . import faults
 from .serverproc import quiver_process
 
 CLIENT = Path(__file__).parent / "clients" / "retrying_client.py"
@@ -82,5 +83,6 @@ def test_a_router_restarted_under_load_loses_no_request_of_a_retrying_client(tmp
                 client.wait()
 
     print(f"\nrouter down for {gap_s:.1f} s; client: {result}")
+    faults.record("router_restart", sent=result["sent"], answers=result["answers"], down_s=round(gap_s, 1))
     assert result["sent"] == sum(result["answers"].values()), result  # every request answered
     assert result["answers"] == {"OK": result["sent"]}, result  # and every answer OK
