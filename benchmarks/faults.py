@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAULTS = {
     "test_cluster_loss": "a pool's node crashes under load (`test_cluster_loss`)",
     "test_pools": "the gpu pool's node removed (drained) under load from 4 clients (`test_pools`)",
-    "test_replica_failure": "the only replica killed with SIGKILL, sequential requests (`test_replica_failure`)",
+    "test_replica_failure": "the only replica killed with SIGKILL under load (`test_replica_failure`)",
     "test_router_restart": "router SIGTERM and a new process on the same port, client retrying and checking health "
                            "(`test_router_restart`)",
     "test_overload": "10× the sustainable rate for 10 s (`test_overload`)",
@@ -46,27 +46,31 @@ def status(answer: str) -> str:
 
 def rows_of(record: dict) -> list[dict]:
     """One table row per case: test_cluster_loss records two models (pooled, gpuonly) in one line."""
+    given = record.get("answers", record.get("answered", {}))
     if isinstance(record["sent"], dict):
-        return [rows_of({**record, "fault": f"{record['fault']}/{model}", "sent": sent, "answers": record["answers"].get(model, {})})[0]
+        return [rows_of({**record, "fault": f"{record['fault']}/{model}", "sent": sent, "answers": given.get(model, {})})[0]
                 for model, sent in record["sent"].items()]
     answers = Counter()
-    for answer, n in record["answers"].items():
+    for answer, n in given.items():
         answers[status(answer)] += n
-    details = {k: v for k, v in record.items() if k not in ("fault", "at", "sent", "answers")}
-    if any(answer != status(answer) for answer in record["answers"]):
-        details["answers"] = record["answers"]
-    return [{"fault": record["fault"], "sent": record["sent"], "ok": answers.pop("OK", 0), "failed": dict(answers),
-             "lost": record["sent"] - sum(record["answers"].values()), "details": details}]
+    details = {k: v for k, v in record.items() if k not in ("fault", "test", "at", "sent", "answers", "answered")}
+    if any(answer != status(answer) for answer in given):
+        details["answers"] = given
+    return [{"fault": record["fault"], "test": record.get("test"), "sent": record["sent"], "ok": answers.pop("OK", 0),
+             "failed": dict(answers), "lost": record["sent"] - sum(given.values()), "details": details}]
 
 
 def run_test(name: str, out: Path) -> dict:
+    """Run one test file; its records (lines it appended to OUT) are tagged with its name."""
+    out.unlink(missing_ok=True)
     env = {**os.environ, "QUIVER_FAULTS_OUT": str(out)}
     began = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", f"tests/{name}.py"],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     summary = next((line for line in reversed(done.stdout.splitlines()) if line.strip()), "")
     print(f"{name}: exit {done.returncode}, {summary}", flush=True)
-    return {"test": name, "exit": done.returncode, "passed": done.returncode == 0, "seconds": round(time.monotonic() - began, 1),
+    records = [json.loads(line) | {"test": name} for line in out.read_text().splitlines()] if out.exists() else []
+    return {"test": name, "records": records, "exit": done.returncode, "passed": done.returncode == 0, "seconds": round(time.monotonic() - began, 1),
             "pytest_summary": summary, "output_tail": None if done.returncode == 0 else done.stdout[-4000:]}
 
 
@@ -80,12 +84,11 @@ def markdown(tests: list[dict], rows: list[dict]) -> str:
     ]
     outcome = {t["test"]: "passed" if t["passed"] else "**failed**" for t in tests}
     for row in rows:
-        test = "test_" + row["fault"].split("/")[0]
-        case = row["fault"].split("/")[1] if "/" in row["fault"] else ""
+        test = row["test"]
         failed = ", ".join(f"{n:,} {s}" for s, n in sorted(row["failed"].items())) or "0"
-        lines.append(f"| {FAULTS.get(test, test)}{f' `{case}`' if case else ''} | {outcome.get(test, '?')} | {row['sent']:,} | "
+        lines.append(f"| {FAULTS.get(test, test)}: `{row['fault']}` | {outcome.get(test, '?')} | {row['sent']:,} | "
                      f"{row['ok']:,} | {failed} | {row['lost']:,} |")
-    missing = [t["test"] for t in tests if not any(("test_" + r["fault"].split("/")[0]) == t["test"] for r in rows)]
+    missing = [t["test"] for t in tests if not t["records"]]
     if missing:
         lines += ["", f"Recorded no counts: {', '.join(missing)}."]
     lines += ["", "What each test recorded besides its counts:", ""]
@@ -101,9 +104,8 @@ def main() -> None:
     args = parser.parse_args()
     run = provenance.begin()
     with tempfile.TemporaryDirectory(prefix="quiver-faults-") as scratch:
-        counts = Path(scratch) / "faults.jsonl"
-        tests = [run_test(name, counts) for name in args.only]
-        records = [json.loads(line) for line in counts.read_text().splitlines()] if counts.exists() else []
+        tests = [run_test(name, Path(scratch) / "faults.jsonl") for name in args.only]
+    records = [record for test in tests for record in test["records"]]
     # A test that ran a cycle twice (test_overload) recorded each; its last one is what it asserted on.
     last = {record["fault"]: record for record in records}
     rows = [row for record in last.values() for row in rows_of(record)]
