@@ -5,8 +5,8 @@ seconds. A request that found no replica would fail UNAVAILABLE meanwhile; what 
 sets a deadline (and gRPC's `waitForReady`) expects is to be answered late rather than not at
 all. So the dispatcher (router/dispatch.py) parks such a request here and tries again once the
 router learns of a replica that can answer: a change of the replica directory
-(router/endpoints.py) or of Serve's status (router/readiness.py) wakes every waiter, which then
-asks readiness.
+(router/endpoints.py), a poll of Serve's status (router/readiness.py) or a lost variant answering
+its probes again (router/health.py) wakes every waiter, which then asks readiness.
 
 A request waits only
 - while a variant it may be served by is *being replaced*: it answered, then failed, no more
@@ -50,6 +50,8 @@ class Changes:
 
 
 class ReplacementWait:
+    """The waiting room; `clock` must be the dispatcher's (its stats and deadlines are on it)."""
+
     def __init__(self, window_s: float, changes: Changes, clock: Callable[[], float] = time.perf_counter) -> None:
         self.window_s = window_s
         self._changes = changes

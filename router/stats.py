@@ -26,7 +26,7 @@ class VariantStats:
     in_flight: int = 0
     ewma_ms: float | None = field(default=None)
     failed_at: float | None = field(default=None)  # the last call that found no replica
-    down_since: float | None = field(default=None)  # the first such call since one last answered
+    down_since: float | None = field(default=None)  # the first such call since one last answered (None if none ever did)
 
     def started(self) -> None:
         self.in_flight += 1
@@ -39,7 +39,7 @@ class VariantStats:
         self.in_flight -= 1
         if now is not None:
             self.failed_at = now
-            if self.down_since is None:
+            if self.down_since is None and self.ewma_ms is not None:  # it answered before: down, not never up
                 self.down_since = now
         if latency_ms is not None:
             self.down_since = None
