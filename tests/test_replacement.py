@@ -19,6 +19,7 @@ from quiver.router.metrics import RouterMetrics
 from quiver.router.readiness import Readiness
 from quiver.router.replacement import DEADLINE_MARGIN_S, Changes, ReplacementWait
 from quiver.router.routes import RouteTable, VariantRoute
+from quiver.router.stats import VariantStats
 from quiver.serving import AppState, InferenceResult, Manifest, ModelVersion, app_name
 
 
@@ -138,3 +139,20 @@ def test_a_variant_that_never_answered_fails_at_once() -> None:
             await asyncio.wait_for(dispatcher.infer(target, RoutingHints(), X, deadline_s=30), 5)
 
     asyncio.run(scenario())
+
+
+def test_down_since_marks_a_variant_that_answered_then_failed() -> None:
+    stats = VariantStats()
+    for outcome in ((None, 1.0), (None, 2.0)):  # failures of a variant that never answered
+        stats.started()
+        stats.finished(*outcome)
+    assert stats.down_since is None
+    stats.started()
+    stats.finished(5.0)
+    for now in (3.0, 4.0):
+        stats.started()
+        stats.finished(None, now)
+    assert stats.down_since == 3.0  # from the first failure on
+    stats.started()
+    stats.finished(5.0)
+    assert stats.down_since is None
