@@ -38,6 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quiver.operator.serve_api import ServeApi
 from quiver.serving import Manifest, Replicas, Variant, build_example, from_onnx_file, node_resources, write_version
 from quiver.serving.apps import VariantApp
+from quiver.serving.directory import TTL_S
 
 from . import faults
 from .serverproc import quiver_process
@@ -115,7 +116,7 @@ def ports_below_ephemeral_range(count: int) -> list[int]:
 
 
 def health(channel: grpc.Channel, service: str) -> str:
-    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
     return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
 
 
@@ -182,7 +183,13 @@ def test_the_router_serves_through_a_ray_head_loss_and_reads_serve_again_when_it
             lost_at = time.monotonic()
             head.crash()
             noticed_s = wait_for(lambda: health(channel, "ray") == "NOT_SERVING", 30, "health to report the head lost", router.own_log)
-            time.sleep(10)  # the head stays away a while: the data plane serves on
+            # The head stays away until the data plane has answered more than 20 requests without it,
+            # some of them sent after twice the replica directory's TTL (serving/directory.py; a time by
+            # design: how long an entry nobody renews is kept): a router that dropped the replicas
+            # of a directory gone with the head would have done so by then.
+            outlived = lost_at + 2 * TTL_S
+            wait_for(lambda: load.since(lost_at)["OK"] > 20 and load.since(outlived)["OK"] > 0, 120,
+                     "answers while the head is away", router.own_log)
             assert health(channel, INFERENCE) == "SERVING", f"{load.since(lost_at)}\n{router.own_log()[-6000:]}"
             during = load.since(lost_at)
 

@@ -71,7 +71,7 @@ def infer(connection: triton.InferenceServerClient, token: str | None, model: st
         tensors[1].set_data_from_numpy(np.zeros((1, 2), np.int64))
     headers = {"authorization": f"Bearer {token}"} if token else None
     try:
-        connection.infer(model, tensors, headers=headers, client_timeout=20)
+        connection.infer(model, tensors, headers=headers, client_timeout=60)
     except triton.InferenceServerException as exc:
         return exc.status()
     return "OK"
@@ -109,7 +109,7 @@ def test_health_stays_open_for_probes(secured: Secured) -> None:
         secured.ca.read_bytes(), secured.client.key.read_bytes(), secured.client.cert.read_bytes()
     )
     with grpc.secure_channel(secured.server.address, credentials) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert client(secured, secured.client).is_server_live()
 
@@ -117,24 +117,26 @@ def test_health_stays_open_for_probes(secured: Secured) -> None:
 def test_tokens_rotate_without_a_restart_and_never_reach_the_log(secured: Secured) -> None:
     connection = client(secured, secured.client)
     original = secured.tokens.read_text()
+    refusal = "line 2: a token needs at least 16 characters"
     try:
         secured.tokens.write_text(f"{ROTATED_IN} *\n{PAIR_ONLY} pair\n")
-        _eventually(lambda: infer(connection, ROTATED_IN) == "OK")
+        _eventually(lambda: infer(connection, ROTATED_IN) == "OK", "the rotated token to be taken", secured.server)
         assert infer(connection, EVERYTHING) == "StatusCode.UNAUTHENTICATED"
+        refused_before = secured.server.log().count(refusal)
         secured.tokens.write_text(f"{ROTATED_IN} *\nshort *\n")  # refused: the last good file stays
-        time.sleep(1)
+        _eventually(lambda: secured.server.log().count(refusal) > refused_before, "the server to refuse the file", secured.server)
         assert infer(connection, ROTATED_IN) == "OK" and infer(connection, PAIR_ONLY, "pair") == "OK"
     finally:
         secured.tokens.write_text(original)
-        _eventually(lambda: infer(connection, EVERYTHING) == "OK")
+        _eventually(lambda: infer(connection, EVERYTHING) == "OK", "the original tokens to be taken back", secured.server)
     log = secured.server.log()
-    assert "token file" in log and "line 2: a token needs at least 16 characters" in log
+    assert "token file" in log and refusal in log
     for secret in (EVERYTHING, PAIR_ONLY, ROTATED_IN, "short"):
         assert secret not in log
 
 
-def _eventually(condition, timeout_s: float = 5.0) -> None:
+def _eventually(condition, what: str, server: ServerProcess, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out waiting {timeout_s:.0f} s for {what}:\n{server.own_log()[-3000:]}"
         time.sleep(0.1)

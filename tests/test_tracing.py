@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,14 +63,20 @@ class FakeHandle:
 
     def __init__(self, answering: bool) -> None:
         self.answering = answering
+        self.calls = 0  # infer_many calls made
         result = InferenceResult({"y": np.zeros((1, 1), np.float32)}, batch_requests=1, batch_rows=1)
-        self._methods = {
-            "infer_many": SimpleNamespace(remote=lambda requests: FakeResponse([result] * len(requests) if self.answering else None)),
-        }
+        self._methods = {"infer_many": SimpleNamespace(remote=self._infer_many(result))}
         self.ready = SimpleNamespace(remote=lambda: FakeResponse(True if self.answering else None))
 
     def options(self, method_name: str) -> SimpleNamespace:
         return self._methods[method_name]
+
+    def _infer_many(self, result: InferenceResult) -> Callable[[list], FakeResponse]:
+        def remote(requests: list) -> FakeResponse:
+            self.calls += 1
+            return FakeResponse([result] * len(requests) if self.answering else None)
+
+        return remote
 
 
 def test_spans_tree_and_attributes_in_memory_with_a_retry_after_a_variant_is_lost() -> None:
@@ -107,10 +114,15 @@ def test_spans_tree_and_attributes_in_memory_with_a_retry_after_a_variant_is_los
         context = SimpleNamespace(invocation_metadata=lambda: (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),))
         handles["a"].answering = False  # the node of variant a is gone: its calls and probes hang
         request = asyncio.create_task(tracing.infer(model_infer)(SimpleNamespace(id="req-7", model_name="m", model_version=""), context))
-        await asyncio.sleep(0.01)
+
+        async def calling_a() -> None:
+            while handles["a"].calls == 0:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(calling_a(), 30)  # the request waits on a's call
         for _ in range(2):  # two missed probes: a is lost, the call waiting on it cancelled, retried on b
             await reachability.probe_all()
-        return await asyncio.wait_for(request, 5)
+        return await asyncio.wait_for(request, 30)
 
     response = asyncio.run(scenario())
     assert response.parameters["quiver.variant"].string_param == "b"
@@ -183,8 +195,9 @@ def test_quiver_serve_exports_spans_over_otlp_and_continues_the_clients_trace() 
             except triton.InferenceServerException as exc:
                 assert exc.status() == "StatusCode.INVALID_ARGUMENT"
         # The router's exit flushed its spans.
-        deadline = time.monotonic() + 10
-        while len(collector.spans) < 3 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while len(collector.spans) < 3:
+            assert time.monotonic() < deadline, f"{len(collector.spans)} of 3 spans within 60 s:\n{router.own_log()[-3000:]}"
             time.sleep(0.1)
     finally:
         server.stop(None)
