@@ -7,7 +7,9 @@
 `bench` runs every model × target (benchmarks/harness.py) and writes
 OUT/bench.json, OUT/bench.md and OUT/bench.png (benchmarks/report.py); OUT defaults to
 benchmarks/results. The other benchmarks keep their own entry points
-(`python -m benchmarks.router_overhead`, `.routing`, `.variants`).
+(`python -m benchmarks.routing`, `.variants`, `.faults`, `.soak`, `.tracing_cost`, which write
+benchmarks/results/<name>-<stamp>.{json,md} through benchmarks/provenance.py;
+`.router_overhead`, `.process_cpu`, `.hop_cost`, `.grpc_stop_race`, which print).
 """
 
 from __future__ import annotations
