@@ -87,18 +87,29 @@ def test_sigterm_while_waiting_for_variants_stops_at_once(tmp_path: Path) -> Non
     # Two CPUs a replica on a one-CPU instance: it is never placed, so the router keeps waiting.
     variant = signature.variants[0].model_copy(update={"replicas": Replicas(num_cpus=2)})
     write_version(tmp_path / "store", signature.model_copy(update={"name": "example", "variants": [variant]}))
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{'t' * 24} *\n")
     process = subprocess.Popen(
-        [sys.executable, "-m", "quiver", "serve", str(tmp_path / "store"), "--num-cpus", "1", "--port", "0", "--log-level", "INFO"],
+        [sys.executable, "-m", "quiver", "serve", str(tmp_path / "store"), "--num-cpus", "1", "--port", "0",
+         "--token-file", str(tokens), "--log-level", "INFO"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     output: list[str] = []
-    try:
-        # The router's last line before it takes SIGTERM itself and waits for its variant: its
-        # signal handlers follow without a turn of its event loop (quiver/lifecycle.py).
+
+    def read_until(text: str) -> None:
         for line in process.stdout:
             output.append(line)
-            if "router listening on" in line:
-                break
+            if text in line:
+                return
+
+    try:
+        # The router takes SIGTERM itself from the step of its event loop that logs "router
+        # listening" on (quiver/lifecycle.py: its signal handlers follow in that step); a SIGTERM
+        # before that would end it at once. A change to its token file made after that line is
+        # read in a later step: once the router says it read it, its handlers are in place.
+        read_until("router listening on")
+        tokens.write_text(f"{'u' * 24} *\n# rotated\n")
+        read_until(f"token file {tokens} loaded")
         assert process.poll() is None, "".join(output)
         process.send_signal(signal.SIGTERM)
         try:
