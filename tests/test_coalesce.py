@@ -4,6 +4,7 @@ one call, and that every request keeps its own result, error and deadline."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -54,17 +55,29 @@ def one_call_at_a_time(held: bool = False) -> tuple[Replica, Coalescer]:
 
 
 def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, 10))
+    return asyncio.run(asyncio.wait_for(coroutine, 30))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Turns of the event loop until `condition` holds (`run`'s bound fails a scenario where it never does)."""
+    while not condition():
+        await asyncio.sleep(0)
+
+
+async def turns(n: int = 10) -> None:
+    """Turns of the event loop, not time: each step the coalescer or a task takes on its own (a flush,
+    a call starting, a waiter starting to wait) is one turn, so after these whatever would happen has."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 def test_requests_that_arrive_while_calls_are_out_travel_together() -> None:
     async def scenario() -> None:
         replica, coalescer = one_call_at_a_time(held=True)
         first = asyncio.ensure_future(coalescer.submit(request(tag=1), 5))
-        await asyncio.sleep(0)  # the first call leaves alone
-        await asyncio.sleep(0)
+        await until(lambda: len(replica.calls) == 1)  # the first call leaves alone
         rest = [asyncio.ensure_future(coalescer.submit(request(tag=t), 5)) for t in (2, 3, 4)]
-        await asyncio.sleep(0.01)
+        await turns()
         assert [len(call) for call in replica.calls] == [1]  # the others wait: the only call is out
         replica.release.set()
         results = await asyncio.gather(first, *rest)
@@ -117,7 +130,7 @@ def test_a_request_whose_wait_runs_out_while_queued_is_never_sent() -> None:
     async def scenario() -> None:
         replica, coalescer = one_call_at_a_time(held=True)
         out = asyncio.ensure_future(coalescer.submit(request(tag=1), 5))
-        await asyncio.sleep(0.01)
+        await until(lambda: len(replica.calls) == 1)
         with pytest.raises(Expired) as expired:
             await coalescer.submit(request(tag=2), 0.02)
         assert expired.value.sent is False
@@ -134,8 +147,7 @@ def test_a_call_nobody_waits_for_is_cancelled_and_frees_its_place() -> None:
         with pytest.raises(Expired) as expired:
             await coalescer.submit(request(), 0.02)
         assert expired.value.sent is True
-        await asyncio.sleep(0.01)
-        assert replica.cancelled == 1 and coalescer.calls_in_flight == 0
+        await until(lambda: replica.cancelled == 1 and coalescer.calls_in_flight == 0)
         replica.release.set()
         assert (await coalescer.submit(request(tag=5), 5)).outputs["y"][0, 0] == 10
 
@@ -146,10 +158,10 @@ def test_a_client_that_goes_away_leaves_the_queue() -> None:
     async def scenario() -> None:
         replica, coalescer = one_call_at_a_time(held=True)
         out = asyncio.ensure_future(coalescer.submit(request(tag=1), 5))
-        await asyncio.sleep(0.01)
+        await until(lambda: len(replica.calls) == 1)
         gone = asyncio.ensure_future(coalescer.submit(request(tag=2), 5))
         kept = asyncio.ensure_future(coalescer.submit(request(tag=3), 5))
-        await asyncio.sleep(0.01)
+        await turns()  # both wait in the queue
         gone.cancel()
         replica.release.set()
         await asyncio.gather(out, kept)
@@ -162,15 +174,16 @@ def test_a_withdrawn_request_fails_at_once_and_is_not_sent() -> None:
     async def scenario() -> None:
         replica, coalescer = one_call_at_a_time(held=True)
         out = coalescer.submit(request(tag=1), 5)
-        await asyncio.sleep(0.01)
+        await until(lambda: len(replica.calls) == 1)
         queued = coalescer.submit(request(tag=2), 5)
         out.cancel()  # its variant stopped answering: both are withdrawn
         queued.cancel()
         for pending in (out, queued):
             with pytest.raises(Withdrawn):
                 await pending
-        await asyncio.sleep(0.01)
-        assert replica.cancelled == 1 and [len(call) for call in replica.calls] == [1]  # the queued one never left
+        await until(lambda: replica.cancelled == 1)
+        await turns()
+        assert [len(call) for call in replica.calls] == [1]  # the queued one never left
         replica.release.set()
         assert (await coalescer.submit(request(tag=3), 5)).outputs["y"][0, 0] == 6
 
