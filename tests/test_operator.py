@@ -61,6 +61,17 @@ class Load:
     def failures(self) -> dict[str, int]:
         return {key: n for key, n in self.outcomes.items() if not key.startswith("ok:")}
 
+    def answered(self, key: str | None = None) -> int:
+        """Outcomes counted so far: of `key`, or all."""
+        counts = dict(self.outcomes)  # one C call: the threads may add a key meanwhile
+        return counts.get(key, 0) if key else sum(counts.values())
+
+    def wait_for_more(self, n: int, key: str | None = None, timeout_s: float = 60) -> None:
+        """Until `n` more outcomes (of `key`) have been counted: with a request in flight per
+        thread at most, all but that many were sent from now on."""
+        target = self.answered(key) + n
+        eventually(lambda: self.answered(key) >= target, f"{n} more outcomes {key or ''} than the {target - n} of {dict(self.outcomes)}", timeout_s)
+
     def _run(self) -> None:
         connection = triton.InferenceServerClient(self.address)
         x = np.ones((1, 64), np.float32)
@@ -115,7 +126,7 @@ class Stack:
         )
 
 
-def eventually(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+def eventually(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -195,7 +206,7 @@ def test_first_version_is_optimized_deployed_routed_and_ready(stack: Stack) -> N
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
     request = triton.InferInput("x", [3, 64], "FP32")
     request.set_data_from_numpy(x)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:  # the router follows the routes file a moment after the kubelet wrote it
         try:
             result = triton.InferenceServerClient(stack.router.address).infer(MODEL, [request])
@@ -210,7 +221,7 @@ def test_first_version_is_optimized_deployed_routed_and_ready(stack: Stack) -> N
 
 def test_canary_moves_traffic_step_by_step_without_failing_a_request(stack: Stack) -> None:
     stack.load.start()
-    time.sleep(1)
+    stack.load.wait_for_more(20, "ok:1")  # version 1 serves the load before version 2 is applied
     started = time.monotonic()
     stack.apply(MODEL, spec_for(stack, 2))
     seen: list[dict] = []
@@ -230,7 +241,7 @@ def test_canary_moves_traffic_step_by_step_without_failing_a_request(stack: Stac
     assert condition(body, "RolloutProgressing")["reason"] == "Complete"
     stack.wait("version 1's applications removed", lambda b: not b["status"].get("retiring"))
     assert removed(stack, "digits.1.fp32")
-    time.sleep(1)
+    stack.load.wait_for_more(20)  # the load goes on without version 1's applications
     outcomes = stack.load.stop()
     assert not stack.load.failures(), outcomes
     assert outcomes["ok:1"] > 0 and outcomes["ok:2"] > 0
@@ -253,7 +264,7 @@ def test_breached_latency_gate_rolls_back_and_the_serving_version_keeps_serving(
     assert body["status"]["traffic"] == {"2": 100}
     stack.wait("version 3's applications removed", lambda b: not b["status"].get("retiring"))
     assert removed(stack, "digits.3.fp32")
-    time.sleep(1)
+    stack.load.wait_for_more(20)  # the load goes on without version 3's applications
     outcomes = stack.load.stop()
     assert not stack.load.failures(), f"{outcomes}\nrouter log:\n{stack.router.log()[-6000:]}"
     assert outcomes["ok:3"] > 0  # it did take its share before the gate closed
@@ -266,7 +277,9 @@ def test_operator_killed_mid_rollout_resumes_without_repeating_or_skipping_a_ste
     body = stack.wait("step 2 of version 4", lambda b: b["status"].get("traffic") == {"2": 50, "4": 50})
     step_started = body["status"]["stepStartedAt"]
     stack.operator.kill()
-    time.sleep(2)
+    # The operator stays down while the router serves the split it left: both versions answer.
+    stack.load.wait_for_more(10, "ok:2")
+    stack.load.wait_for_more(10, "ok:4")
     assert stack.deployment()["status"]["traffic"] == {"2": 50, "4": 50}
     stack.operator.start()
     seen: list[tuple[dict, float]] = []
