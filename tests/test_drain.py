@@ -69,10 +69,11 @@ def test_sigterm_finishes_accepted_requests_then_exits(tmp_path: Path) -> None:
             status = None
             while time.monotonic() < deadline and status != "not serving":
                 try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
                     status = "serving" if reply.status == health_pb2.HealthCheckResponse.SERVING else "not serving"
-                except grpc.RpcError:
-                    status = "not serving"  # the listener is already closed
+                except grpc.RpcError as error:
+                    if error.code() == grpc.StatusCode.UNAVAILABLE:
+                        status = "not serving"  # the listener is already closed
         for thread in threads:
             thread.join(60)
         assert status == "not serving"

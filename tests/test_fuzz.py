@@ -94,7 +94,9 @@ def requests(draw: st.DrawFn) -> pb.ModelInferRequest:
 @given(request=requests())
 def test_any_request_gets_an_expected_status_in_time(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest) -> None:
     try:
-        stub.ModelInfer(request, timeout=10)
+        # "In time" means not hung: a request left without an answer fails DEADLINE_EXCEEDED here.
+        # Generous, as a stalled machine may be; the model answers in milliseconds.
+        stub.ModelInfer(request, timeout=30)
         code = grpc.StatusCode.OK
     except grpc.RpcError as error:
         code = error.code()
@@ -108,4 +110,4 @@ def test_the_router_still_serves_after_the_fuzzing(stub: pb_grpc.GRPCInferenceSe
         inputs=[pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])],
         raw_input_contents=[np.ones((1, 64), np.float32).tobytes()],
     )
-    assert len(stub.ModelInfer(request, timeout=10).raw_output_contents[0]) == 40
+    assert len(stub.ModelInfer(request, timeout=30).raw_output_contents[0]) == 40

@@ -155,7 +155,7 @@ def test_the_router_serves_through_a_ray_head_loss_and_reads_serve_again_when_it
     head = start_head(1)
     nodes = [head]
     try:
-        serve = ServeApi(f"http://127.0.0.1:{dashboard_port}", token, timeout_s=10)
+        serve = ServeApi(f"http://127.0.0.1:{dashboard_port}", token, timeout_s=30)
 
         def serve_answers() -> bool:
             try:

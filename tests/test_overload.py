@@ -129,7 +129,8 @@ def test_ten_times_the_sustainable_rate_is_shed_quickly_and_admitted_requests_ke
                       ms=overload["ms"], router_rss_mib=[during(capacity)[-1], max(during(overload) + during(after)), during(after)[-1]])
         assert set(capacity["answers"]) == set(after["answers"]) == {"OK"}, (capacity, after)
         assert set(overload["answers"]) == {"OK", "RESOURCE_EXHAUSTED"}, overload
-        # The server kept answering near its sustainable rate; the excess was shed, and quickly.
+        # The server kept answering near its sustainable rate; the excess was shed, and quickly: the
+        # behaviour under test is a time (a shed request is answered at once, not after a queue).
         assert overload["answers"]["OK"] >= 0.3 * capacity["rate"] * 10, overload
         assert overload["answers"]["RESOURCE_EXHAUSTED"] >= 0.6 * overload["sent"], overload
         assert overload["ms"]["RESOURCE_EXHAUSTED"]["50"] < 20 and overload["ms"]["RESOURCE_EXHAUSTED"]["99"] < 1000, overload["ms"]
