@@ -48,6 +48,7 @@ def dispatch_alone(calls: int) -> dict[str, float]:
     from quiver.router.routes import RouteTable, VariantRoute
     from quiver.router.tracing import Tracing
     from quiver.serving import InferenceResult, Manifest, ModelVersion, app_name
+    from quiver.serving.apps import AppState
 
     class Dropped(SpanExporter):
         def export(self, spans):  # noqa: ANN001
@@ -62,15 +63,18 @@ def dispatch_alone(calls: int) -> dict[str, float]:
     version = ModelVersion(manifest, Path("."))
     result = InferenceResult({"y": np.zeros((1, 1), np.float32)}, 1, 1)
 
-    class Response:  # a DeploymentResponse that is answered at once
+    class Response:  # a DeploymentResponse to `infer_many` that is answered at once
+        def __init__(self, requests: list) -> None:
+            self.results = [result] * len(requests)
+
         def __await__(self):
-            return result
+            return self.results
             yield  # unreachable: makes __await__ a generator
 
         def cancel(self) -> None:
             pass
 
-    handle = SimpleNamespace(infer=SimpleNamespace(remote=lambda inputs, deadline: Response()))
+    handle = SimpleNamespace(options=lambda **_: SimpleNamespace(remote=Response))
     routes = RouteTable([VariantRoute(version, manifest.variants[0], handle)])
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(Dropped(), max_queue_size=1 << 17))
@@ -81,7 +85,7 @@ def dispatch_alone(calls: int) -> dict[str, float]:
     context = SimpleNamespace(invocation_metadata=lambda: ())
 
     async def measure(traced: bool, watchers: list) -> float:
-        readiness = ProbedReadiness(routes, poll=lambda: {app_name(version, manifest.variants[0]): "RUNNING"})
+        readiness = ProbedReadiness(routes, poll=lambda: {app_name(version, manifest.variants[0]): AppState("RUNNING", 1)})
         await readiness.refresh()
         dispatcher = Dispatcher(RouterMetrics(), readiness, watchers=[w if w != "probes" else readiness.reachability for w in watchers])
 
