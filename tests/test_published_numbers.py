@@ -1,0 +1,80 @@
+"""The README's numbers are a stored run's: every table it shows in its Numbers and fault sections
+sits in a results block, pasted from a file under benchmarks/results/ that the measuring command
+wrote with its provenance (benchmarks/provenance.py). No timing is measured here.
+
+A block in README.md:
+
+    <!-- results: benchmarks/results/routing-2026-12-05T2330.md -->
+    ...lines copied from that file...
+    <!-- /results -->
+
+`<!-- results: FILE (before CPU flags were recorded) -->` marks a run made before the results
+carried the CPU's instruction-set flags: its date and commit are still required.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BLOCK = re.compile(r"<!-- results: (?P<path>\S+)(?P<note> [^>]*)? -->\n(?P<body>.*?)<!-- /results -->", re.DOTALL)
+LEGACY = "(before CPU flags were recorded)"
+# Sections whose every table must come from a results block.
+MEASURED_SECTIONS = ("## Numbers", "## Under load, faults and bad input")
+
+
+def blocks() -> list[re.Match]:
+    return list(BLOCK.finditer(README.read_text()))
+
+
+def section(text: str, heading: str) -> str:
+    start = text.index(heading + "\n")
+    following = text.find("\n## ", start + len(heading))
+    return text[start: following if following >= 0 else len(text)]
+
+
+def test_the_readme_cites_results_files() -> None:
+    cited = {match["path"] for match in blocks()}
+    assert {"routing", "variants", "faults"} <= {Path(path).name.split("-")[0] for path in cited}, cited
+
+
+def test_every_cited_file_exists_with_its_provenance() -> None:
+    for match in blocks():
+        path = ROOT / match["path"]
+        assert path.is_file(), f"README cites {match['path']}, which does not exist"
+        assert path.parent == ROOT / "benchmarks/results", match["path"]
+        meta = json.loads(path.with_suffix(".json").read_text())["meta"]
+        commit = meta.get("commit") or meta.get("versions", {}).get("git_commit")
+        assert meta.get("date") and commit, f"{path.with_suffix('.json')}: no date or commit in its meta"
+        if (match["note"] or "").strip() != LEGACY:
+            machine = meta["machine"]
+            assert machine.get("cpu") and machine.get("flags") and "isa" in machine, f"{path}: no CPU model or flags"
+            assert meta.get("command", "").startswith("python -m benchmarks"), f"{path}: no command line"
+            assert meta.get("load_average_start") and meta.get("load_average_end"), f"{path}: no load average"
+
+
+def test_every_line_of_a_block_is_in_its_file() -> None:
+    for match in blocks():
+        lines = {line.strip() for line in (ROOT / match["path"]).read_text().splitlines()}
+        missing = [line for line in match["body"].splitlines() if line.strip() and line.strip() not in lines]
+        assert not missing, f"README lines not in {match['path']} (re-paste from the file): {missing[:3]}"
+
+
+def test_the_measured_sections_show_no_table_outside_a_block() -> None:
+    text = README.read_text()
+    outside = BLOCK.sub("", text)
+    for heading in MEASURED_SECTIONS:
+        rows = [line for line in section(outside, heading).splitlines() if line.startswith("|")]
+        assert not rows, f"{heading}: a table that no results file backs: {rows[:2]}"
+
+
+def test_every_results_path_the_readme_names_exists() -> None:
+    named = set(re.findall(r"benchmarks/results/[\w.{},-]+", README.read_text()))
+    for name in named:
+        stem, _, suffixes = name.partition("{")
+        paths = [stem + s for s in suffixes.rstrip("}").split(",")] if suffixes else [name]
+        for path in paths:
+            assert (ROOT / path.rstrip(".,")).exists(), f"README names {path}, which does not exist"
