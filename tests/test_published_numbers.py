@@ -78,3 +78,34 @@ def test_every_results_path_the_readme_names_exists() -> None:
         paths = [stem + s for s in suffixes.rstrip("}").split(",")] if suffixes else [name]
         for path in paths:
             assert (ROOT / path.rstrip(".,")).exists(), f"README names {path}, which does not exist"
+
+
+def test_a_results_file_written_through_provenance_carries_what_this_check_requires(tmp_path: Path) -> None:
+    from benchmarks import provenance
+
+    run = provenance.begin(command="python -m benchmarks.example --seconds 1")
+    json_path, md_path = provenance.write("example", run, {"rows": [1]}, "| a | b |\n|---|---|\n| 1 | 2 |", "Example", out=tmp_path)
+    meta = json.loads(json_path.read_text())["meta"]
+    assert meta["date"] and meta["commit"] and meta["machine"]["cpu"] and meta["load_average_end"]
+    assert meta["machine"]["flags"] and set(meta["machine"]["isa"]) <= set(meta["machine"]["flags"])
+    text = md_path.read_text()
+    assert "`python -m benchmarks.example --seconds 1`" in text and "instruction-set flags:" in text and "| 1 | 2 |" in text
+
+
+def test_the_fault_tests_counts_reach_the_fault_table(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import faults as table
+    from tests import faults
+
+    faults.record("nowhere", sent=1, answers={"OK": 1})  # QUIVER_FAULTS_OUT unset: nothing written
+    out = tmp_path / "faults.jsonl"
+    monkeypatch.setenv(faults.OUT, str(out))
+    faults.record("cluster_loss", sent={"pooled": 3, "gpuonly": 2}, answers={"pooled": {"OK": 3}, "gpuonly": {"UNAVAILABLE": 1}})
+    faults.record("replica_kill[wait=0]", sent=4, answered={"OK": 2, "UNAVAILABLE": 2})
+    faults.record("head_loss", sent=2, answers={"OK": 1, "UNAVAILABLE: the head is away": 1})
+    rows = [row for line in out.read_text().splitlines() for row in table.rows_of(json.loads(line))]
+    assert [(r["fault"], r["sent"], r["ok"], r["failed"], r["lost"]) for r in rows] == [
+        ("cluster_loss/pooled", 3, 3, {}, 0),
+        ("cluster_loss/gpuonly", 2, 0, {"UNAVAILABLE": 1}, 1),
+        ("replica_kill[wait=0]", 4, 2, {"UNAVAILABLE": 2}, 0),
+        ("head_loss", 2, 1, {"UNAVAILABLE": 1}, 0),
+    ]
