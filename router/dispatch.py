@@ -238,6 +238,9 @@ class Dispatcher:
             stats.finished(elapsed_ms, failed_at)
             metrics.in_flight.dec()
             metrics.requests(code).inc()
+            # Triton's statistics (router/statistics.py); `result` is bound whenever `code` is OK.
+            ok = code is grpc.StatusCode.OK
+            self._metrics.statistics.finished(route.manifest, code, self._clock() - start, request, result if ok else None)
 
 
 def _cause(exc: InferenceError) -> str:

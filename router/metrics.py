@@ -5,7 +5,8 @@ replica spent queueing and computing, requests in flight (the router's view of q
 batch sizes the replicas ran, routing decisions by reason, calls to replicas by path and how
 many requests each carried.
 Requests refused before a variant was chosen are counted per model and status. The operator's
-rollout gates read error rate and p99 per version from here.
+rollout gates read error rate and p99 per version from here. Beside them, `statistics` keeps
+Triton's per-version inference statistics (router/statistics.py), which the protocol serves.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from http.server import HTTPServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .statistics import InferenceStatistics
 
 VARIANT_LABELS = ("model", "version", "variant", "pool")
 # From a small model's run (0.1 ms) to a replica that stalls.
@@ -80,6 +83,8 @@ class RouterMetrics:
             "quiver_rejected_requests", "Requests refused before dispatch, by gRPC status", ["model", "code"], registry=self.registry
         )
 
+        # Triton's statistics extension: the same calls, summed per model version for the protocol to serve.
+        self.statistics = InferenceStatistics()
         self._variants: dict[tuple[str, str, str, str], VariantMetrics] = {}
 
     def variant(self, model: str, version: str, variant: str, pool: str) -> VariantMetrics:

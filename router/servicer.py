@@ -17,7 +17,7 @@ from quiver import __version__
 from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from . import codec, health
+from . import codec, health, modelconfig, triton_grpc
 from .auth import Authenticator
 from .dispatch import Dispatcher
 from .errors import DeadlineExceeded, NotFound, RouterError, Unavailable, status_of
@@ -103,7 +103,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="quiver", version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(name="quiver", version=__version__, extensions=triton_grpc.EXTENSIONS)
 
     @_rpc(lambda request: request.name)
     async def ModelMetadata(
@@ -117,6 +117,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs=[codec.tensor_metadata(spec) for spec in manifest.inputs],
             outputs=[codec.tensor_metadata(spec) for spec in manifest.outputs],
         )
+
+    @_rpc(lambda request: request.name)
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+        manifest = self._routes.lookup(request.name, request.version).manifest
+        return triton_grpc.model_config(modelconfig.describe(manifest))
+
+    # Empty name: every model (a token scoped to some models may not ask for that); empty version: every version.
+    @_rpc(lambda request: request.name)
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            self._routes.lookup(request.name, request.version)  # NOT_FOUND for a model or version not served
+        return triton_grpc.model_statistics(self._metrics.statistics.served(self._routes.models(), request.name, request.version))
 
     @_rpc(lambda request: request.model_name)
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:

@@ -68,5 +68,10 @@ def test_reflection_describes_the_service(server: ServerProcess) -> None:
         assert {SERVICE, "grpc.health.v1.Health"} <= set(reflection.get_services())
         service_file = reflection.FindFileContainingSymbol(SERVICE)
         methods = {method.name for method in service_file.service[0].method}
-        assert methods == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"}
+        assert methods == {
+            "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+            "ModelConfig", "ModelStatistics",  # Triton's extensions
+        }
+        # Triton's model configuration lives in a file of its own that reflection serves too.
+        assert reflection.FindFileContainingSymbol("inference.ModelConfig").name.endswith("model_config.proto")
         assert {message.name for message in service_file.message_type} >= {"ModelInferRequest", "ModelInferResponse"}
