@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
 
@@ -40,9 +40,6 @@ class Duration:
 
     count: int = 0
     ns: int = 0
-
-    def plus(self, seconds: float) -> Duration:
-        return Duration(self.count + 1, self.ns + max(0, round(seconds * 1e9)))
 
 
 @dataclass(frozen=True)
@@ -62,39 +59,56 @@ class VersionStatistics:
     compute_output: Duration = Duration()
 
 
+class _Running:
+    """One version's sums as they grow: plain fields added to in place, since every answered request
+    passes here (a frozen snapshot per request cost ~30 µs of the router's CPU)."""
+
+    __slots__ = ("last_inference_ms", "inference_count", "executions", "success", "fail", "queue", "compute_infer")
+
+    def __init__(self) -> None:
+        self.last_inference_ms = self.inference_count = 0
+        self.executions = 0.0  # fractional: each request's share of its batch
+        # [count, seconds] each
+        self.success, self.fail, self.queue, self.compute_infer = [0, 0.0], [0, 0.0], [0, 0.0], [0, 0.0]
+
+    def snapshot(self, name: str, version: str) -> VersionStatistics:
+        answered = Duration(self.success[0], 0)
+        return VersionStatistics(
+            name, version, self.last_inference_ms, self.inference_count, round(self.executions),
+            success=_duration(self.success), fail=_duration(self.fail), queue=_duration(self.queue),
+            compute_input=answered, compute_infer=_duration(self.compute_infer), compute_output=answered,
+        )
+
+
 class InferenceStatistics:
     """Every model version's statistics, from its first call on (router/metrics.py owns the one instance)."""
 
     def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
         self._wall_clock = wall_clock
-        self._versions: dict[tuple[str, str], VersionStatistics] = {}
-        self._executions: dict[tuple[str, str], float] = {}  # fractional: each request's share of its batch
+        self._versions: dict[tuple[str, str], _Running] = {}
 
     def finished(
         self, manifest: Manifest, code: grpc.StatusCode, seconds: float, request: InferenceRequest, result: InferenceResult | None
     ) -> None:
         """A call to one of `manifest`'s variants ended with `code` after `seconds`; `result` is its answer (None if it failed)."""
         key = (manifest.name, manifest.version)
-        stats = self._versions.get(key) or VersionStatistics(*key)
+        running = self._versions.get(key)
+        if running is None:
+            running = self._versions[key] = _Running()
         if code is not grpc.StatusCode.OK or result is None:
-            self._versions[key] = replace(stats, fail=stats.fail.plus(seconds))
+            _add(running.fail, seconds)
             return
-        executions = self._executions[key] = self._executions.get(key, 0.0) + 1 / max(1, result.batch_requests)
-        self._versions[key] = replace(
-            stats,
-            last_inference_ms=round(1000 * self._wall_clock()),
-            inference_count=stats.inference_count + (request.rows if manifest.batchable else 1),
-            execution_count=round(executions),
-            success=stats.success.plus(seconds),
-            queue=stats.queue.plus(result.queue_s),
-            compute_input=stats.compute_input.plus(0.0),
-            compute_infer=stats.compute_infer.plus(result.compute_s),
-            compute_output=stats.compute_output.plus(0.0),
-        )
+        running.last_inference_ms = round(1000 * self._wall_clock())
+        running.inference_count += request.rows if manifest.batchable else 1
+        running.executions += 1 / max(1, result.batch_requests)
+        _add(running.success, seconds)
+        _add(running.queue, result.queue_s)
+        _add(running.compute_infer, result.compute_s)
 
     def snapshot(self, name: str, version: str) -> VersionStatistics:
         """One version's statistics so far (zeros if it was never called)."""
-        return self._versions.get((name, version)) or VersionStatistics(name, version)
+        running = self._versions.get((name, version))
+        return running.snapshot(name, version) if running is not None else VersionStatistics(name, version)
 
     def served(self, models: Mapping[str, Iterable[str]], name: str = "", version: str = "") -> list[VersionStatistics]:
         """The statistics of the versions served (`models`: name → versions) that a request selects,
@@ -106,3 +120,12 @@ class InferenceStatistics:
             for v in versions
             if not version or v == version
         ]
+
+
+def _add(sums: list, seconds: float) -> None:
+    sums[0] += 1
+    sums[1] += seconds
+
+
+def _duration(sums: list) -> Duration:
+    return Duration(sums[0], max(0, round(sums[1] * 1e9)))
