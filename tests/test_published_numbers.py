@@ -109,3 +109,15 @@ def test_the_fault_tests_counts_reach_the_fault_table(tmp_path: Path, monkeypatc
         ("replica_kill[wait=0]", 4, 2, {"UNAVAILABLE": 2}, 0),
         ("head_loss", 2, 1, {"UNAVAILABLE": 1}, 0),
     ]
+
+
+def test_every_table_in_a_block_has_as_many_cells_in_each_row_as_its_header() -> None:
+    for match in blocks():
+        table: list[str] = []
+        for line in [*match["body"].splitlines(), ""]:
+            if line.startswith("|"):
+                table.append(line)
+                continue
+            widths = {row.count("|") for row in table}
+            assert len(widths) <= 1, f"{match['path']}: a table whose rows differ in width: {table[:2]}"
+            table = []
