@@ -9,7 +9,8 @@ that checks the server's health (service config: round_robin with `healthCheckCo
 tests/clients/retrying_client.py). Printed: answers by status for each. A call that reaches the
 server in the instant it stops, before the application took it, is ended by gRPC core with
 CANCELLED (grpc/grpc#41785), which no retry policy retries; the health-checking client stopped
-sending when the drain began.
+sending when the drain began. Writes benchmarks/results/grpc-stop-race-<stamp>.{json,md}
+(benchmarks/provenance.py).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from benchmarks import provenance
 
 SERVICE = "race.Echo"
 HEALTH_CHECKED = {
@@ -86,7 +90,10 @@ def one_run(health_checked: bool, threads: int = 4) -> Counter[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.grpc_stop_race", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=provenance.RESULTS)
     args = parser.parse_args()
+    run = provenance.begin()
+    rows = []
     for health_checked in (False, True):
         total: Counter[str] = Counter()
         cancelled_runs = 0
@@ -96,6 +103,28 @@ def main() -> None:
             cancelled_runs += answers["CANCELLED"] > 0
         client = "health-checking client" if health_checked else "plain client"
         print(f"{client}: {args.runs} stops, CANCELLED in {cancelled_runs} of them; answers {dict(total)}")
+        rows.append({"client": client, "stops": args.runs, "stops_with_cancelled": cancelled_runs,
+                     "answers": dict(sorted(total.items()))})
+    body = markdown(rows)
+    paths = provenance.write("grpc-stop-race", run, {"settings": {"runs": args.runs}, "rows": rows}, body,
+                             "gRPC core's answers to calls at a server's stop, by client", out=args.out)
+    print(body)
+    print("written:", *paths)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "A bare grpc.aio server (a 1 ms handler) under load from four client threads, stopped as the router stops "
+        "(health NOT_SERVING, a 1 s drain, `server.stop(5.0)`), once per stop; a plain channel, then one that checks "
+        "the server's health (round_robin with `healthCheckConfig`).",
+        "",
+        "| client | stops | stops with a CANCELLED answer | answers, by status |",
+        "|---|---:|---:|---|",
+    ]
+    for row in rows:
+        answers = ", ".join(f"{status} {count:,}" for status, count in row["answers"].items())
+        lines.append(f"| {row['client']} | {row['stops']} | {row['stops_with_cancelled']} | {answers} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ returns the answer's bytes, with no parsing and no logic. A closed loop from the
 the backend directly, then through the proxy, at each concurrency. Printed: throughput and each
 process's CPU milliseconds per request (from /proc). The proxy's share is what any Python gRPC
 hop costs on that CPU; Quiver's router (`python -m benchmarks.process_cpu`) pays it plus its own work.
+Writes benchmarks/results/hop-cost-<stamp>.{json,md} (benchmarks/provenance.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks import harness, models
+from benchmarks import harness, models, provenance
 from benchmarks.loadgen import request_rows, session_processes
 from benchmarks.targets import PEERS, free_port
 
@@ -97,7 +98,10 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-int8", help=f"one of {list(models.KEYS[:3])}")
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=provenance.RESULTS)
     args = parser.parse_args()
+    run = provenance.begin()
+    rows = []
     pins = harness.pinning(harness.BenchSettings())
     print(f"pinning: {pins.how}")
     with tempfile.TemporaryDirectory(prefix="quiver-hop-") as scratch:
@@ -122,10 +126,36 @@ def main() -> None:
                     backend_ms, proxy_ms = (1000 * seconds / answered for seconds in used)
                     print(f"{model.key} c={concurrency} {path:18s} {answered / elapsed:7.1f} req/s   "
                           f"backend {backend_ms:6.2f} ms/req   proxy {proxy_ms:5.2f} ms/req")
+                    rows.append({"model": model.key, "concurrency": concurrency, "path": path, "answered": answered,
+                                 "seconds": round(elapsed, 3), "req_per_s": round(answered / elapsed, 2),
+                                 "backend_cpu_ms": round(backend_ms, 3), "proxy_cpu_ms": round(proxy_ms, 3)})
         finally:
             for process in started:
                 process.kill()
                 process.wait()
+    where = (f"backend and proxy on CPU {list(pins.server_cpus)}, load from CPU {list(pins.client_cpus)}" if pins.server_cpus
+             else "not pinned")
+    settings = {"model": args.model, "concurrency": args.concurrency, "seconds": args.seconds, "pinning": where}
+    body = markdown(rows, settings)
+    paths = provenance.write("hop-cost", run, {"settings": settings, "rows": rows}, body,
+                             "What one bare grpc.aio hop costs in front of a model sharing its CPU", out=args.out)
+    print(body)
+    print("written:", *paths)
+
+
+def markdown(rows: list[dict], settings: dict) -> str:
+    lines = [
+        f"{settings['model']}: a one-process grpc.aio backend running it with ONNX Runtime, called directly and through a "
+        f"bare grpc.aio proxy (bytes forwarded, no parsing) ({settings['pinning']}); closed loop, {settings['seconds']:g} s "
+        "per row after 2 s of warm-up; CPU ms per answered request of each process, from /proc.",
+        "",
+        "| model | concurrency | path | req/s | backend CPU ms per request | proxy CPU ms per request |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['model']} | {row['concurrency']} | {row['path']} | {row['req_per_s']:,.1f} | "
+                     f"{row['backend_cpu_ms']:.2f} | {row['proxy_cpu_ms']:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

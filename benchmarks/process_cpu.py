@@ -16,6 +16,9 @@ concurrency 1, its queue, the hop to the replica and back).
 On a one-CPU share everything here competes with ONNX Runtime for the same core, so a
 compute-bound model loses what the other processes use: this is the breakdown behind the
 MiniLM rows of the peer comparison (benchmarks/NOTES.md).
+
+Writes benchmarks/results/process-cpu-<stamp>.{json,md} (benchmarks/provenance.py): per model, each
+process's share of one CPU and CPU milliseconds per request in each window, and the latency split.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks import harness, models
+from benchmarks import harness, models, provenance
 from benchmarks.loadgen import MODEL_INFER, closed_loop, encode_request, request_rows, session_processes
 from benchmarks.targets import TARGETS, free_port
 
@@ -122,16 +125,85 @@ def report(model: str, concurrency: int, window: Window) -> None:
               f"{mean['queue']:.2f}, the rest {latency - mean['compute'] - mean['queue']:.2f}")
 
 
+# Processes of the stack that are neither the router nor a replica: Ray's, and the replica directory.
+ROUTER = "quiver serve"
+REPLICA = "ray::ServeReplica"
+
+
+def window_row(model: str, concurrency: int, window: Window) -> dict:
+    answered, elapsed = window.answered, window.elapsed_s
+    row = {
+        "model": model, "concurrency": concurrency, "seconds": round(elapsed, 3), "answered": answered,
+        "req_per_s": round(answered / elapsed, 2) if answered else 0.0,
+        "cpu_s": {name: round(seconds, 4) for name, seconds in sorted(window.cpu_s.items())},
+    }
+    if answered:
+        mean = {stage: 1000 * seconds / answered for stage, seconds in window.replica_s.items()}
+        latency = 1000 * window.latency_s / answered
+        row["latency_ms"] = {"client_mean": round(latency, 3), "onnx_runtime": round(mean["compute"], 3),
+                             "waiting_in_replica": round(mean["queue"], 3),
+                             "rest": round(latency - mean["compute"] - mean["queue"], 3)}
+    return row
+
+
+def _groups(cpu_s: dict[str, float]) -> dict[str, float]:
+    """The summary rows: all processes, and those that are neither the router nor a replica."""
+    others = sum(s for name, s in cpu_s.items() if name != ROUTER and not name.startswith(REPLICA))
+    return {"all": sum(cpu_s.values()), "all but the router and the replica": others}
+
+
+def markdown(rows: list[dict], settings: dict) -> str:
+    lines = [
+        f"`quiver serve` as the harness starts it ({settings['pinning']}); closed loop of batch-1 `ModelInfer`, "
+        f"{settings['seconds']:g} s per window after 2 s of warm-up (concurrency 0: nothing sent). CPU time of "
+        "every process of the server's session over the window, from /proc: % of one CPU, and CPU ms per "
+        "answered request.",
+    ]
+    for model in dict.fromkeys(row["model"] for row in rows):
+        windows = [row for row in rows if row["model"] == model]
+        head = ["process"]
+        for w in windows:
+            c = w["concurrency"]
+            head += ["idle: % of one CPU"] if not c else [f"c={c} ({w['req_per_s']:,.1f} req/s): % of one CPU", f"c={c}: ms per request"]
+        names = sorted({name for w in windows for name, s in w["cpu_s"].items() if s > 0},
+                       key=lambda name: -max(w["cpu_s"].get(name, 0.0) / w["seconds"] for w in windows))
+        lines += ["", f"**{model}**", "", "| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+        summaries = [_groups(w["cpu_s"]) for w in windows]
+        for name in [*names, "all", "all but the router and the replica"]:
+            cells = [name if name in summaries[0] else "`" + name.replace("|", "\\|") + "`"]
+            for w, summary in zip(windows, summaries):
+                seconds = summary[name] if name in summary else w["cpu_s"].get(name, 0.0)
+                cells.append(f"{100 * seconds / w['seconds']:.2f}")
+                if w["concurrency"]:
+                    cells.append(f"{1000 * seconds / w['answered']:.3f}" if w["answered"] else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+    split = [row for row in rows if row.get("latency_ms")]
+    if split:
+        lines += ["", "Mean latency as the client saw it, split by the router's metrics over the same window (ms per request): "
+                  "ONNX Runtime in the replica (the whole run of each request's batch), waiting in the replica, and the "
+                  "rest (gRPC both ways, the router, its queue above concurrency 1, the hop to the replica and back).", "",
+                  "| model | concurrency | req/s | client mean | ONNX Runtime in the replica | waiting in the replica | the rest |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for row in split:
+            ms = row["latency_ms"]
+            lines.append(f"| {row['model']} | {row['concurrency']} | {row['req_per_s']:,.1f} | {ms['client_mean']:.2f} | "
+                         f"{ms['onnx_runtime']:.2f} | {ms['waiting_in_replica']:.2f} | {ms['rest']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.process_cpu", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="example,minilm-int8", help=f"comma-separated, of {list(models.KEYS)}")
     parser.add_argument("--concurrency", default="0,1,4", help="windows to measure; 0: idle")
     parser.add_argument("--seconds", type=float, default=10.0, help="per window")
+    parser.add_argument("--out", type=Path, default=provenance.RESULTS)
     args = parser.parse_args()
+    run = provenance.begin()
     pins = harness.pinning(harness.BenchSettings())
     if pins.client_cpus:
         os.sched_setaffinity(0, pins.client_cpus)
     print(f"pinning: {pins.how}")
+    rows = []
     with tempfile.TemporaryDirectory(prefix="quiver-cpu-") as scratch:
         for model in models.prepare(args.models.split(","), Path(scratch)):
             launch = TARGETS["quiver"].launch(model, Path(scratch), len(pins.server_cpus or os.sched_getaffinity(0)))
@@ -141,7 +213,17 @@ def main() -> None:
             log = Path(scratch) / f"{model.key}.log"
             with harness.started(launch, pins.server_cpus, log, timeout_s=180) as (address, session):
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
-                    report(model.key, concurrency, asyncio.run(measure(address, metrics_url, model, session, concurrency, args.seconds)))
+                    window = asyncio.run(measure(address, metrics_url, model, session, concurrency, args.seconds))
+                    report(model.key, concurrency, window)
+                    rows.append(window_row(model.key, concurrency, window))
+    where = (f"server on CPU {list(pins.server_cpus)}, load from CPU {list(pins.client_cpus)}" if pins.server_cpus
+             else "not pinned")
+    settings = {"models": args.models, "concurrency": args.concurrency, "seconds": args.seconds, "pinning": where}
+    body = markdown(rows, settings)
+    paths = provenance.write("process-cpu", run, {"settings": settings, "rows": rows}, body,
+                             "Where the server's CPU goes, process by process, and a request's time", out=args.out)
+    print(body)
+    print("written:", *paths)
 
 
 if __name__ == "__main__":
