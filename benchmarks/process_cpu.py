@@ -1,6 +1,7 @@
 """Where Quiver's server spends its CPU, process by process, and a request's time, stage by stage.
 
     python -m benchmarks.process_cpu [--models example,minilm-int8] [--concurrency 0,1,4] [--seconds 10]
+                                     [--dispatch direct,serve-handle]
 
 Starts `quiver serve` as the harness does (benchmarks/targets.py; the server on the first half
 of the CPUs, this process, which sends the load, on the rest), then for each concurrency counts
@@ -12,6 +13,10 @@ Under load it also splits the mean latency the client saw, from the router's met
 same window: ONNX Runtime in the replica (the whole run of each request's batch), waiting in the
 replica for it, and the rest (the client's and the router's gRPC, the router's work and, above
 concurrency 1, its queue, the hop to the replica and back).
+
+`--dispatch serve-handle` serves with `--no-direct` (every call through Serve's DeploymentHandle,
+not the replica's data plane); at concurrency 1 each call carries one request, so that window is
+what Serve's per-call path costs per request.
 
 On a one-CPU share everything here competes with ONNX Runtime for the same core, so a
 compute-bound model loses what the other processes use: this is the breakdown behind the
@@ -130,10 +135,13 @@ ROUTER = "quiver serve"
 REPLICA = "ray::ServeReplica"
 
 
-def window_row(model: str, concurrency: int, window: Window) -> dict:
+DISPATCH = {"direct": "the replicas' data planes", "serve-handle": "Serve's handles (`--no-direct`)"}
+
+
+def window_row(model: str, dispatch: str, concurrency: int, window: Window) -> dict:
     answered, elapsed = window.answered, window.elapsed_s
     row = {
-        "model": model, "concurrency": concurrency, "seconds": round(elapsed, 3), "answered": answered,
+        "model": model, "dispatch": dispatch, "concurrency": concurrency, "seconds": round(elapsed, 3), "answered": answered,
         "req_per_s": round(answered / elapsed, 2) if answered else 0.0,
         "cpu_s": {name: round(seconds, 4) for name, seconds in sorted(window.cpu_s.items())},
     }
@@ -159,15 +167,15 @@ def markdown(rows: list[dict], settings: dict) -> str:
         "every process of the server's session over the window, from /proc: % of one CPU, and CPU ms per "
         "answered request.",
     ]
-    for model in dict.fromkeys(row["model"] for row in rows):
-        windows = [row for row in rows if row["model"] == model]
+    for model, dispatch in dict.fromkeys((row["model"], row["dispatch"]) for row in rows):
+        windows = [row for row in rows if (row["model"], row["dispatch"]) == (model, dispatch)]
         head = ["process"]
         for w in windows:
             c = w["concurrency"]
             head += ["idle: % of one CPU"] if not c else [f"c={c} ({w['req_per_s']:,.1f} req/s): % of one CPU", f"c={c}: ms per request"]
         names = sorted({name for w in windows for name, s in w["cpu_s"].items() if s > 0},
                        key=lambda name: -max(w["cpu_s"].get(name, 0.0) / w["seconds"] for w in windows))
-        lines += ["", f"**{model}**", "", "| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+        lines += ["", f"**{model}**, calls to the replica on {DISPATCH[dispatch]}", "", "| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
         summaries = [_groups(w["cpu_s"]) for w in windows]
         for name in [*names, "all", "all but the router and the replica"]:
             cells = [name if name in summaries[0] else "`" + name.replace("|", "\\|") + "`"]
@@ -182,11 +190,11 @@ def markdown(rows: list[dict], settings: dict) -> str:
         lines += ["", "Mean latency as the client saw it, split by the router's metrics over the same window (ms per request): "
                   "ONNX Runtime in the replica (the whole run of each request's batch), waiting in the replica, and the "
                   "rest (gRPC both ways, the router, its queue above concurrency 1, the hop to the replica and back).", "",
-                  "| model | concurrency | req/s | client mean | ONNX Runtime in the replica | waiting in the replica | the rest |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| model | calls on | concurrency | req/s | client mean | ONNX Runtime in the replica | waiting in the replica | the rest |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for row in split:
             ms = row["latency_ms"]
-            lines.append(f"| {row['model']} | {row['concurrency']} | {row['req_per_s']:,.1f} | {ms['client_mean']:.2f} | "
+            lines.append(f"| {row['model']} | {row['dispatch']} | {row['concurrency']} | {row['req_per_s']:,.1f} | {ms['client_mean']:.2f} | "
                          f"{ms['onnx_runtime']:.2f} | {ms['waiting_in_replica']:.2f} | {ms['rest']:.2f} |")
     return "\n".join(lines)
 
@@ -196,6 +204,7 @@ def main() -> None:
     parser.add_argument("--models", default="example,minilm-int8", help=f"comma-separated, of {list(models.KEYS)}")
     parser.add_argument("--concurrency", default="0,1,4", help="windows to measure; 0: idle")
     parser.add_argument("--seconds", type=float, default=10.0, help="per window")
+    parser.add_argument("--dispatch", default="direct", help=f"comma-separated, of {list(DISPATCH)}: a server each")
     parser.add_argument("--out", type=Path, default=provenance.RESULTS)
     args = parser.parse_args()
     run = provenance.begin()
@@ -206,19 +215,24 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="quiver-cpu-") as scratch:
         for model in models.prepare(args.models.split(","), Path(scratch)):
-            launch = TARGETS["quiver"].launch(model, Path(scratch), len(pins.server_cpus or os.sched_getaffinity(0)))
-            metrics_port = free_port()  # the harness turns the router's metrics off; here they are read
-            launch = replace(launch, command=[*launch.command, "--metrics-port", str(metrics_port)])
-            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-            log = Path(scratch) / f"{model.key}.log"
-            with harness.started(launch, pins.server_cpus, log, timeout_s=180) as (address, session):
-                for concurrency in (int(c) for c in args.concurrency.split(",")):
-                    window = asyncio.run(measure(address, metrics_url, model, session, concurrency, args.seconds))
-                    report(model.key, concurrency, window)
-                    rows.append(window_row(model.key, concurrency, window))
+            for dispatch in args.dispatch.split(","):
+                if dispatch not in DISPATCH:
+                    parser.error(f"--dispatch {dispatch}: one of {list(DISPATCH)}")
+                launch = TARGETS["quiver"].launch(model, Path(scratch), len(pins.server_cpus or os.sched_getaffinity(0)))
+                metrics_port = free_port()  # the harness turns the router's metrics off; here they are read
+                extra = ["--no-direct"] if dispatch == "serve-handle" else []
+                launch = replace(launch, command=[*launch.command, "--metrics-port", str(metrics_port), *extra])
+                metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+                log = Path(scratch) / f"{model.key}-{dispatch}.log"
+                with harness.started(launch, pins.server_cpus, log, timeout_s=180) as (address, session):
+                    for concurrency in (int(c) for c in args.concurrency.split(",")):
+                        window = asyncio.run(measure(address, metrics_url, model, session, concurrency, args.seconds))
+                        report(f"{model.key} ({dispatch})", concurrency, window)
+                        rows.append(window_row(model.key, dispatch, concurrency, window))
     where = (f"server on CPU {list(pins.server_cpus)}, load from CPU {list(pins.client_cpus)}" if pins.server_cpus
              else "not pinned")
-    settings = {"models": args.models, "concurrency": args.concurrency, "seconds": args.seconds, "pinning": where}
+    settings = {"models": args.models, "dispatch": args.dispatch, "concurrency": args.concurrency, "seconds": args.seconds,
+                "pinning": where}
     body = markdown(rows, settings)
     paths = provenance.write("process-cpu", run, {"settings": settings, "rows": rows}, body,
                              "Where the server's CPU goes, process by process, and a request's time", out=args.out)

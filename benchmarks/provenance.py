@@ -12,8 +12,9 @@ kind, so a number without them cannot be compared), the load average at start an
 machine is shared), and the versions of what ran. The README's tables are pasted from these
 Markdown files; tests/test_published_numbers.py checks that they still are.
 
-Used by soak, variants, routing, tracing_cost, faults, process_cpu, hop_cost and grpc_stop_race; harness.py (the peer comparison)
-builds its own meta on `machine()` and `versions()`, in the format report.py reads.
+Used by soak, variants, routing, tracing_cost, faults, process_cpu, hop_cost and grpc_stop_race;
+harness.py (the peer comparison) builds its own meta on `machine()` and `versions()`, in the
+format report.py reads.
 """
 
 from __future__ import annotations
