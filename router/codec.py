@@ -1,102 +1,65 @@
-"""Open Inference Protocol tensors ↔ numpy, with the validation that guards the replicas.
+"""Open Inference Protocol gRPC messages ↔ the protocol operations' typed values (router/operations.py).
 
-Decoding checks every input against the model's signature (name, count, datatype, shape,
-byte length, size limit) before anything is allocated; encoding always answers with
-`raw_output_contents` in the order of `outputs`, the one form tritonclient decodes.
+Decoding only reads where each input travelled (`raw_input_contents`, or the typed contents
+field of its datatype); router/tensors.py checks it against the model. Encoding always answers
+with `raw_output_contents` in the order of `outputs`, the one form tritonclient decodes.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-
-import numpy as np
-
 from quiver._proto import grpc_predict_v2_pb2 as pb
-from quiver.serving import Datatype, Manifest, TensorSpec
+from quiver.serving import Datatype, TensorSpec
 
+from .operations import InferAnswer, InferRequest, Parameter
 from .errors import InvalidArgument
-
-Parameter = str | int | bool
+from .tensors import WireTensor, output_bytes
 
 # Where typed (non-raw) contents of each datatype travel; FP16 has no typed field: raw only.
-_CONTENTS_FIELD: dict[Datatype, str] = {
-    Datatype.BOOL: "bool_contents",
-    Datatype.INT8: "int_contents",
-    Datatype.INT16: "int_contents",
-    Datatype.INT32: "int_contents",
-    Datatype.INT64: "int64_contents",
-    Datatype.UINT8: "uint_contents",
-    Datatype.UINT16: "uint_contents",
-    Datatype.UINT32: "uint_contents",
-    Datatype.UINT64: "uint64_contents",
-    Datatype.FP32: "fp32_contents",
-    Datatype.FP64: "fp64_contents",
+_CONTENTS_FIELD: dict[str, str] = {
+    Datatype.BOOL.value: "bool_contents",
+    Datatype.INT8.value: "int_contents",
+    Datatype.INT16.value: "int_contents",
+    Datatype.INT32.value: "int_contents",
+    Datatype.INT64.value: "int64_contents",
+    Datatype.UINT8.value: "uint_contents",
+    Datatype.UINT16.value: "uint_contents",
+    Datatype.UINT32.value: "uint_contents",
+    Datatype.UINT64.value: "uint64_contents",
+    Datatype.FP32.value: "fp32_contents",
+    Datatype.FP64.value: "fp64_contents",
 }
 
 
-def decode_inputs(request: pb.ModelInferRequest, manifest: Manifest, max_bytes: int) -> dict[str, np.ndarray]:
-    """The request's inputs as arrays, each checked against the model's input of that name."""
-    specs = {spec.name: spec for spec in manifest.inputs}
+def infer_request(request: pb.ModelInferRequest, time_remaining_s: float | None) -> InferRequest:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents entries")
-    total = 0
-    arrays: dict[str, np.ndarray] = {}
+    tensors = []
     for index, tensor in enumerate(request.inputs):
-        spec = specs.get(tensor.name)
-        if spec is None:
-            raise InvalidArgument(f"unknown input {tensor.name!r}; model {manifest.name!r} takes {list(specs)}")
-        if tensor.name in arrays:
-            raise InvalidArgument(f"input {tensor.name!r} given twice")
-        if tensor.datatype != spec.datatype.value:
-            raise InvalidArgument(f"input {tensor.name!r}: datatype {tensor.datatype!r}, model expects {spec.datatype.value}")
-        shape = _checked_shape(tensor.name, list(tensor.shape), spec)
-        count = math.prod(shape)
-        total += count * spec.datatype.itemsize
-        if total > max_bytes:
-            raise InvalidArgument(f"request tensors need {total} bytes, over the limit of {max_bytes}")
         if raw:
-            arrays[tensor.name] = _from_raw(tensor.name, raw[index], spec.datatype, shape)
-        else:
-            arrays[tensor.name] = _from_contents(tensor, spec.datatype, shape, count)
-    missing = [name for name in specs if name not in arrays]
-    if missing:
-        raise InvalidArgument(f"missing input(s) {missing}; model {manifest.name!r} takes {list(specs)}")
-    if manifest.batchable and len({array.shape[0] for array in arrays.values()}) > 1:
-        sizes = {name: array.shape[0] for name, array in arrays.items()}
-        raise InvalidArgument(f"inputs disagree on the batch size (first dimension): {sizes}")
-    return arrays
+            tensors.append(WireTensor(tensor.name, tensor.datatype, tensor.shape, raw=raw[index]))
+            continue
+        field = _CONTENTS_FIELD.get(tensor.datatype)
+        values = None if field is None else getattr(tensor.contents, field)
+        tensors.append(WireTensor(tensor.name, tensor.datatype, tensor.shape, values=values, field=f"contents.{field}"))
+    return InferRequest(
+        model=request.model_name,
+        version=request.model_version,
+        id=request.id,
+        parameters={key: parameter_value(value) for key, value in request.parameters.items()},
+        inputs=tensors,
+        outputs=[output.name for output in request.outputs],
+        time_remaining_s=time_remaining_s,
+    )
 
 
-def requested_outputs(request: pb.ModelInferRequest, manifest: Manifest) -> list[str]:
-    """The output names to answer with, in order: the request's selection or all of them."""
-    known = [spec.name for spec in manifest.outputs]
-    if not request.outputs:
-        return known
-    names = [output.name for output in request.outputs]
-    for name in names:
-        if name not in known:
-            raise InvalidArgument(f"unknown output {name!r}; model {manifest.name!r} has {known}")
-    if len(set(names)) != len(names):
-        raise InvalidArgument(f"outputs requested more than once: {names}")
-    return names
-
-
-def encode_response(
-    request: pb.ModelInferRequest,
-    manifest: Manifest,
-    outputs: Mapping[str, np.ndarray],
-    names: list[str],
-    parameters: Mapping[str, Parameter],
-) -> pb.ModelInferResponse:
-    response = pb.ModelInferResponse(model_name=manifest.name, model_version=manifest.version, id=request.id)
-    for name in names:
-        array = outputs[name]
-        datatype = Datatype.from_numpy(array.dtype)
+def infer_response(answer: InferAnswer) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=answer.model, model_version=answer.version, id=answer.id)
+    for name, array in answer.outputs:
+        datatype, data = output_bytes(array)
         response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
-        response.raw_output_contents.append(np.ascontiguousarray(array, datatype.numpy).tobytes())
-    for key, value in parameters.items():
+        response.raw_output_contents.append(data)
+    for key, value in answer.parameters.items():
         set_parameter(response.parameters[key], value)
     return response
 
@@ -118,37 +81,3 @@ def parameter_value(parameter: pb.InferParameter) -> Parameter | float | None:
 
 def tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype.value, shape=spec.shape)
-
-
-def _checked_shape(name: str, shape: list[int], spec: TensorSpec) -> list[int]:
-    if len(shape) != len(spec.shape) or any(
-        got < 0 or (want != -1 and got != want) for got, want in zip(shape, spec.shape)
-    ):
-        raise InvalidArgument(f"input {name!r}: shape {shape} does not match the model's {spec.shape}")
-    if 0 in shape:
-        raise InvalidArgument(f"input {name!r}: shape {shape} holds no elements")
-    return shape
-
-
-def _from_raw(name: str, data: bytes, datatype: Datatype, shape: list[int]) -> np.ndarray:
-    expected = math.prod(shape) * datatype.itemsize
-    if len(data) != expected:
-        raise InvalidArgument(
-            f"input {name!r}: raw contents hold {len(data)} bytes, shape {shape} of {datatype.value} needs {expected}"
-        )
-    return np.frombuffer(data, dtype=datatype.numpy).reshape(shape)
-
-
-def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, datatype: Datatype, shape: list[int], count: int) -> np.ndarray:
-    field = _CONTENTS_FIELD.get(datatype)
-    if field is None:
-        raise InvalidArgument(f"input {tensor.name!r}: {datatype.value} travels only in raw_input_contents")
-    values = getattr(tensor.contents, field)
-    if len(values) != count:
-        raise InvalidArgument(
-            f"input {tensor.name!r}: contents.{field} holds {len(values)} values, shape {shape} needs {count}"
-        )
-    try:
-        return np.array(values, dtype=datatype.numpy).reshape(shape)
-    except OverflowError as exc:
-        raise InvalidArgument(f"input {tensor.name!r}: a value does not fit {datatype.value}") from exc

@@ -4,13 +4,16 @@ Per model, version, variant and pool: requests by gRPC status, latency and how m
 replica spent queueing and computing, requests in flight (the router's view of queue depth),
 batch sizes the replicas ran, routing decisions by reason, calls to replicas by path and how
 many requests each carried.
-Requests refused before a variant was chosen are counted per model and status. The operator's
+Requests refused before a variant was chosen are counted per model and status. Both counts say
+which door a request came through (`protocol`: grpc or http), taken from `PROTOCOL`, which the
+protocol operations (router/operations.py) set for the request's task (dispatch, which counts, needs no argument for it). The operator's
 rollout gates read error rate and p99 per version from here. Beside them, `statistics` keeps
 Triton's per-version inference statistics (router/statistics.py), which the protocol serves.
 """
 
 from __future__ import annotations
 
+import contextvars
 from http.server import HTTPServer
 
 import grpc
@@ -19,6 +22,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from .statistics import InferenceStatistics
 
 VARIANT_LABELS = ("model", "version", "variant", "pool")
+GRPC, HTTP = "grpc", "http"
+# The protocol of the request the current task serves (router/operations.py sets it).
+PROTOCOL: contextvars.ContextVar[str] = contextvars.ContextVar("quiver_protocol", default=GRPC)
 # From a small model's run (0.1 ms) to a replica that stalls.
 _REPLICA_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -27,7 +33,10 @@ class RouterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
-            "quiver_requests", "Dispatched requests by final gRPC status", [*VARIANT_LABELS, "code"], registry=self.registry
+            "quiver_requests",
+            "Dispatched requests by final gRPC status and protocol",
+            [*VARIANT_LABELS, "code", "protocol"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "quiver_request_latency_seconds",
@@ -80,7 +89,10 @@ class RouterMetrics:
             registry=self.registry,
         )
         self.rejected = Counter(
-            "quiver_rejected_requests", "Requests refused before dispatch, by gRPC status", ["model", "code"], registry=self.registry
+            "quiver_rejected_requests",
+            "Requests refused before dispatch, by gRPC status and protocol",
+            ["model", "code", "protocol"],
+            registry=self.registry,
         )
 
         # Triton's statistics extension: the same calls, summed per model version for the protocol to serve.
@@ -94,6 +106,10 @@ class RouterMetrics:
         if found is None:
             found = self._variants[labels] = VariantMetrics(self, labels)
         return found
+
+    def refused(self, model: str, code: str) -> Counter:
+        """The count of `model`'s requests refused with `code` through the current request's protocol."""
+        return self.rejected.labels(model, code, PROTOCOL.get())
 
     def show_routes(self, weights: dict[str, dict[str, int]]) -> None:
         """The route table in force (model → version → weight); the operator retires a version
@@ -122,14 +138,16 @@ class VariantMetrics:
         self.replica_compute = metrics.replica_compute.labels(*labels)
         self.batch_requests = metrics.batch_requests.labels(*labels)
         self.call_requests = metrics.call_requests.labels(*labels)
-        self._requests: dict[grpc.StatusCode, Counter] = {}
+        self._requests: dict[tuple[grpc.StatusCode, str], Counter] = {}
         self._decisions: dict[str, Counter] = {}
         self._calls: dict[str, Counter] = {}
 
     def requests(self, code: grpc.StatusCode) -> Counter:
-        found = self._requests.get(code)
+        """The count of requests finished with `code`, through the current request's protocol."""
+        key = (code, PROTOCOL.get())
+        found = self._requests.get(key)
         if found is None:
-            found = self._requests[code] = self._metrics.requests.labels(*self._labels, code.name)
+            found = self._requests[key] = self._metrics.requests.labels(*self._labels, code.name, key[1])
         return found
 
     def calls(self, path: str) -> Counter:

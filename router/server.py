@@ -23,6 +23,7 @@ from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from .auth import Authenticator
 from .catalog import Catalog
+from .operations import Operations
 from .dispatch import Dispatcher
 from .endpoints import Endpoints
 from .health import ProbedReadiness, ServingHealth, probe_via
@@ -118,9 +119,8 @@ class Router:
             self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers, endpoints=self.endpoints,
             replacement=ReplacementWait(settings.replacement_wait_s, changes),
         )
-        servicer = InferenceServicer(
-            routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes
-        )
+        operations = Operations(routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes)
+        servicer = InferenceServicer(operations)
         if self.tracing is not None:
             servicer.ModelInfer = self.tracing.infer(servicer.ModelInfer)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)

@@ -13,9 +13,6 @@ from quiver._proto import model_config_pb2 as mc
 from .modelconfig import ModelConfig
 from .statistics import Duration, VersionStatistics
 
-# What ServerMetadata lists: Triton's names of the extensions served (and only those that work).
-EXTENSIONS = ("model_configuration", "statistics")
-
 
 def model_config(config: ModelConfig) -> pb.ModelConfigResponse:
     message = mc.ModelConfig(

@@ -200,9 +200,9 @@ def test_prometheus_metrics_count_requests_and_decisions(client: triton.Inferenc
     with pytest.raises(triton.InferenceServerException):
         client.infer("nope", [tensor])
     text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    assert 'quiver_requests_total{code="OK",model="tuned",pool="cpu",variant="int8-static",version="1"}' in text
+    assert 'quiver_requests_total{code="OK",model="tuned",pool="cpu",protocol="grpc",variant="int8-static",version="1"}' in text
     assert 'quiver_routing_decisions_total{model="tuned",pool="cpu",reason="pinned",variant="int8-static",version="1"}' in text
-    assert 'quiver_rejected_requests_total{code="NOT_FOUND",model="nope"}' in text
+    assert 'quiver_rejected_requests_total{code="NOT_FOUND",model="nope",protocol="grpc"}' in text
     assert 'quiver_batch_requests_bucket{le="1.0",model="tuned"' in text
     # The replica's queueing and ONNX Runtime time, observed with every answered request, lie within its latency.
     samples = {

@@ -1,0 +1,176 @@
+"""The protocol's operations both doors call: one method each, on typed values.
+
+The gRPC servicer (router/servicer.py) and the REST handlers (router/rest.py) only decode their
+wire form, hand over the caller's headers, and encode what comes back. Who may call what, the
+model lookup, routing hints, dispatch and the count of refused requests are decided here, once,
+so both protocols answer a request alike: KServe's `DataPlane` under its REST and gRPC
+transports (a name Quiver already gives the replicas' direct path, router/endpoints.py).
+
+Errors are the router's (router/errors.py); each transport maps them to its status in one table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from quiver import __version__
+from quiver.serving import TensorSpec
+
+from . import health, modelconfig, tensors
+from .auth import Authenticator
+from .dispatch import Dispatcher
+from .errors import DeadlineExceeded, NotFound, RouterError, Unavailable
+from .hints import RoutingHints
+from .logcontext import begin_request
+from .metrics import PROTOCOL, RouterMetrics
+from .readiness import Readiness
+from .routes import RouteTable
+from .statistics import VersionStatistics
+from .tensors import WireTensor
+from .traffic import Traffic
+
+Parameter = str | int | bool
+# The caller's metadata (gRPC) or headers (REST), lower-case names: where its token travels.
+Caller = Iterable[tuple[str, str | bytes]]
+
+# Triton's names of the protocol extensions served (and only those that work), for ServerMetadata.
+EXTENSIONS = ("model_configuration", "statistics")
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model: str
+    version: str  # "": the traffic weights pick one
+    id: str
+    parameters: Mapping[str, object]  # quiver.* routing hints among them
+    inputs: Sequence[WireTensor]
+    outputs: Sequence[str]  # the outputs asked for, in order; empty: every output
+    time_remaining_s: float | None = None  # until the caller's deadline; None: no deadline
+
+
+@dataclass(frozen=True)
+class InferAnswer:
+    model: str
+    version: str
+    id: str
+    outputs: list[tuple[str, np.ndarray]]  # in the order asked for
+    parameters: dict[str, Parameter]  # quiver.variant, .version, .pool, .reason, .batch_*
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class Operations:
+    def __init__(
+        self,
+        routes: RouteTable,
+        auth: Authenticator,
+        traffic: Traffic,
+        readiness: Readiness,
+        dispatcher: Dispatcher,
+        metrics: RouterMetrics,
+        max_request_bytes: int,
+    ) -> None:
+        self._routes = routes
+        self._auth = auth
+        self._traffic = traffic
+        self._readiness = readiness
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._max_request_bytes = max_request_bytes
+
+    # Probes are open: no token needed.
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready when every model version has a variant that can answer."""
+        versions = [self._routes.lookup(model, v) for model, vs in self._routes.models().items() for v in vs]
+        return bool(versions) and all(map(self._readiness.version_ready, versions))
+
+    def model_ready(self, caller: Caller, name: str, version: str) -> bool:
+        self._auth.check(caller, name)
+        # An unknown model is simply not ready (as Triton answers), so probes need no special case.
+        try:
+            routes = self._routes.lookup(name, version)
+        except NotFound:
+            return False
+        return self._readiness.version_ready(routes)
+
+    def server_metadata(self, caller: Caller) -> ServerMetadata:
+        self._auth.check(caller, None)  # any valid token
+        return ServerMetadata("quiver", __version__, EXTENSIONS)
+
+    def model_metadata(self, caller: Caller, name: str, version: str) -> ModelMetadata:
+        self._auth.check(caller, name)
+        manifest = self._routes.lookup(name, version).manifest
+        return ModelMetadata(
+            manifest.name, list(self._routes.models()[manifest.name]), manifest.platform, list(manifest.inputs), list(manifest.outputs)
+        )
+
+    def model_config(self, caller: Caller, name: str, version: str) -> modelconfig.ModelConfig:
+        self._auth.check(caller, name)
+        return modelconfig.describe(self._routes.lookup(name, version).manifest)
+
+    def statistics(self, caller: Caller, name: str, version: str) -> list[VersionStatistics]:
+        """Empty name: every model (a token scoped to some models may not ask for that); empty version: every version."""
+        self._auth.check(caller, name)
+        if name:
+            self._routes.lookup(name, version)  # NotFound for a model or version not served
+        return self._metrics.statistics.served(self._routes.models(), name, version)
+
+    async def infer(
+        self, caller: Caller, model: str, read: Callable[[], Awaitable[InferRequest]], protocol: str
+    ) -> InferAnswer:
+        """Serve one request for `model`; `read` reads and decodes its body, once the caller may use the model."""
+        self._auth.check(caller, model)
+        PROTOCOL.set(protocol)
+        try:
+            request = await read()
+            begin_request(request.id)
+            chosen = request.version or self._traffic.pick(model)
+            version = self._routes.lookup(model, chosen)
+            remaining_s = request.time_remaining_s
+            if remaining_s is not None and remaining_s <= 0:
+                raise DeadlineExceeded("the deadline passed before the request was read")
+            hints = RoutingHints.from_parameters(request.parameters, None if remaining_s is None else 1000 * remaining_s)
+            inputs = tensors.decode_inputs(request.inputs, version.manifest, self._max_request_bytes)
+            names = tensors.requested_outputs(request.outputs, version.manifest)
+        except RouterError as exc:
+            self._metrics.refused(model, exc.code.name).inc()
+            raise
+        try:
+            served = await self._dispatcher.infer(version, hints, inputs, remaining_s)
+        except Unavailable as exc:  # say why: a pool without nodes, replicas that stopped answering
+            raise health.explained(exc, self._readiness, version) from exc
+        outputs = served.result.outputs
+        return InferAnswer(
+            model=version.manifest.name,
+            version=version.manifest.version,
+            id=request.id,
+            outputs=[(name, outputs[name]) for name in names],
+            parameters={
+                "quiver.variant": served.route.variant.name,
+                "quiver.version": version.manifest.version,
+                "quiver.pool": served.route.variant.pool,
+                "quiver.reason": served.reason,
+                "quiver.batch_requests": served.result.batch_requests,
+                "quiver.batch_rows": served.result.batch_rows,
+            },
+        )
