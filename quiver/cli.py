@@ -41,6 +41,7 @@ def _router_settings(args: argparse.Namespace) -> RouterSettings | None:
     return RouterSettings(
         host=args.host,
         port=args.port,
+        http_port=None if args.http_port < 0 else args.http_port,
         max_request_bytes=args.max_request_mb << 20,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         dispatch_timeout_s=args.dispatch_timeout_s,
@@ -116,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     listener = argparse.ArgumentParser(add_help=False)
     listener.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     listener.add_argument("--port", type=int, default=8001, help="gRPC port; 0 picks a free one (default: %(default)s)")
+    listener.add_argument(
+        "--http-port", type=int, default=8000,
+        help="REST (KServe v2 / Triton HTTP) port; 0 picks a free one, -1 turns it off (default: %(default)s)",
+    )
     listener.add_argument(
         "--max-request-mb", type=int, default=64, help="largest request accepted, in MiB (default: %(default)s)"
     )

@@ -1,8 +1,9 @@
 """A router process's life, shared by `quiver serve` and `quiver router`: start, say ready, drain.
 
-Prints one `ready: HOST:PORT models=a:1|2,... metrics=URL` line once requests can be served, and
-on SIGINT/SIGTERM turns health to NOT_SERVING, drains and stops; a signal that comes while the
-router still waits for its variants stops it at once (a pod deleted while it starts).
+Prints one `ready: HOST:PORT models=a:1|2,... http=URL metrics=URL` line (HOST:PORT is gRPC's,
+the URL REST's) once requests can be served, and on SIGINT/SIGTERM turns health to NOT_SERVING,
+drains and stops; a signal that comes while the router still waits for its variants stops it at
+once (a pod deleted while it starts).
 
 Once a signal came nothing may keep the process alive: past the drain and `STOP_TIMEOUT_S` more
 (closing connections, Ray's shutdown), every thread's stack is written to stderr, to say what
@@ -28,7 +29,7 @@ async def run_router(router: Router, until_ready: Callable[[], Awaitable[None]])
     """Serve until a signal; `until_ready` may raise TimeoutError (exit status 1)."""
     settings = router.settings
     if settings.tls is None:
-        logger.warning("serving plaintext gRPC on %s: no TLS", settings.host)
+        logger.warning("serving plaintext gRPC%s on %s: no TLS", "" if settings.http_port is None else " and HTTP", settings.host)
     if settings.token_file is None:
         logger.warning("no --token-file: every caller may use every model")
     port = await router.start()
@@ -48,8 +49,10 @@ async def run_router(router: Router, until_ready: Callable[[], Awaitable[None]])
             await router.stop()
             return 1
         models = ",".join(f"{name}:{'|'.join(versions)}" for name, versions in router.routes.models().items())
+        scheme = "http" if settings.tls is None else "https"
+        http = f" http={scheme}://{settings.host}:{router.http_port}" if router.http_port else ""
         metrics = f" metrics=http://{settings.host}:{router.metrics_port}/metrics" if router.metrics_port else ""
-        print(f"ready: {settings.host}:{port} models={models}{metrics}", flush=True)
+        print(f"ready: {settings.host}:{port} models={models}{http}{metrics}", flush=True)
         await signalled
     else:
         starting.cancel()

@@ -1,15 +1,19 @@
-"""The router's gRPC server: the inference service, grpc.health.v1 and server reflection.
+"""The router's servers: gRPC (the inference service, grpc.health.v1, server reflection) and REST.
+
+Both doors serve the same operations (router/operations.py) on one event loop: the gRPC servicer
+(router/servicer.py) and the KServe v2 / Triton HTTP endpoints (router/rest.py).
 
 Runs in any process that is a Ray driver on a node with a raylet (`quiver serve` locally;
 router pods that are Ray nodes on a cluster). `Router.start` binds and serves; `Router.stop`
-turns health to NOT_SERVING first, keeps serving for a short drain delay, then stops taking
-requests and finishes those in flight within the grace period.
+turns health to NOT_SERVING (and REST's ready to 400) first, keeps serving for a short drain
+delay, then stops taking requests and finishes those in flight within the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from http.server import HTTPServer
 from pathlib import Path
@@ -29,6 +33,7 @@ from .endpoints import Endpoints
 from .health import ProbedReadiness, ServingHealth, probe_via
 from .metrics import RouterMetrics
 from .replacement import Changes, ReplacementWait
+from .rest import RestServer, ssl_context
 from .routes import RouteTable
 from .servicer import InferenceServicer
 from .tracing import Tracing, TracingSettings, provider_for
@@ -53,11 +58,17 @@ class TlsSettings:
             [(self.key.read_bytes(), self.cert.read_bytes())], root_certificates=ca, require_client_auth=ca is not None
         )
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same certificate, key and client CA for the REST door."""
+        return ssl_context(str(self.cert), str(self.key), str(self.client_ca) if self.client_ca else None)
+
 
 @dataclass(frozen=True)
 class RouterSettings:
     host: str = "127.0.0.1"
     port: int = 8001
+    # REST (KServe v2 / Triton HTTP) beside gRPC; None: not served. 8000/8001/8002 as Triton's.
+    http_port: int | None = 8000
     # Decoded input tensors of one request may not exceed this; gRPC refuses larger messages
     # (RESOURCE_EXHAUSTED) before they are read, with a little room for the envelope.
     max_request_bytes: int = 64 << 20
@@ -131,6 +142,15 @@ class Router:
             [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         self.port: int | None = None
+        self.http_port: int | None = None
+        self._rest = (
+            RestServer(
+                operations, settings.host, settings.http_port, settings.max_request_bytes + envelope, settings.grace_period_s,
+                settings.tls.ssl_context() if settings.tls else None,
+            )
+            if settings.http_port is not None
+            else None
+        )
         self._metrics_server: HTTPServer | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -156,6 +176,8 @@ class Router:
             await self.endpoints.refresh()
             self._tasks.append(asyncio.create_task(self.endpoints.follow(), name="quiver-replica-directory"))
         await self._server.start()
+        if self._rest is not None:
+            self.http_port = await self._rest.start()
         if self.settings.metrics_port is not None:
             self._metrics_server = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -172,8 +194,10 @@ class Router:
     async def stop(self) -> None:
         # Probes see NOT_SERVING before the listener goes, so traffic moves away first.
         await self._health.enter_graceful_shutdown()
+        if self._rest is not None:
+            self._rest.drain()
         await asyncio.sleep(self.settings.drain_delay_s)
-        await self._server.stop(self.settings.grace_period_s)
+        await asyncio.gather(self._server.stop(self.settings.grace_period_s), *([self._rest.stop()] if self._rest else []))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -18,7 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the process names in the lines it forwards
-READY = re.compile(r"^ready: (?P<address>\S+) models=(?P<models>\S*)(?: metrics=(?P<metrics>\S+))?$")
+READY = re.compile(
+    r"^ready: (?P<address>\S+) models=(?P<models>\S*)(?: http=(?P<http>\S+))?(?: metrics=(?P<metrics>\S+))?$"
+)
 
 
 @dataclass
@@ -27,6 +29,7 @@ class ServerProcess:
     address: str = ""
     models: str = ""
     metrics_url: str = ""
+    http_url: str = ""  # the REST door, e.g. http://127.0.0.1:PORT
     output: list[str] = field(default_factory=list)
 
     def log(self) -> str:
@@ -49,9 +52,9 @@ def quiver_serve(*args: str, startup_timeout_s: float = 180) -> Iterator[ServerP
 def quiver_process(
     command: str, *args: str, startup_timeout_s: float = 180, env: dict[str, str] | None = None, port: int = 0
 ) -> Iterator[ServerProcess]:
-    """Run `quiver COMMAND ARGS --port PORT --metrics-port 0`; yields once it prints its ready line."""
+    """Run `quiver COMMAND ARGS --port PORT --http-port 0 --metrics-port 0`; yields once it prints its ready line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "quiver", command, *args, "--port", str(port), "--metrics-port", "0"],
+        [sys.executable, "-m", "quiver", command, *args, "--port", str(port), "--http-port", "0", "--metrics-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -64,7 +67,8 @@ def quiver_process(
         for line in process.stdout:
             server.output.append(line)
             if match := READY.match(line.strip()):
-                server.address, server.models, server.metrics_url = match["address"], match["models"], match["metrics"] or ""
+                server.address, server.models = match["address"], match["models"]
+                server.http_url, server.metrics_url = match["http"] or "", match["metrics"] or ""
                 ready.set()
 
     reader = threading.Thread(target=drain, daemon=True)

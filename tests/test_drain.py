@@ -91,7 +91,7 @@ def test_sigterm_while_waiting_for_variants_stops_at_once(tmp_path: Path) -> Non
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{'t' * 24} *\n")
     process = subprocess.Popen(
-        [sys.executable, "-m", "quiver", "serve", str(tmp_path / "store"), "--num-cpus", "1", "--port", "0",
+        [sys.executable, "-m", "quiver", "serve", str(tmp_path / "store"), "--num-cpus", "1", "--port", "0", "--http-port", "0",
          "--token-file", str(tokens), "--log-level", "INFO"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
