@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # The router's errors (by their gRPC code) as HTTP statuses; anything else is 500.
 _STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,  # routing constraints no variant meets
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,

@@ -15,6 +15,7 @@ import pytest
 
 from quiver.router.auth import PermissionDenied, Unauthenticated
 from quiver.router.operations import ServerMetadata
+from quiver.router.policy import NoVariantFits
 from quiver.router.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from quiver.router.rest import RestServer
 
@@ -67,6 +68,7 @@ def _fetch(url: str, body: bytes | None) -> tuple[int, dict, dict[str, str]]:
     ("error", "status"),
     [
         (InvalidArgument("bad shape"), 400),
+        (NoVariantFits("no variant meets quiver.min_accuracy 0.99"), 400),
         (Unauthenticated("missing authorization"), 401),
         (PermissionDenied("not this model"), 403),
         (NotFound("no such model"), 404),
