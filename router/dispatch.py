@@ -89,6 +89,7 @@ class Dispatcher:
                 batch_size=route.variant.batching.max_batch_size,
                 prior_ms=measured.p50_ms if measured else 1.0,
                 queue_limit=replicas.count * replicas.max_queued_requests,
+                clock=self._clock,
             )
         return found
 

@@ -4,10 +4,18 @@ Latency is an exponentially weighted moving average (EWMA) of the router's own m
 of each call (queueing and batching included), seeded from the optimization report's p50 until
 the first call returns. The prediction for one more request adds the work already in flight,
 spread over the variant's replicas and batches.
+
+An estimate nobody refreshes drifts back to the prior (half of the way every `forget_s`): a
+variant measured slow while it took the whole load is then sent requests again once the policy
+has moved them elsewhere, instead of keeping, forever, the latency it had under that load
+(`python -m benchmarks.routing` showed the budget policy stuck on one variant without this).
+Under traffic the samples come far faster than that, so the drift is negligible.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -23,8 +31,12 @@ class VariantStats:
     queue_limit: int = 256
     # After a call finds no replica, the variant is passed over this long (when others can serve).
     cooldown_s: float = 5.0
+    # An unrefreshed estimate moves half of the way back to the prior every this many seconds.
+    forget_s: float = 1.0
+    clock: Callable[[], float] = time.monotonic
     in_flight: int = 0
-    ewma_ms: float | None = field(default=None)
+    ewma_ms: float | None = field(default=None)  # as of `sampled_at`
+    sampled_at: float = 0.0
     failed_at: float | None = field(default=None)  # the last call that found no replica
     down_since: float | None = field(default=None)  # the first such call since one last answered (None if none ever did)
 
@@ -43,11 +55,15 @@ class VariantStats:
                 self.down_since = now
         if latency_ms is not None:
             self.down_since = None
-            self.ewma_ms = latency_ms if self.ewma_ms is None else self.alpha * latency_ms + (1 - self.alpha) * self.ewma_ms
+            self.ewma_ms = latency_ms if self.ewma_ms is None else self.alpha * latency_ms + (1 - self.alpha) * self.latency_ms
+            self.sampled_at = self.clock()
 
     @property
     def latency_ms(self) -> float:
-        return self.prior_ms if self.ewma_ms is None else self.ewma_ms
+        if self.ewma_ms is None:
+            return self.prior_ms
+        kept = 0.5 ** ((self.clock() - self.sampled_at) / self.forget_s)
+        return self.prior_ms + (self.ewma_ms - self.prior_ms) * kept
 
     @property
     def capacity(self) -> int:

@@ -20,7 +20,7 @@ from quiver.serving import AppState, Manifest, ModelVersion, Precision, app_name
 
 
 def stats(latency_ms: float, in_flight: int = 0, replicas: int = 1, batch: int = 4) -> VariantStats:
-    measured = VariantStats(replicas=replicas, batch_size=batch, prior_ms=100.0)
+    measured = VariantStats(replicas=replicas, batch_size=batch, prior_ms=100.0, clock=lambda: 0.0)
     for _ in range(in_flight + 1):
         measured.started()
     measured.finished(latency_ms)  # one call returned: the EWMA starts from the scripted latency
@@ -118,7 +118,7 @@ def test_a_retry_excludes_the_variant_that_failed() -> None:
 
 
 def test_the_ewma_follows_measured_latencies() -> None:
-    measured = VariantStats(prior_ms=100.0, alpha=0.5)
+    measured = VariantStats(prior_ms=100.0, alpha=0.5, clock=lambda: 0.0)
     assert measured.predicted_ms() == 100.0  # the report's figure until something is measured
     for latency in (10.0, 20.0):
         measured.started()
@@ -127,6 +127,21 @@ def test_the_ewma_follows_measured_latencies() -> None:
     measured.started()
     measured.finished(None)  # a failure says nothing about speed
     assert measured.latency_ms == 15.0 and measured.in_flight == 0
+
+
+def test_an_estimate_nobody_refreshes_drifts_back_to_the_prior() -> None:
+    now = [0.0]
+    measured = VariantStats(prior_ms=2.0, alpha=1.0, forget_s=1.0, clock=lambda: now[0])
+    measured.started()
+    measured.finished(50.0)  # measured slow, under a load that then went elsewhere
+    assert measured.latency_ms == 50.0
+    now[0] = 1.0
+    assert measured.latency_ms == 26.0  # half of the way back to the prior
+    now[0] = 10.0
+    assert measured.latency_ms < 2.1
+    measured.started()
+    measured.finished(10.0)  # a new sample counts from where the estimate had drifted to
+    assert measured.latency_ms == 10.0
 
 
 @pytest.mark.parametrize(
