@@ -43,7 +43,7 @@ _STATUS: dict[grpc.StatusCode, int] = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def http_status(exc: RouterError) -> int:
+def _http_status(exc: RouterError) -> int:
     return _STATUS.get(exc.code, 500)
 
 
@@ -60,9 +60,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = {}
         if exc.retry_after_ms is not None:
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_ms / 1000)))
-        if http_status(exc) == 401:
+        if _http_status(exc) == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        return _error(http_status(exc), message, headers)
+        return _error(_http_status(exc), message, headers)
     except web.HTTPException as exc:  # aiohttp's own: no such path, wrong method, body too large
         if exc.status < 400:
             raise

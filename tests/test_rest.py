@@ -17,6 +17,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 
+from .conftest import MAX_REQUEST_MB
 from .models import PAIR_TABLE, reference
 from .serverproc import ServerProcess
 
@@ -187,6 +188,11 @@ def test_binary_sizes_that_do_not_add_up_are_400(server: ServerProcess) -> None:
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(request, timeout=60)
         assert error.value.code == 400 and "error" in json.loads(error.value.read())
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(server: ServerProcess) -> None:
+    status, answer = post(server, "/v2/models/example/infer", b" " * ((MAX_REQUEST_MB + 2) << 20))
+    assert status == 413 and "exceeded" in answer["error"], answer
 
 
 def test_unknown_paths_answer_json_errors(server: ServerProcess) -> None:
