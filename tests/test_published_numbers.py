@@ -38,7 +38,7 @@ def section(text: str, heading: str) -> str:
 
 def test_the_readme_cites_results_files() -> None:
     cited = {match["path"] for match in blocks()}
-    assert {"routing", "variants", "faults"} <= {Path(path).name.split("-")[0] for path in cited}, cited
+    assert {"routing", "variants", "faults", "process", "hop", "grpc"} <= {Path(path).name.split("-")[0] for path in cited}, cited
 
 
 def test_every_cited_file_exists_with_its_provenance() -> None:
