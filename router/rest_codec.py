@@ -6,6 +6,8 @@ where the JSON ends, each binary input's `binary_data_size` parameter how many b
 Outputs are JSON `data` unless asked for as binary (an output's `binary_data` parameter, or the
 request's `binary_data_output` for every output), then they follow the JSON the same way.
 Triton's model configuration and statistics are written as Triton writes them (its proto field names).
+HTTP has no deadline of its own: Triton's `timeout` parameter (microseconds; tritonclient's
+`infer(timeout=)`) is taken as one, as gRPC's deadline is.
 """
 
 from __future__ import annotations
@@ -82,7 +84,11 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidArgument("id must be a string")
-    request = InferRequest(model, version, request_id, parameters, inputs, names)
+    timeout_us = parameters.get("timeout")
+    if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0):
+        raise InvalidArgument(f"parameter 'timeout' must be a positive number of microseconds, got {timeout_us!r}")
+    remaining_s = None if timeout_us is None else timeout_us / 1e6
+    request = InferRequest(model, version, request_id, parameters, inputs, names, remaining_s)
     return RestInfer(request, frozenset(wanted), binary_default and not names)
 
 

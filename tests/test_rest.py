@@ -112,6 +112,15 @@ def test_routing_hints_ride_in_parameters(client: triton.InferenceServerClient) 
     assert result.get_response()["parameters"]["quiver.reason"] == "pinned"
 
 
+def test_tritons_timeout_parameter_is_the_deadline(client: triton.InferenceServerClient) -> None:
+    tensor = triton.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 64), np.float32))
+    with pytest.raises(triton.InferenceServerException) as error:
+        client.infer("example", [tensor], timeout=1)  # one microsecond: gone before dispatch
+    assert error.value.status() == "504" and "deadline" in error.value.message()
+    assert client.infer("example", [tensor], timeout=30_000_000).as_numpy("output").shape == (1, 10)
+
+
 def test_curl_json_with_nested_data(server: ServerProcess, store: Path) -> None:
     x = np.arange(2 * 64, dtype=np.float32).reshape(2, 64) / 100
     status, answer = post(server, "/v2/models/example/infer", {
