@@ -17,6 +17,7 @@ import logging
 import math
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
@@ -25,6 +26,9 @@ from . import rest_codec
 from .operations import Caller, Operations, InferRequest
 from .errors import RouterError, status_of
 from .metrics import HTTP
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +47,8 @@ _STATUS: dict[grpc.StatusCode, int] = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _http_status(exc: RouterError) -> int:
-    return _STATUS.get(exc.code, 500)
+def _http_status(exc: BaseException) -> int:
+    return _STATUS.get(exc.code, 500) if isinstance(exc, RouterError) else getattr(exc, "status", 500)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -88,7 +92,14 @@ class RestServer:
     """The HTTP listener: `start` binds (port 0: any free one), `drain` turns it unready, `stop` closes it."""
 
     def __init__(
-        self, operations: Operations, host: str, port: int, max_body_bytes: int, grace_period_s: float, tls: ssl.SSLContext | None
+        self,
+        operations: Operations,
+        host: str,
+        port: int,
+        max_body_bytes: int,
+        grace_period_s: float,
+        tls: ssl.SSLContext | None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._operations = operations
         self._host, self._port, self._tls = host, port, tls
@@ -102,6 +113,8 @@ class RestServer:
         ]
         for path, handler in get:
             app.router.add_get(path, handler)
+        # Tracing, when on, wraps the call of infer; when off it is not there at all (router/tracing.py).
+        self._call_infer = operations.infer if tracing is None else tracing.http_infer(operations.infer, _http_status)
         for model in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             app.router.add_get(model, self._model_metadata)
             app.router.add_get(f"{model}/ready", self._model_ready)
@@ -154,7 +167,7 @@ class RestServer:
             decoded.append(rest_codec.infer_request(model, version, body, request.headers.get(rest_codec.HEADER_LENGTH)))
             return decoded[0].request
 
-        answer = await self._operations.infer(_caller(request), model, read, HTTP)
+        answer = await self._call_infer(_caller(request), model, read, HTTP)
         body, headers = rest_codec.infer_response(answer, decoded[0])
         return web.Response(body=body, headers=headers)
 

@@ -146,7 +146,7 @@ class Router:
         self._rest = (
             RestServer(
                 operations, settings.host, settings.http_port, settings.max_request_bytes + envelope, settings.grace_period_s,
-                settings.tls.ssl_context() if settings.tls else None,
+                settings.tls.ssl_context() if settings.tls else None, self.tracing,
             )
             if settings.http_port is not None
             else None

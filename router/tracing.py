@@ -8,6 +8,8 @@ reads its other standard variables itself (`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAM
 - `ModelInfer` (SERVER span, `inference.GRPCInferenceService/ModelInfer`): continues the
   client's trace when the request carries W3C `traceparent` metadata; attributes: the model,
   the version and variant that served it, pool, routing reason, request id, gRPC status.
+- `POST /v2/models/{model}/infer` (SERVER span): the same for a REST request, with the HTTP
+  status instead of the gRPC one.
 - `quiver.replica.infer` (CLIENT span) under it for each call dispatch makes to a replica (two
   when the first is retried elsewhere), with the variant called, why, and the call's status.
 
@@ -33,6 +35,7 @@ from .routes import VariantRoute
 logger = logging.getLogger(__name__)
 
 INFER_SPAN = "inference.GRPCInferenceService/ModelInfer"
+HTTP_INFER_SPAN = "POST /v2/models/{model}/infer"
 CALL_SPAN = "quiver.replica.infer"
 
 
@@ -126,6 +129,36 @@ class Tracing:
                     "rpc.grpc.status_code": grpc.StatusCode.OK.value[0],
                 })
                 return response
+
+        return traced
+
+    def http_infer(self, infer: Callable[..., Awaitable[Any]], status_of: Callable[[BaseException], int]) -> Callable:
+        """`infer` (Operations.infer, as the REST door calls it) inside a SERVER span; `status_of`
+        is the door's HTTP status of an error."""
+        kind, status = self._trace.SpanKind.SERVER, self._trace.Status
+        error = self._trace.StatusCode.ERROR
+
+        @functools.wraps(infer)
+        async def traced(caller: Any, model: str, read: Any, protocol: str) -> Any:
+            carrier = {key: value for key, value in caller if isinstance(value, str)}
+            with self._tracer.start_as_current_span(
+                HTTP_INFER_SPAN, context=self._propagator.extract(carrier), kind=kind,
+                attributes={"http.request.method": "POST", "quiver.model": model},
+                record_exception=False, set_status_on_exception=False,
+            ) as span:
+                try:
+                    answer = await infer(caller, model, read, protocol)
+                except BaseException as exc:
+                    code = 499 if isinstance(exc, asyncio.CancelledError) else status_of(exc)  # 499: the client went away
+                    span.set_attributes({"quiver.request_id": REQUEST_ID.get(), "http.response.status_code": code})
+                    span.set_status(status(error, str(code)))
+                    raise
+                span.set_attributes({
+                    "quiver.request_id": REQUEST_ID.get(),
+                    **{key: answer.parameters[key] for key in ("quiver.version", "quiver.variant", "quiver.pool", "quiver.reason")},
+                    "http.response.status_code": 200,
+                })
+                return answer
 
         return traced
 

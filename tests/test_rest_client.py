@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from quiver.router.auth import Authenticator
 from quiver.router.dispatch import Served
@@ -23,6 +27,7 @@ from quiver.router.metrics import RouterMetrics
 from quiver.router.operations import Operations
 from quiver.router.rest import RestServer
 from quiver.router.routes import RouteTable, VariantRoute, VersionRoutes
+from quiver.router.tracing import HTTP_INFER_SPAN, Tracing
 from quiver.router.traffic import Traffic
 from quiver.serving import InferenceResult, ModelVersion, build_example, from_onnx_file
 
@@ -53,7 +58,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def client(models: dict[str, Path]) -> Iterator[triton.InferenceServerClient]:
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module")
+def client(models: dict[str, Path], spans: InMemorySpanExporter) -> Iterator[triton.InferenceServerClient]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
     routes = []
     for name, path in models.items():
         manifest = from_onnx_file(path).manifest.model_copy(update={"name": name, "version": "1"})
@@ -67,7 +79,7 @@ def client(models: dict[str, Path]) -> Iterator[triton.InferenceServerClient]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="rest-door", daemon=True)
     thread.start()
-    server = RestServer(operations, "127.0.0.1", 0, 2 << 20, 1.0, None)
+    server = RestServer(operations, "127.0.0.1", 0, 2 << 20, 1.0, None, Tracing(provider))
     port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
     try:
         yield triton.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=30)
@@ -126,3 +138,21 @@ def test_errors_and_statistics(client: triton.InferenceServerClient) -> None:
     stats = client.get_inference_statistics("example")["model_stats"]
     assert [(s["name"], s["version"]) for s in stats] == [("example", "1")]
     assert {(s["name"], s["version"]) for s in client.get_inference_statistics()["model_stats"]} == {("example", "1"), ("pair", "1")}
+
+
+def test_infer_spans_continue_the_clients_trace(client: triton.InferenceServerClient, spans: InMemorySpanExporter) -> None:
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    tensor = triton.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    spans.clear()
+    client.infer("example", [tensor], request_id="traced-1", headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    with pytest.raises(triton.InferenceServerException):
+        client.infer("nope", [tensor], request_id="traced-2")
+    served, refused = spans.get_finished_spans()
+    assert served.name == refused.name == HTTP_INFER_SPAN and served.kind is SpanKind.SERVER
+    assert format(served.context.trace_id, "032x") == trace_id and format(served.parent.span_id, "016x") == parent_id
+    assert {key: served.attributes[key] for key in ("quiver.model", "quiver.version", "quiver.request_id", "http.response.status_code")} == {
+        "quiver.model": "example", "quiver.version": "1", "quiver.request_id": "traced-1", "http.response.status_code": 200,
+    }
+    assert served.attributes["quiver.reason"] == "default" and served.attributes["quiver.variant"]
+    assert refused.attributes["http.response.status_code"] == 404 and not refused.status.is_ok
