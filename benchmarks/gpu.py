@@ -85,7 +85,7 @@ def serve(store: Path, seconds: float, scratch: Path, gpu: bool) -> dict:
     posing as one (so the path is exercised)."""
     variant_model = BenchModel("minilm-fp16", "minilm", store / "minilm/1/fp16.onnx", MINILM_BUILD / "sentences.npz", (),
                                "MiniLM fp16 via quiver serve", store=store, parameters={"quiver.variant": "fp16"})
-    launch = harness.Launch([QUIVER, "serve", str(store), "--port", "0", "--metrics-port", "-1",
+    launch = harness.Launch([QUIVER, "serve", str(store), "--port", "0", "--http-port", "-1", "--metrics-port", "-1",
                              "--pools", "cpu,gpu" if not gpu else "gpu", "--log-level", "WARNING"], {"RAY_USAGE_STATS_ENABLED": "0"})
     settings = BenchSettings(concurrency=(1, 8), rates=(), seconds=seconds, warmup_s=1.0)
     with harness.started(launch, None, scratch / "quiver.log", settings.startup_timeout_s) as address:

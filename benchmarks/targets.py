@@ -57,7 +57,7 @@ def _quiver(model: BenchModel, scratch: Path, cpus: int) -> Launch:
     command = [str(script)] if script.exists() else [sys.executable, "-m", "quiver"]
     served = [str(model.store)] if model.store else [str(model.file), "--name", model.name]
     return Launch(
-        [*command, "serve", *served, "--port", "0", "--metrics-port", "-1", "--num-cpus", str(cpus), "--log-level", "WARNING"],
+        [*command, "serve", *served, "--port", "0", "--http-port", "-1", "--metrics-port", "-1", "--num-cpus", str(cpus), "--log-level", "WARNING"],
         {"RAY_USAGE_STATS_ENABLED": "0"},
     )
 
