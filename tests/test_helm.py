@@ -396,6 +396,7 @@ def test_router_flags_point_into_its_mounts(rendered: dict[str, list[hc.Obj]]) -
     assert flags["--ray-address"] == f"{hc.one(objects, 'RayCluster')['metadata']['name']}-head-svc:6379"
     assert "--join" in flags  # the router pod becomes a CPU-less Ray node itself
     assert flags["--host"] == "0.0.0.0" and flags["--port"] == "8001" and flags["--metrics-port"] == "8002"
+    assert flags["--http-port"] == "8000"
     assert "--insecure" not in flags
     assert _mounted(mounts, flags["--routes"])["configMap"]["name"] == hc.one(objects, "ConfigMap", "-routes")["metadata"]["name"]
     tls = _mounted(mounts, flags["--tls-cert"])["projected"]["sources"]
@@ -450,7 +451,7 @@ def test_ray_token_auth_reaches_the_router_and_the_operator(rendered: dict[str, 
 
 def test_router_service_and_probes(rendered: dict[str, list[hc.Obj]]) -> None:
     service = hc.one(rendered["default"], "Service", "-router")
-    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("grpc", 8001), ("metrics", 8002)}
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("grpc", 8001), ("http", 8000), ("metrics", 8002)}
     router = hc.one(rendered["default"], "Deployment", "-router")
     assert service["spec"]["selector"].items() <= router["spec"]["template"]["metadata"]["labels"].items()
     [secure] = router["spec"]["template"]["spec"]["containers"]
@@ -483,7 +484,7 @@ def test_network_policies_admit_only_what_is_needed(rendered: dict[str, list[hc.
     policies = {p["metadata"]["name"]: p["spec"] for p in hc.by_kind(rendered["everything"], "NetworkPolicy")}
     router, ray, operator = policies["quiver-router"], policies["quiver-ray"], policies["quiver-operator"]
     grpc_rule = router["ingress"][0]
-    assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]
     assert {"quiver.dev/client": "true"} in [p.get("podSelector", {}).get("matchLabels") for p in grpc_rule["from"]]
     # Serve replicas (Ray pods) take traffic from Ray nodes, the router among them, and only
     # the dashboard port from the operator.
