@@ -148,6 +148,32 @@ class Metrics(_Spec):
         return {"mean": self.accuracy_drop, "p5": self.accuracy_drop_p5, "min": self.accuracy_drop_min}[statistic]
 
 
+class ShadowMetric(str, enum.Enum):
+    """How the router compares a variant's output with the reference's, row by row (router/agreement.py)."""
+
+    TOP1 = "top1"  # the same class (argmax over the last axis)
+    COSINE = "cosine"  # cosine similarity of the rows
+    TOLERANCE = "tolerance"  # every element within `tolerance` of the reference's (regression outputs)
+
+
+class Shadow(_Spec):
+    """Live comparison of a variant with its version's reference variant (router/shadow.py).
+
+    A sampled share of the requests the variant answers is sent again to the reference in the
+    background; 0 turns it off. The agreement's lower bound, once over `min_samples` rows, is
+    the accuracy routing uses; a variant whose live accuracy falls more than `margin` below
+    its offline one is reported, and routed around when `exclude` is set.
+    """
+
+    sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    metric: ShadowMetric | None = None  # None: cosine if measured so offline, top1 if the output has classes, else tolerance
+    tolerance: Annotated[float, Field(gt=0)] = 1e-3
+    output: str | None = None  # the output compared; None: the model's first
+    min_samples: Annotated[int, Field(ge=1)] = 200
+    margin: Annotated[float, Field(ge=0, le=1)] = 0.02
+    exclude: bool = False
+
+
 class Variant(_Spec):
     """One optimized form of the model (a file in the version directory) and where it runs."""
 
@@ -162,6 +188,7 @@ class Variant(_Spec):
     metrics: Metrics | None = None
     # "aes-256-gcm": the file is encrypted at rest (serving/crypto.py); replicas need the key.
     encryption: Literal["aes-256-gcm"] | None = None
+    shadow: Shadow | None = None  # None: Shadow()'s defaults (or the router's --shadow-rate)
 
     @model_validator(mode="after")
     def _file_stays_inside_version(self) -> Variant:
@@ -180,6 +207,7 @@ class Placement(_Spec):
     pool: Name | None = None
     replicas: Replicas | None = None
     batching: Batching | None = None
+    shadow: Shadow | None = None
 
     def apply(self, variant: Variant) -> Variant:
         return variant.model_copy(update={k: v for k, v in self if v is not None})
@@ -195,6 +223,8 @@ class Manifest(_Spec):
     outputs: Annotated[list[TensorSpec], Field(min_length=1)]
     variants: Annotated[list[Variant], Field(min_length=1)]
     default_variant: Name | None = None
+    # What the other variants are compared with on live traffic; None: the one named fp32, if any.
+    reference_variant: Name | None = None
 
     @model_validator(mode="after")
     def _names_are_consistent(self) -> Manifest:
@@ -206,7 +236,17 @@ class Manifest(_Spec):
             raise ValueError(
                 f"default_variant {self.default_variant!r} is not one of variants {self.variant_names}"
             )
+        if self.reference_variant is not None and self.reference_variant not in self.variant_names:
+            raise ValueError(f"reference_variant {self.reference_variant!r} is not one of variants {self.variant_names}")
+        for index, variant in enumerate(self.variants):
+            if variant.shadow is not None:
+                shadow_metric(self, variant, f"variants[{index}].shadow")
         return self
+
+    @property
+    def reference(self) -> Variant | None:
+        name = self.reference_variant or ("fp32" if "fp32" in self.variant_names else None)
+        return None if name is None else self.variant(name)
 
     @property
     def variant_names(self) -> list[str]:
@@ -226,3 +266,26 @@ class Manifest(_Spec):
     def batchable(self) -> bool:
         """Whether requests can be joined along axis 0: every tensor has a variable first dim."""
         return all(spec.shape and spec.shape[0] == -1 for spec in (*self.inputs, *self.outputs))
+
+
+_NOT_NUMBERS = {Datatype.BOOL}
+
+
+def shadow_metric(manifest: Manifest, variant: Variant, field: str = "shadow") -> tuple[TensorSpec, ShadowMetric]:
+    """The output a variant's shadow comparison reads and the metric it uses; ValueError naming
+    `field` when the outputs cannot support them."""
+    shadow = variant.shadow or Shadow()
+    name = shadow.output or manifest.outputs[0].name
+    spec = next((spec for spec in manifest.outputs if spec.name == name), None)
+    if spec is None:
+        raise ValueError(f"{field}.output: {name!r} is not one of the outputs {[o.name for o in manifest.outputs]}")
+    if spec.datatype in _NOT_NUMBERS:
+        raise ValueError(f"{field}.output: {name!r} is {spec.datatype.value}; shadow comparisons need numbers")
+    classes = bool(spec.shape) and spec.shape[-1] != 1 and len(spec.shape) >= 2
+    metric = shadow.metric
+    if metric is None:
+        offline = variant.metrics.metric if variant.metrics else None
+        metric = ShadowMetric.COSINE if offline == "cosine" else ShadowMetric.TOP1 if classes else ShadowMetric.TOLERANCE
+    if metric is ShadowMetric.TOP1 and not classes:
+        raise ValueError(f"{field}.metric: top1 needs an output with a class axis; {name!r} has shape {spec.shape}")
+    return spec, metric

@@ -1,7 +1,8 @@
 """Calibration and evaluation sets: `.npz` files with one array per model input.
 
-An eval set may also hold `labels` (class indices, one per row) for top-1 accuracy. Each
-array is checked against the model's signature here, so a mismatch is reported before any
+An eval set may also hold `labels` (class indices, one per row) for top-1 accuracy. A directory
+is a capture of live traffic (serving/capture.py): its segments are joined, the reference's
+outputs they also hold are left aside, and encrypted ones need the model key. Each array is checked against the model's signature here, so a mismatch is reported before any
 variant is built.
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import capture
+from ..crypto import DecryptionError
 from ..manifest import Manifest
 
 LABELS = "labels"
@@ -35,12 +38,19 @@ class Dataset:
         return [{name: array[i : i + size] for name, array in self.inputs.items()} for i in range(0, self.rows, size)]
 
 
-def load_dataset(path: Path, manifest: Manifest) -> Dataset:
+def load_dataset(path: Path, manifest: Manifest, key: bytes | None = None) -> Dataset:
+    """The set in `path`: an `.npz` file, or a capture directory (`key` decrypts its segments)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        if path.is_dir():
+            arrays = capture.read_capture(path, key)
+            arrays = {name: array for name, array in arrays.items() if not name.startswith(capture.OUTPUT_PREFIX)}
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+    except DecryptionError as exc:
+        raise DatasetError(f"{path}: captured segments do not decrypt: {exc}") from exc
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from exc
+        raise DatasetError(f"{path}: not a readable .npz file or capture ({exc})") from exc
     expected = [spec.name for spec in manifest.inputs]
     unknown = sorted(set(arrays) - set(expected) - {LABELS})
     missing = [name for name in expected if name not in arrays]

@@ -66,9 +66,10 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
     output = settings.output or source.outputs[0].name
     if output not in [spec.name for spec in source.outputs]:
         raise OptimizeError(f"output {output!r} is not one of the model's {[spec.name for spec in source.outputs]}")
-    eval_set = load_dataset(settings.eval, source)
-    calibration = load_dataset(settings.calibration, source) if settings.calibration else None
-    train = load_dataset(settings.train, source) if settings.train else None
+    key = read_key(settings.encrypt_key) if settings.encrypt_key else None  # also reads encrypted captures
+    eval_set = load_dataset(settings.eval, source, key)
+    calibration = load_dataset(settings.calibration, source, key) if settings.calibration else None
+    train = load_dataset(settings.train, source, key) if settings.train else None
 
     progress("reference", "fp32 source")
     reference = outputs_on(session(settings.model), eval_set, output)
@@ -92,7 +93,6 @@ def optimize(settings: OptimizeSettings, progress: Progress = lambda stage, vari
         for outcome in outcomes:
             if not outcome.published:
                 (scratch / f"{outcome.kind.value}.onnx").unlink(missing_ok=True)
-        key = read_key(settings.encrypt_key) if settings.encrypt_key else None
         manifest = _manifest(source, outcomes, scratch, key)
         (scratch / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
         result = Result(
