@@ -5,6 +5,10 @@ the models it may use, `*` for every model; lines starting with `#` are comments
 
     3f9c0a77b8e14d6f9d2c5e8a1b7c4f20 digits,minilm
     9a1e5b3c7d2f4e8a6b0c1d2e3f4a5b6c *
+    5d0c2b9e8f7a6b5c4d3e2f1a0b9c8d7e * no-capture
+
+`no-capture` after the models: this token's requests are never captured for recalibration
+(`quiver serve --capture`); `check` leaves the answer in `CAPTURE` for the request's task.
 
 Clients send `authorization: Bearer <token>` metadata (tritonclient: `headers=`). Tokens are
 kept only as SHA-256 digests and every one is compared in constant time on each call, so the
@@ -14,6 +18,7 @@ malformed file is reported by line number only.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -27,6 +32,9 @@ from .watched import WatchedFile
 
 EVERY_MODEL = "*"
 MIN_TOKEN_LENGTH = 16
+NO_CAPTURE = "no-capture"
+# Whether the current request's inputs may be captured (router/shadow.py); without a token file, yes.
+CAPTURE: contextvars.ContextVar[bool] = contextvars.ContextVar("quiver_capture", default=True)
 
 
 class Unauthenticated(RouterError):
@@ -41,6 +49,7 @@ class PermissionDenied(RouterError):
 class Grant:
     digest: bytes
     models: frozenset[str]
+    capture: bool = True
 
     def allows(self, model: str) -> bool:
         return EVERY_MODEL in self.models or model in self.models
@@ -53,12 +62,12 @@ def parse_tokens(content: bytes) -> tuple[Grant, ...]:
         if not line or line.startswith("#"):
             continue
         fields = line.split()
-        if len(fields) != 2:
-            raise ValueError(f"line {number}: expected a token and its models (comma-separated, or *)")
-        token, models = fields
+        if len(fields) not in (2, 3) or fields[2:] not in ([], [NO_CAPTURE]):
+            raise ValueError(f"line {number}: expected a token and its models (comma-separated, or *), then optionally {NO_CAPTURE}")
+        token, models = fields[:2]
         if len(token) < MIN_TOKEN_LENGTH:
             raise ValueError(f"line {number}: a token needs at least {MIN_TOKEN_LENGTH} characters")
-        grants.append(Grant(_digest(token), frozenset(filter(None, models.split(",")))))
+        grants.append(Grant(_digest(token), frozenset(filter(None, models.split(","))), capture=len(fields) == 2))
     return tuple(grants)
 
 
@@ -88,6 +97,7 @@ class Authenticator:
             raise Unauthenticated("unknown token")
         if model is not None and not match.allows(model):
             raise PermissionDenied(f"this token may not use model {model!r}")
+        CAPTURE.set(match.capture)
 
 
 def _digest(token: str) -> bytes:

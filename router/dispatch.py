@@ -4,7 +4,9 @@ Admission sheds load when every allowed variant's queue is full (RESOURCE_EXHAUS
 retry hint); the call goes to the variant's replicas (router/replicas.py), bounded by the
 request's deadline, and what comes back is translated here into the router's taxonomy. A request
 that found no replica waits for a replacement while one may come (router/replacement.py).
-It also keeps each variant's live statistics (the policy's input) and the metrics that export them.
+It also keeps each variant's live statistics (the policy's input) and the metrics that export them,
+and offers what was answered to the shadow comparisons and the capture (router/shadow.py), whose
+live accuracy the policy reads and whose calls to the reference go through `_shadow_call`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import grpc
 import numpy as np
 
 from quiver.serving import DeadlinePassed, InferenceError, InferenceRequest, InferenceResult
+from quiver.serving.capture import CaptureSettings
 
 from . import policy
+from .auth import CAPTURE
 from .calls import CallWatcher
 from .coalesce import Expired, Withdrawn
 from .endpoints import Endpoints
@@ -31,6 +35,7 @@ from .readiness import Readiness
 from .replacement import ReplacementWait
 from .replicas import ReplicaLost, VariantReplicas
 from .routes import VariantRoute, VersionRoutes
+from .shadow import Shadow, ShadowSettings
 from .stats import VariantStats
 
 logger = logging.getLogger(__name__)
@@ -58,6 +63,8 @@ class Dispatcher:
         watchers: Sequence[CallWatcher] = (),
         endpoints: Endpoints | None = None,
         replacement: ReplacementWait | None = None,
+        shadow: ShadowSettings = ShadowSettings(),
+        capture: CaptureSettings | None = None,
     ) -> None:
         self._metrics = metrics
         self._watchers = tuple(watchers)  # see router/calls.py
@@ -70,6 +77,7 @@ class Dispatcher:
         self._clock = clock
         self._stats: dict[tuple[str, str, str], VariantStats] = {}
         self._replicas: dict[str, VariantReplicas] = {}
+        self.shadow = Shadow(shadow, metrics, self._shadow_call, self._admits_shadow, capture)
 
     def replicas(self, route: VariantRoute) -> VariantReplicas:
         """The variant's replicas, for this route (a new route table brings new ones; calls in flight keep theirs)."""
@@ -94,14 +102,17 @@ class Dispatcher:
         return found
 
     def candidates(self, version: VersionRoutes, skip_cooling: bool = True) -> list[policy.Candidate]:
+        """The version's variants for the policy; with `skip_cooling`, those cooling down after a
+        failure or drifted from their reference (and excluded for it) count as not ready."""
         now = self._clock()
         return [
             policy.Candidate(
                 name=name,
                 precision=route.variant.precision,
                 pool=route.variant.pool,
-                accuracy=route.variant.metrics.accuracy if route.variant.metrics else None,
-                ready=self._readiness.ready(route) and not (skip_cooling and self.stats(route).cooling(now)),
+                accuracy=self.shadow.accuracy(version, route),
+                ready=self._readiness.ready(route)
+                and not (skip_cooling and (self.stats(route).cooling(now) or self.shadow.excluded(route))),
                 stats=self.stats(route),
             )
             for name, route in version.variants.items()
@@ -144,10 +155,28 @@ class Dispatcher:
         expires = None if deadline_s is None else self._clock() + deadline_s
         while True:
             try:
-                return await self._serve(version, hints, inputs, expires)
+                served = await self._serve(version, hints, inputs, expires)
+                break
             except Unavailable:
                 if not await self._replaced(version, hints, expires):
                     raise
+        self.shadow.offer(version, served.route, inputs, served.result.outputs, CAPTURE.get())
+        return served
+
+    def _admits_shadow(self, route: VariantRoute) -> bool:
+        return self._readiness.ready(route) and self.stats(route).admits_shadow()
+
+    async def _shadow_call(self, route: VariantRoute, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        """One call for router/shadow.py: in the variant's statistics (it is load), not in the clients' metrics; never retried."""
+        stats = self.stats(route)
+        stats.started()
+        start, elapsed_ms = self._clock(), None
+        try:
+            result = await self.replicas(route).submit(InferenceRequest(inputs, time.time() + self._timeout_s), self._timeout_s)
+            elapsed_ms = 1000 * (self._clock() - start)
+            return result
+        finally:
+            stats.finished(elapsed_ms)
 
     async def _replaced(self, version: VersionRoutes, hints: RoutingHints, expires: float | None) -> bool:
         """Whether a variant that may serve the request can answer again after waiting for its replacement."""

@@ -9,6 +9,9 @@ which door a request came through (`protocol`: grpc or http), taken from `PROTOC
 protocol operations (router/operations.py) set for the request's task (dispatch, which counts, needs no argument for it). The operator's
 rollout gates read error rate and p99 per version from here. Beside them, `statistics` keeps
 Triton's per-version inference statistics (router/statistics.py), which the protocol serves.
+Shadow comparisons (router/shadow.py) are per model, version and variant (the one compared with
+its reference): rows compared, the windowed agreement with its lower bound and sample count,
+whether it drifted, and shadow calls shed by reason; the capture's rows per model version.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from .statistics import InferenceStatistics
 
 VARIANT_LABELS = ("model", "version", "variant", "pool")
+SHADOW_LABELS = ("model", "version", "variant")
 GRPC, HTTP = "grpc", "http"
 # The protocol of the request the current task serves (router/operations.py sets it).
 PROTOCOL: contextvars.ContextVar[str] = contextvars.ContextVar("quiver_protocol", default=GRPC)
@@ -93,6 +97,33 @@ class RouterMetrics:
             "Requests refused before dispatch, by gRPC status and protocol",
             ["model", "code", "protocol"],
             registry=self.registry,
+        )
+
+        self.shadow_comparisons = Counter(
+            "quiver_shadow_comparisons", "Rows compared with the reference variant's answer", SHADOW_LABELS, registry=self.registry
+        )
+        self.shadow_agreement = Gauge(
+            "quiver_shadow_agreement", "Agreement with the reference over the last rows compared", SHADOW_LABELS, registry=self.registry
+        )
+        self.shadow_lower_bound = Gauge(
+            "quiver_shadow_agreement_lower_bound", "95 % lower bound of that agreement (Wilson; cosine: mean - 1.96 SE)",
+            SHADOW_LABELS, registry=self.registry,
+        )
+        self.shadow_samples = Gauge(
+            "quiver_shadow_agreement_samples", "Rows the agreement is over", SHADOW_LABELS, registry=self.registry
+        )
+        self.shadow_drifted = Gauge(
+            "quiver_shadow_drifted", "1 while live accuracy is more than the margin below the offline one", SHADOW_LABELS,
+            registry=self.registry,
+        )
+        self.shadow_shed = Counter(
+            "quiver_shadow_shed", "Shadow calls not made: queue full, reference loaded, or the call failed (never retried)",
+            [*SHADOW_LABELS, "reason"], registry=self.registry,
+        )
+        self.capture_rows = Counter("quiver_capture_rows", "Rows captured for recalibration", ["model", "version"], registry=self.registry)
+        self.capture_dropped = Gauge(
+            "quiver_capture_dropped_segments", "Captured segments not written (over the bound, or the disk refused)",
+            ["model", "version"], registry=self.registry,
         )
 
         # Triton's statistics extension: the same calls, summed per model version for the protocol to serve.

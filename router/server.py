@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from quiver.serving.capture import CaptureSettings
 
 from .auth import Authenticator
 from .catalog import Catalog
@@ -36,6 +37,7 @@ from .replacement import Changes, ReplacementWait
 from .rest import RestServer, ssl_context
 from .routes import RouteTable
 from .servicer import InferenceServicer
+from .shadow import ShadowSettings
 from .tracing import Tracing, TracingSettings, provider_for
 from .traffic import Traffic
 
@@ -93,6 +95,8 @@ class RouterSettings:
     # Call replicas on their data planes when the replica directory lists them (router/endpoints.py);
     # False: every call goes through Serve's handles.
     direct: bool = True
+    shadow: ShadowSettings = ShadowSettings()  # comparisons with each version's reference (router/shadow.py)
+    capture: CaptureSettings | None = None  # live inputs kept for recalibration; None: off
 
 
 class Router:
@@ -126,9 +130,9 @@ class Router:
         provider = tracer_provider or provider_for(settings.tracing)
         self.tracing = Tracing(provider) if provider is not None else None
         watchers = [self.readiness.reachability, *([self.tracing] if self.tracing else [])]
-        dispatcher = Dispatcher(
+        self.dispatcher = dispatcher = Dispatcher(
             self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers, endpoints=self.endpoints,
-            replacement=ReplacementWait(settings.replacement_wait_s, changes),
+            replacement=ReplacementWait(settings.replacement_wait_s, changes), shadow=settings.shadow, capture=settings.capture,
         )
         operations = Operations(routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes)
         servicer = InferenceServicer(operations)
@@ -201,6 +205,7 @@ class Router:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.dispatcher.shadow.close()  # after the last request: what the capture holds is written
         if self.endpoints is not None:
             await self.endpoints.close()
         if self._metrics_server is not None:

@@ -82,9 +82,17 @@ class VariantStats:
         the limit, high priority is let through up to one and a half times it."""
         return self.in_flight < priority_share(priority) * self.queue_limit
 
+    def admits_shadow(self) -> bool:
+        """Whether a shadow call (router/shadow.py) may queue: below every priority, only while the
+        queue is under a quarter of its limit and the variant is not saturated."""
+        return self.in_flight < SHADOW_SHARE * self.queue_limit and not self.saturated
+
     @property
     def saturated(self) -> bool:
         return self.in_flight >= self.saturation_batches * self.capacity
+
+
+SHADOW_SHARE = 0.25  # below low priority's half
 
 
 def priority_share(priority: int) -> float:
