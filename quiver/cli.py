@@ -64,6 +64,11 @@ def _serve(args: argparse.Namespace) -> int:
     router = _router_settings(args)
     if router is None:
         return 2
+    try:
+        router = _with_shadow_and_capture(router, args)
+    except (OSError, ValueError) as exc:
+        print(f"quiver: {exc}", file=sys.stderr)
+        return 2
     return serve_locally(
         ServeSettings(
             model=args.model,
@@ -76,6 +81,21 @@ def _serve(args: argparse.Namespace) -> int:
             router=router,
         )
     )
+
+
+def _with_shadow_and_capture(router: RouterSettings, args: argparse.Namespace) -> RouterSettings:
+    """`quiver serve`'s --shadow-rate and --capture* flags (ValueError naming the flag)."""
+    import dataclasses
+
+    from quiver.router.shadow import ShadowSettings
+    from quiver.serving.capture import CaptureSettings
+    from quiver.serving.crypto import read_key
+
+    capture = None
+    if args.capture is not None:
+        key = read_key(args.model_key) if args.model_key else None
+        capture = CaptureSettings(args.capture, args.capture_rate, int(args.capture_max_mb * (1 << 20)), key=key)
+    return dataclasses.replace(router, shadow=ShadowSettings(sample_rate=args.shadow_rate), capture=capture)
 
 
 def _route(args: argparse.Namespace) -> int:
@@ -169,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-key", type=Path, help="32-byte key file that decrypts variants encrypted at rest")
     serve.add_argument("--address", help="join this running Ray cluster instead of starting a local instance")
     serve.add_argument("--pools", help="comma-separated pools of the local node (default: cpu, plus gpu when there is one)")
+    serve.add_argument("--shadow-rate", type=float, help="share of requests compared with the reference, for variants whose spec sets none")
+    serve.add_argument("--capture", type=Path, metavar="DIR", help="capture sampled live inputs here for recalibration (default: off)")
+    serve.add_argument("--capture-rate", type=float, default=0.01, help="share of requests captured (default: %(default)s)")
+    serve.add_argument("--capture-max-mb", type=float, default=256, help="disk per model version (default: %(default)s)")
 
     router = commands.add_parser(
         "router",
