@@ -1,7 +1,8 @@
 """The routing policy: which variant of a model version serves one request.
 
 1. Hard constraints from the request (`quiver.precision`, `quiver.pool`, `quiver.min_accuracy`
-   against the manifest's measured accuracy) leave the candidates; if one removes them all,
+   against the candidate's accuracy: the manifest's, or lower where the live agreement with the
+   reference says so, router/shadow.py) leave the candidates; if one removes them all,
    the request fails naming it (FAILED_PRECONDITION). Variants still starting (their pool has
    no nodes yet) are routed around; if none is ready: UNAVAILABLE.
 2. With a latency budget (`quiver.latency_budget_ms`, tightened by the gRPC deadline): the most
@@ -38,7 +39,7 @@ class Candidate:
     name: str
     precision: Precision
     pool: str
-    accuracy: float | None  # as measured by `quiver optimize`; None when never measured
+    accuracy: float | None  # as `quiver optimize` measured it, or lower as live traffic shows; None when never measured
     ready: bool
     stats: VariantStats
 
