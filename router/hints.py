@@ -29,7 +29,7 @@ class RoutingHints:
     pool: str | None = None
     latency_budget_ms: float | None = None  # asked for; already tightened by the deadline
     deadline_ms: float | None = None  # time left before the gRPC deadline
-    min_accuracy: float | None = None  # against the manifest's measured accuracy
+    min_accuracy: float | None = None  # against the accuracy routing sees (router/shadow.py)
     priority: int = 0  # below 0: shed first; above 0: shed last
 
     @classmethod

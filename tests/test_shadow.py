@@ -1,0 +1,149 @@
+"""Accuracy on live traffic end to end: int8 calibrated on one distribution, served another.
+
+A one-layer classifier is optimized with int8-static calibrated on N(0, 1) inputs, then served
+(`quiver serve --capture`) inputs whose first features are six times wider. The router compares
+the int8 answers with fp32's in the background; its live agreement must match what ONNX Runtime
+measures directly on the same rows, the drift must be reported and routed around, the capture
+must hold exactly the rows of tokens that allow it, and `quiver optimize --calibration CAPTURE`
+must restore the agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quiver.serving import Manifest
+from quiver.serving.manifest import Shadow
+from quiver.serving.optimize import OptimizeSettings, SpeedBudget, VariantKind, load_dataset, optimize
+
+from .models import build_gemm, reference
+from .serverproc import ServerProcess, quiver_serve
+
+FEATURES, CLASSES = 16, 8
+CAPTURING, PRIVATE = "c" * 32, "p" * 32  # tokens: the second's scope forbids capture
+
+
+def calibration_rows(rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, FEATURES)).astype(np.float32)
+
+
+def shifted_rows(rows: int, seed: int) -> np.ndarray:
+    """What production sends: the first four features six times wider than calibration saw."""
+    x = calibration_rows(rows, seed)
+    x[:, :4] *= 6
+    return x
+
+
+def optimized(store: Path, sources: Path, version: str, data: Path) -> Path:
+    model = sources / "gemm.onnx"
+    if not model.exists():
+        build_gemm(model, np.random.default_rng(0).standard_normal((FEATURES, CLASSES)))
+    optimize(OptimizeSettings(
+        model=model, name="gemm", version=version, store=store, eval=data, calibration=data,
+        variants=(VariantKind.FP32, VariantKind.INT8_STATIC), max_accuracy_drop=0.2,
+        speed=SpeedBudget(seconds=0.05, max_runs=20, throughput_batch=8),
+    ))
+    return store / "gemm" / version
+
+
+def agreement(directory: Path, x: np.ndarray) -> float:
+    """int8-static's top-1 agreement with fp32 on `x`, ONNX Runtime run directly."""
+    fp32 = reference(directory / "fp32.onnx", {"x": x})["y"].argmax(1)
+    int8 = reference(directory / "int8-static.onnx", {"x": x})["y"].argmax(1)
+    return float((fp32 == int8).mean())
+
+
+def infer(server: ServerProcess, token: str, x: np.ndarray, parameters: dict | None = None) -> tuple[int, dict]:
+    body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    if parameters:
+        body["parameters"] = parameters
+    request = urllib.request.Request(
+        f"{server.http_url}/v2/models/gemm/infer", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def metric(server: ServerProcess, name: str, variant: str = "int8-static") -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    found = re.search(rf'^{name}\{{[^}}]*model="gemm"[^}}]*variant="{variant}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def eventually(condition, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(600)
+def test_live_agreement_drift_capture_and_recalibration(tmp_path: Path) -> None:
+    sources, store, capture = tmp_path / "sources", tmp_path / "store", tmp_path / "capture"
+    sources.mkdir()
+    np.savez(sources / "calibration.npz", x=calibration_rows(512, 1))
+    version = optimized(store, sources, "1", sources / "calibration.npz")
+    # Clients get int8 by default; it is compared on every request it answers and routed around once it drifts.
+    manifest = Manifest.model_validate_json((version / "manifest.json").read_text())
+    shadow = Shadow(sample_rate=1.0, min_samples=100, margin=0.05, exclude=True)
+    variants = [v.model_copy(update={"shadow": shadow}) if v.name == "int8-static" else v for v in manifest.variants]
+    manifest = Manifest.model_validate({**manifest.model_dump(), "variants": variants, "default_variant": "int8-static"})
+    (version / "manifest.json").write_text(manifest.model_dump_json(exclude_none=True))
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{CAPTURING} *\n{PRIVATE} * no-capture\n")
+
+    served: dict[str, list[np.ndarray]] = {"int8-static": [], "fp32": []}
+    captured_rows, private = [], shifted_rows(40, 3)
+    with quiver_serve(str(store), "--capture", str(capture), "--capture-rate", "1", "--token-file", str(tokens)) as server:
+        for i, x in enumerate(np.split(shifted_rows(600, 2), 300)):
+            status, answer = infer(server, CAPTURING, x)
+            assert status == 200, answer
+            served[answer["parameters"]["quiver.variant"]].append(x)
+            captured_rows.append(x)
+            if i % 15 == 0:  # a request whose token may not be captured (it is compared all the same), now and then
+                x = private[i // 15 * 2 : i // 15 * 2 + 2]
+                status, answer = infer(server, PRIVATE, x)
+                assert status == 200, answer
+                served[answer["parameters"]["quiver.variant"]].append(x)
+        int8_rows = np.concatenate(served["int8-static"])
+        # Every row int8 answered is compared (none shed: one client at a time): wait for the last.
+        eventually(lambda: metric(server, "quiver_shadow_comparisons_total") >= len(int8_rows), "every comparison")
+
+        direct = agreement(version, int8_rows)
+        live = metric(server, "quiver_shadow_agreement")
+        print(f"rows compared {len(int8_rows)}: live agreement {live:.4f}, ONNX Runtime directly {direct:.4f}, "
+              f"lower bound {metric(server, 'quiver_shadow_agreement_lower_bound'):.4f}")
+        assert abs(live - direct) <= 0.03
+        assert metric(server, "quiver_shadow_agreement_samples") == len(int8_rows)
+        assert metric(server, "quiver_shadow_drifted") == 1
+        assert "drifted from its reference" in server.log()
+        # Routed around once it drifted: the later requests went to fp32.
+        assert len(served["fp32"]) > 100 and 100 <= len(int8_rows) < 300
+        # min_accuracy reads the live bound: int8's offline accuracy (≈0.99) would have passed.
+        status, answer = infer(server, CAPTURING, private[:1], {"quiver.precision": "int8", "quiver.min_accuracy": "0.9"})
+        assert status == 400 and "quiver.min_accuracy" in answer["error"], answer
+
+    # The capture holds the capturing token's rows, with fp32's top-1 as labels, and nothing of the other's.
+    captured = load_dataset(capture / "gemm" / "1", manifest)
+    sent = np.concatenate(captured_rows)
+    assert captured.rows == len(sent)
+    assert {row.tobytes() for row in captured.inputs["x"]} == {row.tobytes() for row in sent}
+    np.testing.assert_array_equal(captured.labels, reference(version / "fp32.onnx", captured.inputs)["y"].argmax(1))
+
+    recalibrated = optimized(store, sources, "2", capture / "gemm" / "1")
+    fresh = shifted_rows(2000, 4)
+    before, after = agreement(version, fresh), agreement(recalibrated, fresh)
+    print(f"int8-static agreement with fp32 on fresh shifted rows: calibrated on N(0,1) {before:.4f}, on the capture {after:.4f}")
+    assert before < 0.85 and after >= 0.95
