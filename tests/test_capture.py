@@ -1,0 +1,86 @@
+"""The capture of live traffic: bounded and rotating, encrypted with the model key, read by `quiver optimize`, refused when misconfigured."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quiver.serving import Manifest
+from quiver.serving.capture import CaptureSettings, VersionCapture
+from quiver.serving.optimize import DatasetError, load_dataset
+
+SIGNATURE = Manifest.model_validate({
+    "name": "m", "version": "1",
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+    "variants": [{"name": "fp32", "file": "model.onnx", "sha256": "0" * 64}],
+})
+
+
+def capture_rows(capture: VersionCapture, rows: int, start: int = 0) -> None:
+    """Add `rows` one at a time, x = [i, i, i, i], writing each segment as it fills (the router does so off its loop)."""
+    for i in range(start, start + rows):
+        x = np.full((1, 4), i, np.float32)
+        if capture.add({"x": x}, {"y": np.eye(3, dtype=np.float32)[[i % 3]]}, np.array([i % 3])):
+            capture.write(capture.take())
+
+
+def test_segments_rotate_within_the_bound(tmp_path: Path) -> None:
+    settings = CaptureSettings(tmp_path / "capture", max_bytes=4000, segment_rows=8)
+    capture = VersionCapture(settings, "m", "1")
+    sizes = []
+    for start in range(0, 400, 8):
+        capture_rows(capture, 8, start)
+        sizes.append(sum(path.stat().st_size for path in capture.directory.iterdir()))
+    assert max(sizes) <= settings.max_bytes  # never past the bound, after any write
+    segments = sorted(path.name for path in capture.directory.iterdir())
+    assert 1 < len(segments) < 50 and segments[-1] == "000000000050.npz"  # the oldest went first
+    data = load_dataset(capture.directory, SIGNATURE)
+    kept = data.inputs["x"][:, 0].astype(int)
+    np.testing.assert_array_equal(kept, np.arange(400 - len(kept), 400))  # the newest rows, in order
+    np.testing.assert_array_equal(data.labels, kept % 3)
+
+
+def test_a_segment_larger_than_the_bound_is_not_written(tmp_path: Path) -> None:
+    capture = VersionCapture(CaptureSettings(tmp_path, max_bytes=100, segment_rows=4), "m", "1")
+    capture_rows(capture, 8)
+    assert capture.dropped == 2 and not any(capture.directory.glob("*.npz*"))
+
+
+def test_an_encrypted_capture_needs_the_model_key(tmp_path: Path) -> None:
+    key, other = os.urandom(32), os.urandom(32)
+    capture = VersionCapture(CaptureSettings(tmp_path, segment_rows=5, key=key), "m", "1")
+    capture_rows(capture, 10)
+    segments = sorted(capture.directory.iterdir())
+    assert [path.name for path in segments] == ["000000000001.npz.enc", "000000000002.npz.enc"]
+    assert b"PK" not in segments[0].read_bytes()[:64]  # not a readable zip: ciphertext
+    assert load_dataset(capture.directory, SIGNATURE, key).rows == 10
+    with pytest.raises(DatasetError, match="encrypted"):
+        load_dataset(capture.directory, SIGNATURE)
+    with pytest.raises(DatasetError, match="do not decrypt"):
+        load_dataset(capture.directory, SIGNATURE, other)
+    moved = tmp_path / "m" / "2"
+    capture.directory.rename(moved)  # the model and version are bound: another version's capture does not decrypt
+    with pytest.raises(DatasetError, match="do not decrypt"):
+        load_dataset(moved, SIGNATURE, key)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--capture", "/proc/quiver-capture"], "--capture: cannot create /proc/quiver-capture"),
+        (["--capture", "{tmp}", "--capture-rate", "1.5"], "--capture-rate: 1.5 is outside [0, 1]"),
+        (["--capture", "{tmp}", "--capture-max-mb", "0"], "--capture-max-mb"),
+        (["--shadow-rate", "-0.5"], "--shadow-rate: -0.5 is outside [0, 1]"),
+    ],
+)
+def test_quiver_serve_refuses_bad_capture_and_shadow_flags(tmp_path: Path, flags: list[str], message: str) -> None:
+    args = [flag.format(tmp=tmp_path) for flag in flags]
+    done = subprocess.run([sys.executable, "-m", "quiver", "serve", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
