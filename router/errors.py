@@ -41,6 +41,24 @@ class DeadlineExceeded(RouterError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class AlreadyExists(RouterError):
+    """What the request would create is there already (a shared memory region's name)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Unimplemented(RouterError):
+    """A method of the protocol Quiver does not serve (yet); the message says why."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class FailedPrecondition(RouterError):
+    """The request cannot be served in the state the router is in; the message says what would."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhausted(RouterError):
     """Every variant that may serve the request is at its queue limit: shed, not queued."""
 

@@ -12,24 +12,26 @@ Errors are the router's (router/errors.py); each transport maps them to its stat
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NoReturn
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from quiver import __version__
 from quiver.serving import TensorSpec
 
-from . import health, modelconfig, tensors
+from . import health, modelconfig, shared_memory, tensors
 from .auth import Authenticator
 from .dispatch import Dispatcher
-from .errors import DeadlineExceeded, NotFound, RouterError, Unavailable
+from .errors import DeadlineExceeded, NotFound, RouterError, Unavailable, Unimplemented
 from .hints import RoutingHints
 from .logcontext import begin_request
 from .metrics import PROTOCOL, RouterMetrics
 from .readiness import Readiness
 from .routes import RouteTable
+from .shared_memory import RegionStatus, SharedMemory
 from .statistics import VersionStatistics
-from .tensors import WireTensor
+from .tensors import RegionRef, WireTensor
 from .traffic import Traffic
 
 Parameter = str | int | bool
@@ -37,7 +39,7 @@ Parameter = str | int | bool
 Caller = Iterable[tuple[str, str | bytes]]
 
 # Triton's names of the protocol extensions served (and only those that work), for ServerMetadata.
-EXTENSIONS = ("model_configuration", "statistics")
+EXTENSIONS = ("model_configuration", "statistics", "system_shared_memory")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class InferRequest:
     inputs: Sequence[WireTensor]
     outputs: Sequence[str]  # the outputs asked for, in order; empty: every output
     time_remaining_s: float | None = None  # until the caller's deadline; None: no deadline
+    output_regions: Mapping[str, RegionRef] = field(default_factory=dict)  # outputs to write into shared memory
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class InferAnswer:
     id: str
     outputs: list[tuple[str, np.ndarray]]  # in the order asked for
     parameters: dict[str, Parameter]  # quiver.variant, .version, .pool, .reason, .batch_*
+    in_regions: Mapping[str, RegionRef] = field(default_factory=dict)  # outputs written to shared memory: what was written
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Operations:
         dispatcher: Dispatcher,
         metrics: RouterMetrics,
         max_request_bytes: int,
+        shared: SharedMemory | None = None,
     ) -> None:
         self._routes = routes
         self._auth = auth
@@ -94,6 +99,7 @@ class Operations:
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._max_request_bytes = max_request_bytes
+        self._shared = shared or SharedMemory()
 
     # Probes are open: no token needed.
     def live(self) -> bool:
@@ -150,8 +156,9 @@ class Operations:
             if remaining_s is not None and remaining_s <= 0:
                 raise DeadlineExceeded("the deadline passed before the request was read")
             hints = RoutingHints.from_parameters(request.parameters, None if remaining_s is None else 1000 * remaining_s)
-            inputs = tensors.decode_inputs(request.inputs, version.manifest, self._max_request_bytes)
+            inputs = tensors.decode_inputs(self._shared.read(request.inputs), version.manifest, self._max_request_bytes)
             names = tensors.requested_outputs(request.outputs, version.manifest)
+            windows = {name: self._shared.window(ref, f"output {name!r}") for name, ref in request.output_regions.items()}
         except RouterError as exc:
             self._metrics.refused(model, exc.code.name).inc()
             raise
@@ -160,6 +167,10 @@ class Operations:
         except Unavailable as exc:  # say why: a pool without nodes, replicas that stopped answering
             raise health.explained(exc, self._readiness, version) from exc
         outputs = served.result.outputs
+        in_regions = {
+            name: shared_memory.write(window, tensors.output_bytes(outputs[name])[1], f"output {name!r}", request.output_regions[name])
+            for name, window in windows.items()
+        }
         return InferAnswer(
             model=version.manifest.name,
             version=version.manifest.version,
@@ -173,4 +184,25 @@ class Operations:
                 "quiver.batch_requests": served.result.batch_requests,
                 "quiver.batch_rows": served.result.batch_rows,
             },
+            in_regions=in_regions,
+        )
+
+    # System shared memory: regions are the server's, not a caller's (as in Triton), so any valid token may use them.
+    def register_region(self, caller: Caller, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._auth.check(caller, None)
+        self._shared.register(name, key, offset, byte_size)
+
+    def unregister_region(self, caller: Caller, name: str) -> None:
+        self._auth.check(caller, None)
+        self._shared.unregister(name)
+
+    def region_status(self, caller: Caller, name: str) -> list[RegionStatus]:
+        self._auth.check(caller, None)
+        return self._shared.status(name)
+
+    def cuda_shared_memory(self, caller: Caller) -> NoReturn:
+        self._auth.check(caller, None)
+        raise Unimplemented(
+            "CUDA shared memory is not supported: the replicas run in their own processes, on other nodes, and no GPU "
+            "pool can read a client's CUDA memory yet; use system shared memory"
         )

@@ -39,9 +39,11 @@ _STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -121,6 +123,11 @@ class RestServer:
             app.router.add_get(f"{model}/config", self._model_config)
             app.router.add_get(f"{model}/stats", self._statistics)
             app.router.add_post(f"{model}/infer", self._infer)
+        for regions in ("/v2/systemsharedmemory", "/v2/systemsharedmemory/region/{region}"):
+            app.router.add_get(f"{regions}/status", self._region_status)
+            app.router.add_post(f"{regions}/unregister", self._unregister_region)
+        app.router.add_post("/v2/systemsharedmemory/region/{region}/register", self._register_region)
+        app.router.add_route("*", "/v2/cudasharedmemory/{tail:.*}", self._cuda_shared_memory)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=grace_period_s)
 
     async def start(self) -> int:
@@ -157,6 +164,22 @@ class RestServer:
     async def _statistics(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
         return web.json_response(rest_codec.model_statistics(self._operations.statistics(_caller(request), name, version)))
+
+    async def _region_status(self, request: web.Request) -> web.Response:
+        regions = self._operations.region_status(_caller(request), request.match_info.get("region", ""))
+        return web.json_response(rest_codec.region_status(regions))
+
+    async def _register_region(self, request: web.Request) -> web.Response:
+        key, offset, byte_size = rest_codec.region_registration(await request.read())
+        self._operations.register_region(_caller(request), request.match_info["region"], key, offset, byte_size)
+        return web.json_response({})
+
+    async def _unregister_region(self, request: web.Request) -> web.Response:
+        self._operations.unregister_region(_caller(request), request.match_info.get("region", ""))
+        return web.json_response({})
+
+    async def _cuda_shared_memory(self, request: web.Request) -> web.Response:
+        self._operations.cuda_shared_memory(_caller(request))
 
     async def _infer(self, request: web.Request) -> web.Response:
         model, version = _names(request)

@@ -5,6 +5,7 @@ data extension, as raw bytes after the JSON: the `Inference-Header-Content-Lengt
 where the JSON ends, each binary input's `binary_data_size` parameter how many bytes are its.
 Outputs are JSON `data` unless asked for as binary (an output's `binary_data` parameter, or the
 request's `binary_data_output` for every output), then they follow the JSON the same way.
+A tensor whose parameters name a shared memory region (router/shared_memory.py) has no bytes here.
 Triton's model configuration and statistics are written as Triton writes them (its proto field names).
 HTTP has no deadline of its own: Triton's `timeout` parameter (microseconds; tritonclient's
 `infer(timeout=)`) is taken as one, as gRPC's deadline is.
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 
 from quiver.serving import TensorSpec
 
+from . import shared_memory
 from .operations import InferAnswer, InferRequest, ModelMetadata, ServerMetadata
 from .errors import InvalidArgument
 from .modelconfig import ModelConfig
+from .shared_memory import RegionStatus
 from .statistics import Duration, VersionStatistics
 from .tensors import WireTensor, output_bytes
 
@@ -46,12 +49,7 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
         if not 0 <= length <= len(body):
             raise InvalidArgument(f"{HEADER_LENGTH} {header_length!r} is not a length within the body's {len(body)} bytes")
         header, binary = body[:length], memoryview(body)[length:]
-    try:
-        document = json.loads(header)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArgument(f"the request is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidArgument("the request must be a JSON object")
+    document = _document(header)
     parameters = _object(document.get("parameters", {}), "parameters")
     inputs, offset = [], 0
     for index, tensor in enumerate(_list(document.get("inputs"), "inputs")):
@@ -61,8 +59,12 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
         shape = tensor.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             raise InvalidArgument(f"input {name!r}: shape must be a list of integers")
-        size = _object(tensor.get("parameters", {}), f"input {name!r}: parameters").get("binary_data_size")
-        if size is not None:
+        tensor_parameters = _object(tensor.get("parameters", {}), f"input {name!r}: parameters")
+        size = tensor_parameters.get("binary_data_size")
+        region = shared_memory.reference(tensor_parameters, f"input {name!r}")
+        if region is not None:
+            inputs.append(WireTensor(name, datatype, shape, region=region))
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise InvalidArgument(f"input {name!r}: binary_data_size {size!r} exceeds the {len(binary) - offset} binary bytes left")
             inputs.append(WireTensor(name, datatype, shape, raw=binary[offset : offset + size]))
@@ -74,12 +76,15 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
     if offset != len(binary):
         raise InvalidArgument(f"the body holds {len(binary)} bytes of binary data, the inputs' binary_data_size {offset}")
     binary_default = parameters.get("binary_data_output") is True
-    names, wanted = [], set()
+    names, wanted, regions = [], set(), {}
     for index, output in enumerate(_list(document.get("outputs", []), "outputs")):
         output = _object(output, f"outputs[{index}]")
         name = _string(output.get("name"), f"outputs[{index}].name")
         names.append(name)
-        if _object(output.get("parameters", {}), f"output {name!r}: parameters").get("binary_data", binary_default) is True:
+        output_parameters = _object(output.get("parameters", {}), f"output {name!r}: parameters")
+        if (region := shared_memory.reference(output_parameters, f"output {name!r}")) is not None:
+            regions[name] = region
+        elif output_parameters.get("binary_data", binary_default) is True:
             wanted.add(name)
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
@@ -88,7 +93,7 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
     if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0):
         raise InvalidArgument(f"parameter 'timeout' must be a positive number of microseconds, got {timeout_us!r}")
     remaining_s = None if timeout_us is None else timeout_us / 1e6
-    request = InferRequest(model, version, request_id, parameters, inputs, names, remaining_s)
+    request = InferRequest(model, version, request_id, parameters, inputs, names, remaining_s, regions)
     return RestInfer(request, frozenset(wanted), binary_default and not names)
 
 
@@ -98,7 +103,9 @@ def infer_response(answer: InferAnswer, infer: RestInfer) -> tuple[bytes, dict[s
     for name, array in answer.outputs:
         datatype, data = output_bytes(array)
         output = {"name": name, "datatype": datatype.value, "shape": list(array.shape)}
-        if name in infer.binary or infer.binary_default:
+        if name in answer.in_regions:
+            output["parameters"] = shared_memory.parameters(answer.in_regions[name])
+        elif name in infer.binary or infer.binary_default:
             output["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
@@ -146,6 +153,21 @@ def model_statistics(versions: list[VersionStatistics]) -> dict:
     return {"model_stats": [_version(stats) for stats in versions]}
 
 
+def region_status(regions: list[RegionStatus]) -> list[dict]:
+    return [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
+
+
+def region_registration(body: bytes) -> tuple[str, int, int]:
+    """A register request's key, offset and byte size."""
+    document = _document(body)
+    key = _string(document.get("key"), "key")
+    offset, byte_size = document.get("offset", 0), document.get("byte_size")
+    for name, value in (("offset", offset), ("byte_size", byte_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"{name} must be a number of bytes (an integer ≥ 0), got {value!r}")
+    return key, offset, byte_size
+
+
 def _version(stats: VersionStatistics) -> dict:
     return {
         "name": stats.name,
@@ -181,6 +203,16 @@ def _flat(values: list) -> Sequence[object]:
     for value in values:
         flat.extend(_flat(value) if isinstance(value, list) else (value,))
     return flat
+
+
+def _document(body: bytes) -> dict:
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArgument(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidArgument("the request must be a JSON object")
+    return document
 
 
 def _object(value: object, where: str) -> dict:

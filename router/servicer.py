@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -102,3 +102,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return codec.infer_request(request, context.time_remaining())
 
         return codec.infer_response(await self._operations.infer(_caller(context), request.model_name, read, GRPC))
+
+    @_rpc
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._operations.register_region(_caller(context), request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._operations.unregister_region(_caller(context), request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        return triton_grpc.region_status(self._operations.region_status(_caller(context), request.name))
+
+    @_rpc
+    async def CudaSharedMemoryRegister(self, request: object, context: grpc.aio.ServicerContext) -> NoReturn:
+        self._operations.cuda_shared_memory(_caller(context))
+
+    CudaSharedMemoryUnregister = CudaSharedMemoryStatus = CudaSharedMemoryRegister

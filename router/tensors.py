@@ -20,9 +20,20 @@ from .errors import InvalidArgument
 
 
 @dataclass(frozen=True)
+class RegionRef:
+    """Where a tensor's bytes lie in system shared memory (router/shared_memory.py): `byte_size`
+    bytes at `offset` into the region registered as `region`."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
 class WireTensor:
     """One input as it arrived: raw little-endian bytes, or a flat sequence of values (`field` says
-    where they travelled, for messages); neither when the transport has no form for the datatype."""
+    where they travelled, for messages); neither when the transport has no form for the datatype.
+    An input in shared memory names its `region`; its bytes are read from there into `raw`."""
 
     name: str
     datatype: str
@@ -30,6 +41,7 @@ class WireTensor:
     raw: bytes | memoryview | None = None
     values: Sequence[object] | None = None
     field: str = "data"
+    region: RegionRef | None = None
 
 
 def decode_inputs(tensors: Sequence[WireTensor], manifest: Manifest, max_bytes: int) -> dict[str, np.ndarray]:
@@ -51,7 +63,7 @@ def decode_inputs(tensors: Sequence[WireTensor], manifest: Manifest, max_bytes: 
         if total > max_bytes:
             raise InvalidArgument(f"request tensors need {total} bytes, over the limit of {max_bytes}")
         if tensor.raw is not None:
-            arrays[tensor.name] = _from_raw(tensor.name, tensor.raw, spec.datatype, shape)
+            arrays[tensor.name] = _from_raw(tensor, spec.datatype, shape)
         else:
             arrays[tensor.name] = _from_values(tensor, spec.datatype, shape, count)
     missing = [name for name in specs if name not in arrays]
@@ -92,11 +104,13 @@ def _checked_shape(name: str, shape: list[int], spec: TensorSpec) -> list[int]:
     return shape
 
 
-def _from_raw(name: str, data: bytes | memoryview, datatype: Datatype, shape: list[int]) -> np.ndarray:
+def _from_raw(tensor: WireTensor, datatype: Datatype, shape: list[int]) -> np.ndarray:
+    data = tensor.raw
     expected = math.prod(shape) * datatype.itemsize
     if len(data) != expected:
+        where = "raw contents hold" if tensor.region is None else f"shared memory region {tensor.region.region!r} holds"
         raise InvalidArgument(
-            f"input {name!r}: raw contents hold {len(data)} bytes, shape {shape} of {datatype.value} needs {expected}"
+            f"input {tensor.name!r}: {where} {len(data)} bytes, shape {shape} of {datatype.value} needs {expected}"
         )
     return np.frombuffer(data, dtype=datatype.numpy).reshape(shape)
 

@@ -1,4 +1,4 @@
-"""Triton's protocol extensions in gRPC form: the servicer's encoders for ModelConfig and ModelStatistics.
+"""Triton's protocol extensions in gRPC form: the servicer's encoders for ModelConfig, ModelStatistics and shared memory status.
 
 The values come from router/modelconfig.py and router/statistics.py, which know no transport;
 this module only maps them onto Triton's messages (protos/model_config.proto and the extension
@@ -11,6 +11,7 @@ from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import model_config_pb2 as mc
 
 from .modelconfig import ModelConfig
+from .shared_memory import RegionStatus
 from .statistics import Duration, VersionStatistics
 
 
@@ -34,6 +35,13 @@ def model_config(config: ModelConfig) -> pb.ModelConfigResponse:
 
 def model_statistics(versions: list[VersionStatistics]) -> pb.ModelStatisticsResponse:
     return pb.ModelStatisticsResponse(model_stats=[_version(stats) for stats in versions])
+
+
+def region_status(regions: list[RegionStatus]) -> pb.SystemSharedMemoryStatusResponse:
+    Status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+    return pb.SystemSharedMemoryStatusResponse(
+        regions={r.name: Status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size) for r in regions}
+    )
 
 
 def _version(stats: VersionStatistics) -> pb.ModelStatistics:

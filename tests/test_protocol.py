@@ -70,7 +70,10 @@ def test_reflection_describes_the_service(server: ServerProcess) -> None:
         methods = {method.name for method in service_file.service[0].method}
         assert methods == {
             "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
-            "ModelConfig", "ModelStatistics",  # Triton's extensions
+            # Triton's extensions
+            "ModelConfig", "ModelStatistics", "ModelStreamInfer", "RepositoryIndex", "RepositoryModelLoad",
+            "RepositoryModelUnload", "SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
+            "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
         }
         # Triton's model configuration lives in a file of its own that reflection serves too.
         assert reflection.FindFileContainingSymbol("inference.ModelConfig").name.endswith("model_config.proto")

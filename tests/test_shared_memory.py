@@ -1,0 +1,186 @@
+"""System shared memory through the stock clients: tritonclient.utils.shared_memory makes the
+segments, tritonclient.grpc and tritonclient.http register them and name them in requests.
+
+The session's `quiver serve` reads the inputs from the segments and writes the outputs into
+them; the answers are compared with ONNX Runtime run directly. Bad regions, offsets and sizes
+are refused alike through both doors (INVALID_ARGUMENT / 400) and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
+from .models import reference
+from .serverproc import ServerProcess
+
+ROWS, FEATURES, CLASSES = 3, 64, 10
+STATUS = {"grpc": {"bad": "StatusCode.INVALID_ARGUMENT", "unknown": "StatusCode.NOT_FOUND", "twice": "StatusCode.ALREADY_EXISTS",
+                   "unimplemented": "StatusCode.UNIMPLEMENTED"},
+          "http": {"bad": "400", "unknown": "404", "twice": "409", "unimplemented": "501"}}  # fmt: skip
+
+
+@pytest.fixture(params=["grpc", "http"])
+def door(request: pytest.FixtureRequest, server: ServerProcess) -> Iterator[tuple[str, object]]:
+    """One client of each protocol; the regions a test registered are unregistered after it."""
+    if request.param == "grpc":
+        client = triton_grpc.InferenceServerClient(server.address)
+    else:
+        client = triton_http.InferenceServerClient(server.http_url.removeprefix("http://"), network_timeout=60)
+    yield request.param, client
+    client.unregister_system_shared_memory()
+
+
+@pytest.fixture
+def segments() -> Iterator[callable]:
+    """Makes shared memory segments (as a client on the router's host does); destroys them after the test."""
+    handles = []
+
+    def make(byte_size: int) -> tuple[str, object]:
+        key = f"/quiver-test-{uuid.uuid4().hex[:12]}"
+        handles.append(shm.create_shared_memory_region(key.lstrip("/"), key, byte_size))
+        return key, handles[-1]
+
+    yield make
+    for handle in handles:
+        shm.destroy_shared_memory_region(handle)
+
+
+def module(kind: str) -> object:
+    return triton_grpc if kind == "grpc" else triton_http
+
+
+def regions(kind: str, client: object) -> dict[str, tuple[str, int, int]]:
+    """The server's regions, each as (key, offset, byte_size), from either client's form of the status."""
+    if kind == "grpc":
+        status = client.get_system_shared_memory_status().regions
+        return {name: (r.key, r.offset, r.byte_size) for name, r in status.items()}
+    return {r["name"]: (r["key"], r["offset"], r["byte_size"]) for r in client.get_system_shared_memory_status()}
+
+
+def example_request(kind: str, region: str, offset: int, output_region: str, output_offset: int) -> tuple[list, list]:
+    triton = module(kind)
+    tensor = triton.InferInput("input", [ROWS, FEATURES], "FP32")
+    tensor.set_shared_memory(region, ROWS * FEATURES * 4, offset)
+    output = triton.InferRequestedOutput("output")
+    output.set_shared_memory(output_region, 4096, output_offset)
+    return [tensor], [output]
+
+
+def output_parameters(kind: str, result: object) -> dict[str, object]:
+    output = result.get_output("output")
+    if kind == "grpc":
+        return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in output.parameters.items()}
+    return output["parameters"]
+
+
+def test_inputs_and_outputs_in_shared_memory(door: tuple[str, object], segments: callable, store: Path) -> None:
+    kind, client = door
+    features = np.random.default_rng(3).standard_normal((ROWS, FEATURES)).astype(np.float32)
+    # The input sits at an offset into a region that itself starts at an offset into its segment.
+    in_key, in_handle = segments(8192)
+    shm.set_shared_memory_region(in_handle, [features], offset=1024 + 256)
+    out_key, out_handle = segments(8192)
+    client.register_system_shared_memory("in", in_key, 4096, offset=1024)
+    client.register_system_shared_memory("out", out_key, 8192)
+    assert regions(kind, client) == {"in": (in_key, 1024, 4096), "out": (out_key, 0, 8192)}
+
+    inputs, outputs = example_request(kind, "in", 256, "out", 128)
+    result = client.infer("example", inputs, outputs=outputs)
+
+    expected = reference(store / "example" / "1" / "model.onnx", {"input": features})["output"]
+    written = ROWS * CLASSES * 4
+    assert output_parameters(kind, result) == {
+        "shared_memory_region": "out", "shared_memory_byte_size": written, "shared_memory_offset": 128
+    }  # fmt: skip
+    # No bytes in the answer: gRPC keeps the output's raw entry, empty, as Triton does; REST has no data.
+    assert result.get_response().raw_output_contents == [b""] if kind == "grpc" else "data" not in result.get_output("output")
+    answer = shm.get_contents_as_numpy(out_handle, np.float32, [ROWS, CLASSES], offset=128)
+    np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
+
+    client.unregister_system_shared_memory("in")
+    assert set(regions(kind, client)) == {"out"}
+
+
+def test_one_input_in_shared_memory_the_other_in_the_message(door: tuple[str, object], segments: callable, store: Path) -> None:
+    kind, client = door
+    triton = module(kind)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    k = np.array([[1, 2], [3, 9]], dtype=np.int64)
+    key, handle = segments(x.nbytes)
+    shm.set_shared_memory_region(handle, [x])
+    client.register_system_shared_memory("x", key, x.nbytes)
+    x_input, k_input = triton.InferInput("x", [2, 3], "FP32"), triton.InferInput("k", [2, 2], "INT64")
+    x_input.set_shared_memory("x", x.nbytes)
+    k_input.set_data_from_numpy(k)
+    result = client.infer("pair", [x_input, k_input], model_version="1")
+    expected = reference(store / "pair" / "1" / "model.onnx", {"x": x, "k": k})
+    np.testing.assert_allclose(result.as_numpy("total"), expected["total"])
+    np.testing.assert_array_equal(result.as_numpy("looked_up"), expected["looked_up"])
+
+
+def refused(call: callable) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as error:
+        call()
+    return error.value
+
+
+def test_bad_regions_offsets_and_sizes_are_refused_and_the_server_keeps_serving(
+    door: tuple[str, object], segments: callable
+) -> None:
+    kind, client = door
+    key, handle = segments(4096)
+    shm.set_shared_memory_region(handle, [np.ones((ROWS, FEATURES), np.float32)])
+    client.register_system_shared_memory("in", key, 4096)
+    bad = STATUS[kind]["bad"]
+
+    cases = {
+        "nowhere": (example_request(kind, "nowhere", 0, "in", 0), "unable to find system shared memory region: 'nowhere'"),
+        "offset": (example_request(kind, "in", 3500, "in", 0), "runs past the end of shared memory region 'in' (4096 bytes)"),
+        "output offset": (example_request(kind, "in", 0, "in", 4000), "output 'output': offset 4000 + byte_size 4096 runs past"),
+    }
+    for name, ((inputs, outputs), message) in cases.items():
+        error = refused(lambda: client.infer("example", inputs, outputs=outputs))
+        assert (error.status(), message in error.message()) == (bad, True), (name, error)
+
+    # A byte size that does not hold the input's shape; an output region too small for the result.
+    inputs, outputs = example_request(kind, "in", 0, "in", 0)
+    inputs[0].set_shared_memory("in", 100)
+    error = refused(lambda: client.infer("example", inputs, outputs=outputs))
+    assert error.status() == bad and "shared memory region 'in' holds 100 bytes" in error.message(), error
+    inputs, outputs = example_request(kind, "in", 0, "in", 0)
+    outputs[0].set_shared_memory("in", 8)
+    error = refused(lambda: client.infer("example", inputs, outputs=outputs))
+    assert error.status() == bad and "byte_size 8 is too small for the 120 bytes" in error.message(), error
+
+    error = refused(lambda: client.register_system_shared_memory("ghost", "/quiver-test-no-such-segment", 64))
+    assert error.status() == bad and "unable to open shared memory segment" in error.message(), error
+    error = refused(lambda: client.register_system_shared_memory("big", key, 4096, offset=1))
+    assert error.status() == bad and "runs past the end of segment" in error.message(), error
+    error = refused(lambda: client.register_system_shared_memory("dots", "/../etc/passwd", 64))
+    assert error.status() == bad and "not the name of a shared memory segment" in error.message(), error
+    error = refused(lambda: client.register_system_shared_memory("in", key, 64))
+    assert error.status() == STATUS[kind]["twice"] and "already registered" in error.message(), error
+    error = refused(lambda: client.get_system_shared_memory_status("nowhere"))
+    assert error.status() == STATUS[kind]["unknown"], error
+
+    # Still serving, from the same region.
+    inputs, outputs = example_request(kind, "in", 0, "in", 0)
+    client.infer("example", inputs, outputs=outputs)
+    assert shm.get_contents_as_numpy(handle, np.float32, [ROWS, CLASSES]).shape == (ROWS, CLASSES)
+
+
+def test_cuda_shared_memory_is_unimplemented_with_a_reason(door: tuple[str, object]) -> None:
+    kind, client = door
+    error = refused(lambda: client.get_cuda_shared_memory_status())
+    assert error.status() == STATUS[kind]["unimplemented"] and "use system shared memory" in error.message(), error
+    error = refused(lambda: client.unregister_cuda_shared_memory())
+    assert error.status() == STATUS[kind]["unimplemented"], error
