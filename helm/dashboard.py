@@ -1,0 +1,237 @@
+"""Quiver's Grafana dashboard, as code: writes helm/quiver/files/dashboard.json.
+
+The chart ships the JSON this writes (templates/grafana-dashboard-configmap.yaml); run
+`.venv/bin/python helm/dashboard.py` after changing a panel and commit both.
+tests/test_dashboard.py checks that the committed JSON is what this produces, and
+tests/test_prometheus_live.py runs every panel's query against a real Prometheus scraping a
+live `quiver serve`. Every query reads the router's metrics (router/metrics.py).
+
+It lives beside the chart it writes into, outside the `quiver` package: nothing at run time
+uses it, and its library is a development dependency (pyproject's `test` extra).
+The library is Grafana's own grafana-foundation-sdk: its builders are generated from
+Grafana's dashboard schema and released with Grafana, where grafanalib (the other choice) has
+had no release since January 2024.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, DashboardCursorSync, VariableRefresh, VariableSort
+
+OUTPUT = Path(__file__).resolve().parent / "quiver" / "files" / "dashboard.json"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+RATE = "$__rate_interval"
+
+# Label filters from the dashboard's variables, for metrics labelled per variant, per version
+# and per model only.
+VARIANT = 'model=~"$model",version=~"$version",variant=~"$variant",pool=~"$pool"'
+VERSION = 'model=~"$model",version=~"$version"'
+MODEL = 'model=~"$model"'
+BY_VARIANT = "model, version, variant, pool"
+VARIANT_LEGEND = "{{model}}:{{version}} {{variant}} ({{pool}})"
+
+
+def _rate(metric: str, labels: str, by: str) -> str:
+    return f"sum by ({by}) (rate({metric}{{{labels}}}[{RATE}]))"
+
+
+def _or_zero(expr: str, by: str, base: str = "quiver_requests_total", labels: str = VARIANT) -> str:
+    """`expr`, or 0 for every series of `base` it does not cover: a counter labelled by a rare
+    event (shedding, an error code) exists only once the event happened, and a panel should show 0."""
+    return f"{expr}\nor\n{_rate(base, labels, by)} * 0"
+
+
+def _quantile(q: float, metric: str, labels: str = VARIANT, by: str = BY_VARIANT) -> str:
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{labels}}}[{RATE}])))"
+
+
+def _query(expr: str, legend: str) -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).legend_format(legend)
+
+
+def _timeseries(title: str, description: str, unit: str, *queries: prometheus.Dataquery, width: int = 12) -> timeseries.Panel:
+    legend = common.VizLegendOptions().show_legend(True).display_mode(LegendDisplayMode.TABLE).placement(LegendPlacement.BOTTOM).calcs(["lastNotNull", "max"])
+    panel = (
+        timeseries.Panel().title(title).description(description).unit(unit).datasource(DATASOURCE).span(width).height(8).legend(legend)
+    )
+    for ref, query in zip("ABCDEFGH", queries):
+        panel = panel.with_target(query.ref_id(ref))
+    return panel
+
+
+def _variable(name: str, query: str) -> dashboard.QueryVariable:
+    return (
+        dashboard.QueryVariable(name)
+        .label(name)
+        .query(query)
+        .datasource(DATASOURCE)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+    )
+
+
+def traffic() -> list[timeseries.Panel]:
+    return [
+        _timeseries(
+            "Requests per second", "Dispatched requests, per model, version, variant and pool.", "reqps",
+            _query(_rate("quiver_requests_total", VARIANT, BY_VARIANT), VARIANT_LEGEND),
+        ),
+        _timeseries(
+            "Requests per second by protocol", "Dispatched requests through each door: gRPC or REST.", "reqps",
+            _query(_rate("quiver_requests_total", VARIANT, "model, protocol"), "{{model}} {{protocol}}"),
+        ),
+        _timeseries(
+            "Failed requests per second", "Dispatched requests that did not end OK, by gRPC status.", "reqps",
+            _query(
+                _or_zero(_rate("quiver_requests_total", f'{VARIANT},code!="OK"', f"{BY_VARIANT}, code"), BY_VARIANT),
+                VARIANT_LEGEND + " {{code}}",
+            ),
+        ),
+        _timeseries(
+            "Refused requests per second",
+            "Requests refused before a variant was chosen (unknown model, bad input, no variant ready, shed), by gRPC status.",
+            "reqps",
+            _query(
+                _or_zero(_rate("quiver_rejected_requests_total", MODEL, "model, code"), "model", labels=VARIANT),
+                "{{model}} {{code}}",
+            ),
+        ),
+    ]
+
+
+def latency() -> list[timeseries.Panel]:
+    panels = []
+    for q, name in ((0.5, "p50"), (0.99, "p99")):
+        panels.append(
+            _timeseries(
+                f"Latency {name} and its replica parts",
+                f"{name} from dispatch to answer, and of the time the replica spent queueing before its batch ran "
+                "and computing it (ONNX Runtime); the rest is the router and the hop.",
+                "s",
+                _query(_quantile(q, "quiver_request_latency_seconds"), f"{VARIANT_LEGEND} total"),
+                _query(_quantile(q, "quiver_replica_queue_seconds"), f"{VARIANT_LEGEND} queue"),
+                _query(_quantile(q, "quiver_replica_compute_seconds"), f"{VARIANT_LEGEND} compute"),
+            )
+        )
+    return panels
+
+
+def routing() -> list[timeseries.Panel]:
+    decisions = _rate("quiver_routing_decisions_total", VARIANT, "model, reason")
+    return [
+        _timeseries(
+            "Routing decisions by reason", "Why the policy chose each request's variant "
+            "(default, most-accurate, budget, best-effort, pinned, spill-over, retry).", "reqps",
+            _query(decisions, "{{model}} {{reason}}"),
+        ),
+        _timeseries(
+            "Spill-over and shedding",
+            "Requests sent to another variant because the chosen one's queue was full (spill-over), and "
+            "requests refused because every allowed variant's queue was full (shed, RESOURCE_EXHAUSTED).",
+            "reqps",
+            _query(
+                _or_zero(_rate("quiver_routing_decisions_total", f'{VARIANT},reason="spill-over"', BY_VARIANT), BY_VARIANT),
+                f"{VARIANT_LEGEND} spill-over",
+            ),
+            _query(
+                _or_zero(_rate("quiver_rejected_requests_total", f'{MODEL},code="RESOURCE_EXHAUSTED"', "model"), "model"),
+                "{{model}} shed",
+            ),
+        ),
+        _timeseries(
+            "Calls to replicas by path",
+            "Calls on the replicas' own data plane (direct) or through Serve's handles (serve): "
+            "serve rising while direct falls means the replica directory is lost.",
+            "reqps",
+            _query(_rate("quiver_replica_calls_total", VARIANT, f"{BY_VARIANT}, path"), VARIANT_LEGEND + " {{path}}"),
+        ),
+    ]
+
+
+def batching() -> list[timeseries.Panel]:
+    return [
+        _timeseries(
+            "Batch size (p50, p99)", "Requests in the replica batch that served a request.", "short",
+            _query(_quantile(0.5, "quiver_batch_requests"), f"{VARIANT_LEGEND} p50"),
+            _query(_quantile(0.99, "quiver_batch_requests"), f"{VARIANT_LEGEND} p99"),
+            width=8,
+        ),
+        _timeseries(
+            "Requests per call to a replica (p50)", "Requests the router coalesced into one call.", "short",
+            _query(_quantile(0.5, "quiver_call_requests"), VARIANT_LEGEND),
+            width=8,
+        ),
+        _timeseries(
+            "Requests in flight", "Dispatched and not yet answered: the router's view of each variant's queue.", "short",
+            _query(f"sum by ({BY_VARIANT}) (quiver_in_flight_requests{{{VARIANT}}})", VARIANT_LEGEND),
+            width=8,
+        ),
+    ]
+
+
+def rollout() -> list:
+    return [
+        _timeseries(
+            "Version weights", "Each version's share of the model's traffic in the routers' route table: "
+            "a rollout moves it step by step; a rollback drops the new version out.", "percent",
+            _query(f"max by (model, version) (quiver_route_weight{{{VERSION}}})", "{{model}}:{{version}}"),
+            width=16,
+        ),
+        stat.Panel()
+        .title("Versions in traffic")
+        .description("More than one: a rollout is under way.")
+        .datasource(DATASOURCE)
+        .span(8)
+        .height(8)
+        .with_target(
+            _query(f"count by (model) (max by (model, version) (quiver_route_weight{{{VERSION}}} > 0))", "{{model}}").ref_id("A")
+        ),
+    ]
+
+
+def build() -> dict:
+    board = (
+        dashboard.Dashboard("Quiver")
+        .uid("quiver")
+        .description("Quiver's routers: traffic, errors, latency, routing, batching and rollouts per model version and variant.")
+        .tags(["quiver"])
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-1h", "now")
+        .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+        .with_variable(_variable("model", "label_values(quiver_requests_total, model)"))
+        .with_variable(_variable("version", 'label_values(quiver_requests_total{model=~"$model"}, version)'))
+        .with_variable(_variable("variant", 'label_values(quiver_requests_total{model=~"$model",version=~"$version"}, variant)'))
+        .with_variable(_variable("pool", 'label_values(quiver_requests_total{model=~"$model"}, pool)'))
+    )
+    ids = itertools.count(1)
+    for title, panels in (
+        ("Traffic and errors", traffic()),
+        ("Latency", latency()),
+        ("Routing", routing()),
+        ("Batching and queues", batching()),
+        ("Rollout", rollout()),
+    ):
+        board = board.with_row(dashboard.Row(title).id(next(ids)))
+        for panel in panels:
+            board = board.with_panel(panel.id(next(ids)))
+    return json.loads(JSONEncoder(sort_keys=True).encode(board.build()))
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    OUTPUT.write_text(render())
+    sys.stdout.write(f"wrote {OUTPUT}\n")
