@@ -33,9 +33,13 @@ class Authority:
         self.pem = directory / f"{name}.pem"
         self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, server: bool) -> Pem:
+    def issue(self, name: str, server: bool, organization: str | None = None) -> Pem:
+        """`organization`: the O= of the subject (Kubernetes reads a client certificate's O as its group)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = _builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), self.cert.subject, key.public_key())
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
+        if organization:
+            subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+        builder = _builder(x509.Name(subject), self.cert.subject, key.public_key())
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if server:
@@ -44,7 +48,8 @@ class Authority:
                 critical=False,
             )
         cert = builder.sign(self.key, hashes.SHA256())
-        pem = Pem(self.directory / f"{name}.crt", self.directory / f"{name}.key")
+        stem = name.replace(":", "-")  # Kubernetes' user names have colons
+        pem = Pem(self.directory / f"{stem}.crt", self.directory / f"{stem}.key")
         pem.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         pem.key.write_bytes(
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

@@ -1,4 +1,5 @@
-"""Shared fixtures: a model store and one `quiver serve` process for the whole session."""
+"""Shared fixtures: a model store, one `quiver serve` process and, for the tests that ask for it,
+one real Kubernetes control plane (tests/k8s/control_plane.py) for the whole session."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .k8s.control_plane import ControlPlane, control_plane as start_control_plane
 from .models import write_store
 from .serverproc import ServerProcess, quiver_serve
 
@@ -35,3 +37,9 @@ def server(store: Path, traffic_file: Path) -> Iterator[ServerProcess]:
         str(store), "--max-request-mb", str(MAX_REQUEST_MB), "--pools", "cpu,gpu", "--traffic-file", str(traffic_file)
     ) as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with start_control_plane(tmp_path_factory.mktemp("k8s")) as cp:
+        yield cp
