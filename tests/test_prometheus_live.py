@@ -1,0 +1,228 @@
+"""The dashboard and the alert rules against a real Prometheus scraping a live Quiver router.
+
+The router is the one the chart runs: `quiver router` on a Ray head (tests/raycluster.py),
+serving the example model's versions 1 and 2 from a routes file that splits them 90/10, as
+the operator does mid-rollout. (`quiver serve` exports no route weights: it has no route
+table, so the dashboard's rollout panels would have nothing to show.)
+Debian's Prometheus runs on loopback from a temporary directory, scrapes the router's /metrics
+every second and evaluates the chart's rule file, while the test sends a short, bounded load
+over gRPC and REST: answered requests, a few whose deadline passes (a server error, so the
+error-ratio rules have something to divide) and a few for a model that does not exist (refused).
+Then, through Prometheus's HTTP API:
+
+- every dashboard panel's query parses and returns series;
+- every rule evaluates without error, and every recording rule returns series;
+- every metric and label a panel or an alert reads exists in what was scraped (alerts may
+  rightly return nothing while all is well, so that is what is checked for them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from quiver.operator.serve_api import ServeApi
+from quiver.serving import Replicas, VariantApp, build_example, from_onnx_file, write_version
+from tests import prometheus_tools as pt
+from tests.queries import Query, dashboard_queries, grouping_labels, selectors
+
+from .raycluster import ray_head
+from .serverproc import ServerProcess, quiver_process
+
+DASHBOARD = pt.ROOT / "helm" / "quiver" / "files" / "dashboard.json"
+GRPC_REQUESTS, REST_REQUESTS, LATE, UNKNOWN = 120, 30, 5, 3
+
+
+def _rest(url: str, model: str, parameters: dict[str, Any] | None = None) -> int:
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+    if parameters:
+        body["parameters"] = parameters
+    request = urllib.request.Request(
+        f"{url}/v2/models/{model}/infer", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _load(address: str, http_url: str) -> dict[str, list[int]]:
+    x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
+
+    def grpc_call(_: int) -> None:
+        client = triton.InferenceServerClient(address)
+        tensor = triton.InferInput("input", [1, 64], "FP32")
+        tensor.set_data_from_numpy(x)
+        client.infer("example", [tensor])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(grpc_call, range(GRPC_REQUESTS)))
+        ok = list(pool.map(lambda _: _rest(http_url, "example"), range(REST_REQUESTS)))
+    late = [_rest(http_url, "example", {"timeout": 1}) for _ in range(LATE)]  # 1 µs: past before dispatch
+    unknown = [_rest(http_url, "no-such-model") for _ in range(UNKNOWN)]
+    return {"ok": ok, "late": late, "unknown": unknown}
+
+
+def _wait_for(what: str, check, timeout_s: float = 120) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+class Scraped:
+    """What Prometheus holds: each metric's label names; recorded metrics resolve to their rule's reads."""
+
+    def __init__(self, prometheus: pt.Prometheus, recorded: dict[str, str]) -> None:
+        self._prometheus = prometheus
+        self._recorded = recorded
+        self._labels: dict[str, set[str]] = {}
+
+    def labels(self, metric: str) -> set[str]:
+        if metric not in self._labels:
+            series = self._prometheus.api("series", **{"match[]": metric})
+            assert series, f"no series of {metric}"
+            self._labels[metric] = {name for labels in series for name in labels} - {"__name__"}
+        return self._labels[metric]
+
+    def check_reads(self, query: Query) -> None:
+        """Every metric `query` reads exists, with the labels it matches on; every label it groups
+        or matches by is on some metric it reads."""
+        available: set[str] = set()
+        for metric, matched in selectors(query.expr).items():
+            if metric in self._recorded:  # a recording rule: what it reads, and what it keeps
+                self.check_reads(Query(f"{query.where} → {metric}", self._recorded[metric]))
+                available |= grouping_labels(self._recorded[metric])
+                continue
+            labels = self.labels(metric)
+            assert matched <= labels, f"{query.where}: {metric} has no label {sorted(matched - labels)}"
+            available |= labels
+        missing = grouping_labels(query.expr) - available
+        assert not missing, f"{query.where}: groups or matches by {sorted(missing)}, which nothing it reads has"
+
+
+@contextmanager
+def cluster_router(directory: Path) -> Iterator[ServerProcess]:
+    """`quiver router` serving example versions 1 (90 %) and 2 (10 %) from a Ray head."""
+    store, apps = directory / "store", []
+    for version in ("1", "2"):
+        signature = from_onnx_file(build_example(store / "example" / version / "model.onnx")).manifest
+        variant = signature.variants[0].model_copy(update={"replicas": Replicas(num_cpus=0.5)})
+        write_version(store, signature.model_copy(update={"name": "example", "version": version, "variants": [variant]}))
+        apps.append(VariantApp(store=store, model="example", version=version, variant=variant.name))
+    routes = directory / "routes.json"
+    routes.write_text(json.dumps({"models": {"example": {"1": 90, "2": 10}}}))
+    with ray_head(num_cpus=2) as head:
+        serve = ServeApi(head.dashboard_url, head.env["RAY_AUTH_TOKEN"])
+        serve.put_apps([app.config() for app in apps])
+        _wait_for(
+            "both versions' applications to run",
+            lambda: all(serve.statuses().get(f"example.{v}.fp32") == "RUNNING" for v in ("1", "2")),
+        )
+        args = ("--ray-address", head.gcs_address, "--store", str(store), "--routes", str(routes))
+        with quiver_process("router", *args, env={**os.environ, **head.env}) as router:
+            yield router
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[pt.Prometheus, dict[str, list[int]]]]:
+    directory = tmp_path_factory.mktemp("prometheus")
+    with cluster_router(directory) as server:
+        target = urllib.parse.urlsplit(server.metrics_url).netloc
+        with pt.prometheus_server([target], directory) as prometheus:
+            _wait_for("the router's target to be up", lambda: prometheus.query('up{job="quiver-router"} == 1'))
+            statuses = _load(server.address, server.http_url)
+            answered = GRPC_REQUESTS + REST_REQUESTS
+            _wait_for(
+                f"{answered} answered requests in Prometheus",
+                lambda: [r for r in prometheus.query('sum(quiver_requests_total{code="OK"})') if float(r["value"][1]) >= answered],
+            )
+            recorded = [rule["record"] for group in pt.rule_groups() for rule in group["rules"] if "record" in rule]
+            # Rules are evaluated every second: wait until each recording rule has output.
+            _wait_for("every recording rule's series", lambda: all(prometheus.query(name) for name in recorded))
+            yield prometheus, statuses
+
+
+def test_the_load_got_the_answers_it_was_built_for(scraped) -> None:
+    _, statuses = scraped
+    assert statuses["ok"] == [200] * REST_REQUESTS
+    assert statuses["late"] == [504] * LATE
+    assert statuses["unknown"] == [404] * UNKNOWN
+
+
+def test_every_panel_query_returns_series(scraped) -> None:
+    prometheus, _ = scraped
+    queries = dashboard_queries(json.loads(DASHBOARD.read_text()))
+    assert len(queries) >= 15
+    empty = [query.where for query in queries if not prometheus.query(query.expr)]
+    assert empty == [], "panels with no data"
+
+
+def test_every_panel_reads_metrics_and_labels_that_exist(scraped) -> None:
+    prometheus, _ = scraped
+    scraped_metrics = Scraped(prometheus, {})
+    for query in dashboard_queries(json.loads(DASHBOARD.read_text())):
+        scraped_metrics.check_reads(query)
+
+
+def test_every_dashboard_variable_has_values(scraped) -> None:
+    prometheus, _ = scraped
+    for variable in json.loads(DASHBOARD.read_text())["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        match = re.fullmatch(r"label_values\((?P<selector>.+), (?P<label>\w+)\)", variable["query"])
+        assert match, variable["query"]
+        selector = match["selector"].replace("$model", ".*").replace("$version", ".*")
+        values = prometheus.api(f"label/{match['label']}/values", **{"match[]": selector})
+        assert values, f"variable {variable['name']}: {variable['query']} has no values"
+
+
+def test_every_rule_evaluates_and_recording_rules_return_series(scraped) -> None:
+    prometheus, _ = scraped
+    groups = prometheus.api("rules")["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) == sum(len(group["rules"]) for group in pt.rule_groups()), "Prometheus did not load every rule"
+    assert [(rule["name"], rule["lastError"]) for rule in rules if rule["health"] != "ok"] == []
+    for group in pt.rule_groups():
+        for rule in group["rules"]:
+            result = prometheus.query(rule["expr"])  # parses, or raises with Prometheus's message
+            if "record" in rule:
+                assert {r["metric"]["model"] for r in result} == {"example"}, rule["record"]
+
+
+def test_every_alert_reads_metrics_and_labels_that_exist(scraped) -> None:
+    prometheus, _ = scraped
+    recorded = {rule["record"]: rule["expr"] for group in pt.rule_groups() for rule in group["rules"] if "record" in rule}
+    scraped_metrics = Scraped(prometheus, recorded)
+    for name, rule in pt.alerts().items():
+        scraped_metrics.check_reads(Query(f"alert {name}", rule["expr"]))
+
+
+def test_the_check_catches_a_misspelt_label_or_metric(scraped) -> None:
+    prometheus, _ = scraped
+    check = Scraped(prometheus, {})
+    with pytest.raises(AssertionError, match="groups or matches by"):
+        check.check_reads(Query("typo", "sum by (modle) (rate(quiver_requests_total[30s]))"))
+    with pytest.raises(AssertionError, match="has no label"):
+        check.check_reads(Query("typo", 'quiver_route_weight{variant="fp32"}'))
+    with pytest.raises(AssertionError, match="no series of quiver_request_total"):
+        check.check_reads(Query("typo", "rate(quiver_request_total[30s])"))
