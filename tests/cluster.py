@@ -1,9 +1,11 @@
-"""What a cluster does beside the API server, played by the operator's tests through that API.
+"""What a node does beside the control plane, played by the operator's tests through the real API
+(the test cluster has no node: tests/k8s/control_plane.py).
 
 - `Kubelet` copies the routes ConfigMap into the file the router watches, as a ConfigMap
   volume does (atomically, a moment after the change).
-- `JobRunner` runs each optimization Job's command here (`quiver optimize`, the same command
-  the Job's pod would run) and records the outcome in the Job's status, as the Job controller would.
+- `JobRunner` runs the pod that the real Job controller creates for each optimization Job: its
+  command here (`quiver optimize`, what the pod's container would run), its outcome reported as
+  the pod's phase, from which the Job controller completes or fails the Job.
 - `Operator` runs `quiver operator` in a child process that a test can kill and start again.
 """
 
@@ -65,25 +67,21 @@ class Kubelet(_Loop):
 
 class JobRunner(_Loop):
     def __init__(self, api: client.ApiClient, log: Path) -> None:
-        self._batch, self._log = client.BatchV1Api(api), log
+        self._core, self._log = client.CoreV1Api(api), log
         self.commands: list[list[str]] = []
-        super().__init__("jobs", self._run_new_jobs, 0.3)
+        super().__init__("jobs", self._run_new_pods, 0.3)
 
-    def _run_new_jobs(self) -> None:
-        for job in self._batch.list_namespaced_job(NAMESPACE).items:
-            if job.status and (job.status.succeeded or job.status.failed):
+    def _run_new_pods(self) -> None:
+        for pod in self._core.list_namespaced_pod(NAMESPACE, label_selector="job-name").items:
+            if pod.status and pod.status.phase in ("Succeeded", "Failed"):
                 continue
-            command = job.spec.template.spec.containers[0].command
+            command = pod.spec.containers[0].command
             self.commands.append(command)
             assert command[0] == "quiver"
             with self._log.open("a") as log:
                 done = subprocess.run([sys.executable, "-m", "quiver", *command[1:]], stdout=log, stderr=subprocess.STDOUT)
-            if done.returncode == 0:
-                status = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
-            else:
-                status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                                       "message": f"quiver optimize exited with {done.returncode}"}]}
-            self._batch.patch_namespaced_job_status(job.metadata.name, NAMESPACE, {"status": status})
+            phase = "Succeeded" if done.returncode == 0 else "Failed"
+            self._core.patch_namespaced_pod_status(pod.metadata.name, NAMESPACE, {"status": {"phase": phase}})
 
 
 class Operator:

@@ -1,15 +1,19 @@
-"""The operator end to end: the real kopf operator against kmock's Kubernetes API, deploying to a
-real Ray head through its Serve REST API, a real `quiver router` following the routes it writes,
-and a steady load of real gRPC requests through that router all along.
+"""The operator end to end: the real kopf operator against a real Kubernetes API server (the
+session's control plane, tests/k8s/control_plane.py), authenticated as the chart's ServiceAccount
+and bound by the chart's Role; deploying to a real Ray head through its Serve REST API, a real
+`quiver router` following the routes it writes, and a steady load of real gRPC requests through
+that router all along.
 
-What the cluster does besides the API server (run a Job's pod, mount a ConfigMap) is played by
-tests/cluster.py through the same API. One module-scoped stack; the tests build on each other
-in order: first version, a canary rollout, a rollback on a breached gate, an operator killed
-mid-rollout, a spec that cannot work, deletion.
+What a node would do (run a Job's pod, mount a ConfigMap) is played by tests/cluster.py through
+the same API; the Job controller and the garbage collector are the real ones. One module-scoped
+stack; the tests build on each other in order: first version, a canary rollout, a rollback on a
+breached gate, an operator killed mid-rollout, specs the API server refuses, a spec that cannot
+work, deletion.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -21,10 +25,12 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from kubernetes import client
+from kubernetes import client, config
 
+from quiver.operator.kube import ROUTES_KEY, Kube
 from tests.cluster import NAMESPACE, JobRunner, Kubelet, Operator, environment, routes
-from tests.kubeapi import kubernetes_api
+from tests.k8s.control_plane import ControlPlane
+from tests.kubeapi import CRD_FILE, established, operator_identity
 from tests.models import build_gemm, reference
 from tests.raycluster import RayHead, ray_head
 from tests.serverproc import ServerProcess, quiver_process
@@ -89,6 +95,7 @@ class Load:
 
 @dataclass
 class Stack:
+    control_plane: ControlPlane
     head: RayHead
     router: ServerProcess
     operator: Operator
@@ -154,7 +161,7 @@ def spec_for(stack: Stack, version: int, **rollout: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, control_plane: ControlPlane) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("operator")
     store, inputs = work / "store", work / "inputs"
     store.mkdir()
@@ -162,7 +169,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     np.savez(inputs / "eval.npz", x=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
     routes_file = work / "routes.json"
     routes_file.write_text('{"models": {}}')  # what the chart's ConfigMap starts with
-    with ray_head(num_cpus=4) as head, kubernetes_api(work) as (kubeconfig, api):
+    api = control_plane.api()  # the test, the Kubelet and the JobRunner act as the cluster's administrator
+    established(api, CRD_FILE)
+    control_plane.namespace(NAMESPACE)
+    kubeconfig = operator_identity(control_plane, NAMESPACE, work)
+    with ray_head(num_cpus=4) as head:
         env = environment({**head.env, "KUBECONFIG": str(kubeconfig)})
         router_args = ["--ray-address", head.gcs_address, "--store", str(store), "--routes", str(routes_file)]
         with quiver_process("router", *router_args, env=env) as router:
@@ -175,7 +186,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             kubelet.start()
             jobs.start()
             operator.start()
-            stack = Stack(head, router, operator, jobs, kubelet, client.CustomObjectsApi(api), client.BatchV1Api(api),
+            stack = Stack(control_plane, head, router, operator, jobs, kubelet, client.CustomObjectsApi(api), client.BatchV1Api(api),
                           inputs, routes_file, Load(router.address))
             try:
                 yield stack
@@ -191,6 +202,8 @@ def test_first_version_is_optimized_deployed_routed_and_ready(stack: Stack) -> N
     body = stack.wait("version 1 ready", lambda b: condition(b, "Ready").get("status") == "True")
     status = body["status"]
     assert status["currentVersion"] == "1" and status["traffic"] == {"1": 100}
+    # The API server counts spec changes only (status is a subresource): one so far.
+    assert body["metadata"]["generation"] == 1 and status["observedGeneration"] == 1
     assert condition(body, "Optimized")["status"] == "True" and condition(body, "Deployed")["status"] == "True"
     assert status["variants"][0]["name"] == "fp32" and status["variants"][0]["pool"] == "cpu"
     assert stack.wait("the replica counted", lambda b: b["status"]["variants"][0].get("replicas") == 1)
@@ -219,6 +232,37 @@ def test_first_version_is_optimized_deployed_routed_and_ready(stack: Stack) -> N
     np.testing.assert_allclose(result.as_numpy("y"), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_kubectl_get_shows_the_printer_columns(stack: Stack) -> None:
+    # What `kubectl get md` prints is the API server's Table, built from the CRD's printer columns.
+    api = stack.custom.api_client
+    response = api.call_api("GET", f"{api.configuration.host}/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}",
+                            header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
+    table = json.loads(response.read())
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    assert columns == ["Name", "Version", "Serving", "Traffic", "Ready", "Age"]
+    [row] = table["rows"]
+    assert row["cells"][:5] == [MODEL, "1", "1", "1:100%", "True"]
+
+
+def test_the_api_server_refuses_specs_the_crd_schema_forbids(stack: Stack) -> None:
+    """The CRD's schema, run by the API server itself: nothing reaches the operator."""
+    broken = {
+        "spec.model.version": lambda spec: spec["model"].update(version="-bad"),
+        "spec.rollout.steps": lambda spec: spec["rollout"].update(steps=[0, 100]),
+        "spec.placement[0].pool": lambda spec: spec["placement"][0].update(pool="-tpu"),
+        "spec.model": lambda spec: spec.pop("model"),
+    }
+    for field_path, breaks in broken.items():
+        spec = spec_for(stack, 1)
+        breaks(spec)
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "refused"}, "spec": spec}
+        with pytest.raises(client.ApiException) as refused:
+            stack.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+        message = refused.value.body
+        assert refused.value.status == 422 and (field_path in message or field_path.replace("[0]", "") in message), message
+    assert [md["metadata"]["name"] for md in stack.custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]] == [MODEL]
+
+
 def test_canary_moves_traffic_step_by_step_without_failing_a_request(stack: Stack) -> None:
     stack.load.start()
     stack.load.wait_for_more(20, "ok:1")  # version 1 serves the load before version 2 is applied
@@ -236,6 +280,7 @@ def test_canary_moves_traffic_step_by_step_without_failing_a_request(stack: Stac
 
     body = stack.wait("version 2 to take all traffic", track)
     elapsed = time.monotonic() - started
+    assert body["status"]["observedGeneration"] == body["metadata"]["generation"] == 2
     assert [t for t in seen if "2" in t] == [{"1": 90, "2": 10}, {"1": 50, "2": 50}, {"1": 0, "2": 100}, {"2": 100}]
     assert body["status"]["previousVersion"] == "1"
     assert condition(body, "RolloutProgressing")["reason"] == "Complete"
@@ -270,11 +315,17 @@ def test_breached_latency_gate_rolls_back_and_the_serving_version_keeps_serving(
     assert outcomes["ok:3"] > 0  # it did take its share before the gate closed
 
 
-def test_operator_killed_mid_rollout_resumes_without_repeating_or_skipping_a_step(stack: Stack) -> None:
+def test_api_server_restart_and_operator_kill_mid_rollout_neither_repeat_nor_skip_a_step(stack: Stack) -> None:
     stack.load.outcomes.clear()
     stack.load.start()
     stack.apply(MODEL, spec_for(stack, 4, intervalSeconds=4))
+    body = stack.wait("step 1 of version 4", lambda b: b["status"].get("traffic") == {"2": 90, "4": 10})
+    first_step_started = body["status"]["stepStartedAt"]
+    # Every watch breaks; etcd's history is compacted, so a watch resumed where it left off is
+    # answered 410 Gone, and kopf lists again and sees the object anew: no step may be taken twice.
+    stack.control_plane.restart_apiserver()
     body = stack.wait("step 2 of version 4", lambda b: b["status"].get("traffic") == {"2": 50, "4": 50})
+    assert [c[c.index("--version") + 1] for c in stack.jobs.commands].count("4") == 1  # one optimization, not one per watch
     step_started = body["status"]["stepStartedAt"]
     stack.operator.kill()
     # The operator stays down while the router serves the split it left: both versions answer.
@@ -292,6 +343,7 @@ def test_operator_killed_mid_rollout_resumes_without_repeating_or_skipping_a_ste
     stack.wait("version 4 to take all traffic", track)
     # The step in progress kept its start (not begun again) and the next step followed it.
     assert all(started == step_started for traffic, started in seen if traffic == {"2": 50, "4": 50})
+    assert first_step_started < step_started
     assert {"2": 0, "4": 100} in [traffic for traffic, _ in seen] or seen[-1][0] == {"4": 100}
     outcomes = stack.load.stop()
     assert not stack.load.failures(), outcomes
@@ -300,7 +352,7 @@ def test_operator_killed_mid_rollout_resumes_without_repeating_or_skipping_a_ste
 def test_a_spec_that_cannot_work_says_why_and_deploys_nothing(stack: Stack) -> None:
     spec = spec_for(stack, 1)
     spec["model"]["name"] = "other"
-    spec["placement"][0]["pool"] = "tpu"
+    spec["placement"][0]["pool"] = "tpu"  # a name the schema admits, but not a pool of this cluster (--pools cpu)
     stack.apply("other", spec)
     body = stack.wait("the unknown pool reported", lambda b: condition(b, "Degraded").get("status") == "True", name="other")
     assert condition(body, "Degraded")["reason"] == "InvalidSpec"
@@ -316,10 +368,38 @@ def test_a_spec_that_cannot_work_says_why_and_deploys_nothing(stack: Stack) -> N
 
 
 def test_delete_removes_the_applications_and_routes_and_nothing_else(stack: Stack) -> None:
+    assert stack.deployment()["metadata"]["finalizers"]  # kopf's: deletion waits for the operator
     stack.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, MODEL)
     deadline = time.monotonic() + 60
     apps = [name for name in stack.head.serve_applications() if name.startswith(f"{MODEL}.")]
     while not all(removed(stack, app) for app in apps) or MODEL in routes(stack.routes_file)["models"]:
         assert time.monotonic() < deadline, f"not cleaned up:\n{stack.operator.log()[-4000:]}"
         time.sleep(0.3)
-    assert stack.batch.list_namespaced_job(NAMESPACE).items  # the Jobs stay (their owner's GC is the API server's)
+    # kopf's finalizer held the object until the operator had cleaned up; then the API server
+    # deleted it, and the garbage collector the Jobs it owned. The route table stays.
+    eventually(lambda: not stack.custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"], "the object gone")
+    eventually(lambda: not stack.batch.list_namespaced_job(NAMESPACE).items, "the Jobs garbage-collected")
+    assert client.CoreV1Api(stack.custom.api_client).read_namespaced_config_map("quiver-routes", NAMESPACE).data
+
+
+def test_a_route_edit_that_meets_another_writer_is_redone_not_lost(control_plane: ControlPlane, tmp_path: Path) -> None:
+    """Someone writes the route table between the operator's read and its write: the API server
+    refuses the stale write (409, resourceVersion), the operator reads again and edits again."""
+    namespace = "routes-conflict"
+    control_plane.namespace(namespace)
+    operator = Kube(config.new_client_from_config(str(operator_identity(control_plane, namespace, tmp_path))), namespace)
+    admin = client.CoreV1Api(control_plane.api())
+    operator.edit_routes("quiver-routes", lambda routes: routes)  # created, empty
+    seen: list[dict] = []
+
+    def edit(routes: dict) -> dict:
+        seen.append(json.loads(json.dumps(routes)))
+        if len(seen) == 1:  # another writer gets in first
+            admin.patch_namespaced_config_map("quiver-routes", namespace, {"data": {ROUTES_KEY: '{"models": {"other": {"1": 100}}}'}})
+        routes["models"]["digits"] = {"1": 100}
+        return routes
+
+    operator.edit_routes("quiver-routes", edit)
+    assert seen == [{"models": {}}, {"models": {"other": {"1": 100}}}]
+    written = json.loads(admin.read_namespaced_config_map("quiver-routes", namespace).data[ROUTES_KEY])
+    assert written == {"models": {"other": {"1": 100}, "digits": {"1": 100}}}

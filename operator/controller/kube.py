@@ -17,6 +17,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 ROUTES_KEY = "routes.json"
+ROUTES_ATTEMPTS = 10  # conflicting writers are rare: a few retries settle them
 
 __all__ = ["ApiException", "JobPhase", "JobState", "Kube", "connect"]  # ApiException: what a failed call raises
 
@@ -80,20 +81,39 @@ class Kube:
     # The route table the routers mount
 
     def edit_routes(self, configmap: str, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        """Read the routes file, apply `edit`, write it back (one operator: a lock serialises edits)."""
+        """Read the routes file, apply `edit`, write it back. The write carries the read's
+        resourceVersion, so the API server refuses it (409 Conflict) if anyone wrote the ConfigMap
+        in between (a second operator, a person with kubectl); then read again and edit again,
+        so no edit is lost. The lock keeps this operator's own edits from racing each other."""
         with self._routes_lock:
-            try:
-                current = self._core.read_namespaced_config_map(configmap, self._namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                content = json.dumps(edit({"models": {}}), indent=1, sort_keys=True)
-                body = {"metadata": {"name": configmap, "namespace": self._namespace}, "data": {ROUTES_KEY: content}}
-                self._core.create_namespaced_config_map(self._namespace, body)
-                return
-            routes = json.loads((current.data or {}).get(ROUTES_KEY) or '{"models": {}}')
-            content = json.dumps(edit(routes), indent=1, sort_keys=True)
-            self._core.patch_namespaced_config_map(configmap, self._namespace, {"data": {ROUTES_KEY: content}})
+            for _ in range(ROUTES_ATTEMPTS):
+                try:
+                    current = self._core.read_namespaced_config_map(configmap, self._namespace)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                    content = json.dumps(edit({"models": {}}), indent=1, sort_keys=True)
+                    body = {"metadata": {"name": configmap, "namespace": self._namespace}, "data": {ROUTES_KEY: content}}
+                    if self._written(lambda: self._core.create_namespaced_config_map(self._namespace, body)):
+                        return
+                    continue
+                routes = json.loads((current.data or {}).get(ROUTES_KEY) or '{"models": {}}')
+                content = json.dumps(edit(routes), indent=1, sort_keys=True)
+                body = {"metadata": {"resourceVersion": current.metadata.resource_version}, "data": {ROUTES_KEY: content}}
+                if self._written(lambda: self._core.patch_namespaced_config_map(configmap, self._namespace, body)):
+                    return
+            raise ApiException(status=409, reason=f"configmap {configmap} changed under each of {ROUTES_ATTEMPTS} edits")
+
+    @staticmethod
+    def _written(write: Callable[[], object]) -> bool:
+        """False when the API server refused the write as a conflict (409)."""
+        try:
+            write()
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return False
+        return True
 
     # Routers
 
