@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from quiver.serving import Precision
 
+from . import schedule
 from .errors import InvalidArgument
 
 VARIANT = "quiver.variant"
@@ -75,7 +76,9 @@ def _number(parameters: Mapping[str, object], key: str, minimum: float) -> float
 
 
 def _priority(parameters: Mapping[str, object]) -> int:
-    value = parameters.get(PRIORITY, 0)
+    if PRIORITY not in parameters:  # Triton's, if any
+        return schedule.priority(parameters)
+    value = parameters[PRIORITY]
     if isinstance(value, str):
         try:
             value = int(value)

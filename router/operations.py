@@ -20,7 +20,7 @@ import numpy as np
 from quiver import __version__
 from quiver.serving import TensorSpec
 
-from . import health, modelconfig, shared_memory, tensors
+from . import health, modelconfig, schedule, shared_memory, tensors
 from .auth import Authenticator
 from .dispatch import Dispatcher
 from .errors import DeadlineExceeded, NotFound, RouterError, Unavailable, Unimplemented
@@ -39,7 +39,7 @@ Parameter = str | int | bool
 Caller = Iterable[tuple[str, str | bytes]]
 
 # Triton's names of the protocol extensions served (and only those that work), for ServerMetadata.
-EXTENSIONS = ("model_configuration", "statistics", "system_shared_memory")
+EXTENSIONS = ("model_configuration", "statistics", "system_shared_memory", "schedule_policy", "binary_tensor_data")
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class Operations:
             begin_request(request.id)
             chosen = request.version or self._traffic.pick(model)
             version = self._routes.lookup(model, chosen)
-            remaining_s = request.time_remaining_s
+            remaining_s = schedule.time_remaining_s(request.parameters, request.time_remaining_s)
             if remaining_s is not None and remaining_s <= 0:
                 raise DeadlineExceeded("the deadline passed before the request was read")
             hints = RoutingHints.from_parameters(request.parameters, None if remaining_s is None else 1000 * remaining_s)
@@ -200,9 +200,20 @@ class Operations:
         self._auth.check(caller, None)
         return self._shared.status(name)
 
-    def cuda_shared_memory(self, caller: Caller) -> NoReturn:
+    # CUDA shared memory: none can be registered, so there is never a region to report or forget. Status and
+    # unregister answer that truthfully (perf_analyzer unregisters CUDA regions too, on every run).
+    def register_cuda_region(self, caller: Caller) -> NoReturn:
         self._auth.check(caller, None)
         raise Unimplemented(
             "CUDA shared memory is not supported: the replicas run in their own processes, on other nodes, and no GPU "
             "pool can read a client's CUDA memory yet; use system shared memory"
         )
+
+    def cuda_region_status(self, caller: Caller, name: str) -> list[RegionStatus]:
+        self._auth.check(caller, None)
+        if name:
+            raise NotFound(f"unable to find cuda shared memory region: {name!r} (none can be registered)")
+        return []
+
+    def unregister_cuda_region(self, caller: Caller, name: str) -> None:
+        self._auth.check(caller, None)

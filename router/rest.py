@@ -127,7 +127,10 @@ class RestServer:
             app.router.add_get(f"{regions}/status", self._region_status)
             app.router.add_post(f"{regions}/unregister", self._unregister_region)
         app.router.add_post("/v2/systemsharedmemory/region/{region}/register", self._register_region)
-        app.router.add_route("*", "/v2/cudasharedmemory/{tail:.*}", self._cuda_shared_memory)
+        for regions in ("/v2/cudasharedmemory", "/v2/cudasharedmemory/region/{region}"):
+            app.router.add_get(f"{regions}/status", self._cuda_region_status)
+            app.router.add_post(f"{regions}/unregister", self._unregister_cuda_region)
+        app.router.add_post("/v2/cudasharedmemory/region/{region}/register", self._register_cuda_region)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=grace_period_s)
 
     async def start(self) -> int:
@@ -178,8 +181,15 @@ class RestServer:
         self._operations.unregister_region(_caller(request), request.match_info.get("region", ""))
         return web.json_response({})
 
-    async def _cuda_shared_memory(self, request: web.Request) -> web.Response:
-        self._operations.cuda_shared_memory(_caller(request))
+    async def _cuda_region_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self._operations.cuda_region_status(_caller(request), request.match_info.get("region", "")))
+
+    async def _unregister_cuda_region(self, request: web.Request) -> web.Response:
+        self._operations.unregister_cuda_region(_caller(request), request.match_info.get("region", ""))
+        return web.json_response({})
+
+    async def _register_cuda_region(self, request: web.Request) -> web.Response:
+        self._operations.register_cuda_region(_caller(request))
 
     async def _infer(self, request: web.Request) -> web.Response:
         model, version = _names(request)

@@ -7,8 +7,6 @@ Outputs are JSON `data` unless asked for as binary (an output's `binary_data` pa
 request's `binary_data_output` for every output), then they follow the JSON the same way.
 A tensor whose parameters name a shared memory region (router/shared_memory.py) has no bytes here.
 Triton's model configuration and statistics are written as Triton writes them (its proto field names).
-HTTP has no deadline of its own: Triton's `timeout` parameter (microseconds; tritonclient's
-`infer(timeout=)`) is taken as one, as gRPC's deadline is.
 """
 
 from __future__ import annotations
@@ -89,11 +87,8 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidArgument("id must be a string")
-    timeout_us = parameters.get("timeout")
-    if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0):
-        raise InvalidArgument(f"parameter 'timeout' must be a positive number of microseconds, got {timeout_us!r}")
-    remaining_s = None if timeout_us is None else timeout_us / 1e6
-    request = InferRequest(model, version, request_id, parameters, inputs, names, remaining_s, regions)
+    # HTTP has no deadline: Triton's timeout parameter, if any, is the request's (router/schedule.py).
+    request = InferRequest(model, version, request_id, parameters, inputs, names, None, regions)
     return RestInfer(request, frozenset(wanted), binary_default and not names)
 
 
@@ -103,13 +98,12 @@ def infer_response(answer: InferAnswer, infer: RestInfer) -> tuple[bytes, dict[s
     for name, array in answer.outputs:
         datatype, data = output_bytes(array)
         output = {"name": name, "datatype": datatype.value, "shape": list(array.shape)}
-        if name in answer.in_regions:
-            output["parameters"] = shared_memory.parameters(answer.in_regions[name])
-        elif name in infer.binary or infer.binary_default:
+        if name in infer.binary or infer.binary_default:
             output["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
-        else:
+        elif name not in answer.in_regions:
             output["data"] = array.ravel().tolist()
+        # else neither data nor parameters, as Triton answers (its C++ client takes any parameters for binary data's)
         outputs.append(output)
     document = {"model_name": answer.model, "model_version": answer.version, "outputs": outputs, "parameters": answer.parameters}
     if answer.id:

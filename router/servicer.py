@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -17,7 +17,7 @@ import grpc
 from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from . import codec, triton_grpc
+from . import codec, stream, triton_grpc
 from .operations import Caller, Operations, InferRequest
 from .errors import RouterError, status_of
 from .metrics import GRPC
@@ -103,6 +103,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return codec.infer_response(await self._operations.infer(_caller(context), request.model_name, read, GRPC))
 
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # Errors are answered per request, in the stream (router/stream.py); only a broken stream ends the call.
+        try:
+            async for response in stream.answers(self._operations, requests, _caller(context), context.time_remaining):
+                yield response
+        except Exception:
+            logger.exception("ModelStreamInfer failed")
+            await context.abort(*status_of(Exception()))
+
     @_rpc
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
@@ -124,7 +135,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return triton_grpc.region_status(self._operations.region_status(_caller(context), request.name))
 
     @_rpc
-    async def CudaSharedMemoryRegister(self, request: object, context: grpc.aio.ServicerContext) -> NoReturn:
-        self._operations.cuda_shared_memory(_caller(context))
+    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext) -> NoReturn:
+        self._operations.register_cuda_region(_caller(context))
 
-    CudaSharedMemoryUnregister = CudaSharedMemoryStatus = CudaSharedMemoryRegister
+    @_rpc
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        self._operations.cuda_region_status(_caller(context), request.name)
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        self._operations.unregister_cuda_region(_caller(context), request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()

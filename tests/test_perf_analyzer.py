@@ -1,7 +1,9 @@
-"""Triton's perf_analyzer, unmodified, against `quiver serve` over gRPC, as a user runs it.
+"""Triton's perf_analyzer, unmodified, against `quiver serve` over gRPC and HTTP, as a user runs it.
 
 perf_analyzer reads the model's configuration first (Triton's ModelConfig) and the server's
 statistics around every measurement window (ModelStatistics); it fails at once without them.
+With `--shared-memory system` it registers regions for every input and output, and sends none
+of their bytes.
 It ships inside the tritonclient wheel and links libb64 and the CUDA runtime (no GPU used):
 `make perf-analyzer` installs both (see the Makefile).
 """
@@ -44,18 +46,21 @@ def environment() -> dict[str, str]:
     return env
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("shared_memory", ["none", "system"])
 def test_a_concurrency_sweep_runs_without_errors_and_shows_server_statistics(
-    server: ServerProcess, environment: dict[str, str]
+    server: ServerProcess, environment: dict[str, str], protocol: str, shared_memory: str
 ) -> None:
+    url = server.address if protocol == "grpc" else server.http_url.removeprefix("http://")
     # Short windows; on a shared, noisy host any latency counts as stable (-s 100), within 5 tries each.
     command = [
-        str(PERF_ANALYZER), "-m", "example", "-i", "grpc", "-u", server.address,
+        str(PERF_ANALYZER), "-m", "example", "-i", protocol, "-u", url, "--shared-memory", shared_memory,
         "--concurrency-range", "1:4:2", "--measurement-interval", "500", "-s", "100", "-r", "5",
     ]  # fmt: skip
     run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
-    assert "error" not in output.lower(), output
+    assert "error" not in output.lower() and "unable" not in output.lower(), output
 
     sections = output.split("Request concurrency: ")[1:]
     assert [section.split()[0] for section in sections] == ["1", "3"], output

@@ -93,7 +93,7 @@ def client(models: dict[str, Path], spans: InMemorySpanExporter) -> Iterator[tri
 def test_probes_and_metadata(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("pair") and client.is_model_ready("pair", "1") and not client.is_model_ready("nope")
-    assert client.get_server_metadata()["extensions"] == ["model_configuration", "statistics", "system_shared_memory"]
+    assert client.get_server_metadata()["extensions"] == ["model_configuration", "statistics", "system_shared_memory", "schedule_policy", "binary_tensor_data"]
     assert client.get_model_metadata("pair")["inputs"] == [
         {"name": "x", "datatype": "FP32", "shape": [-1, 3]},
         {"name": "k", "datatype": "INT64", "shape": [-1, 2]},

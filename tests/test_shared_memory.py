@@ -8,6 +8,7 @@ are refused alike through both doors (INVALID_ARGUMENT / 400) and the server kee
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,11 +76,6 @@ def example_request(kind: str, region: str, offset: int, output_region: str, out
     return [tensor], [output]
 
 
-def output_parameters(kind: str, result: object) -> dict[str, object]:
-    output = result.get_output("output")
-    if kind == "grpc":
-        return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in output.parameters.items()}
-    return output["parameters"]
 
 
 def test_inputs_and_outputs_in_shared_memory(door: tuple[str, object], segments: callable, store: Path) -> None:
@@ -97,12 +93,13 @@ def test_inputs_and_outputs_in_shared_memory(door: tuple[str, object], segments:
     result = client.infer("example", inputs, outputs=outputs)
 
     expected = reference(store / "example" / "1" / "model.onnx", {"input": features})["output"]
-    written = ROWS * CLASSES * 4
-    assert output_parameters(kind, result) == {
-        "shared_memory_region": "out", "shared_memory_byte_size": written, "shared_memory_offset": 128
-    }  # fmt: skip
-    # No bytes in the answer: gRPC keeps the output's raw entry, empty, as Triton does; REST has no data.
-    assert result.get_response().raw_output_contents == [b""] if kind == "grpc" else "data" not in result.get_output("output")
+    output = result.get_output("output")
+    if kind == "grpc":  # no bytes in the answer: the output's raw entry is there, empty, as Triton's is
+        assert result.get_response().raw_output_contents == [b""]
+        parameters = {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in output.parameters.items()}
+        assert parameters == {"shared_memory_region": "out", "shared_memory_byte_size": ROWS * CLASSES * 4, "shared_memory_offset": 128}
+    else:  # neither data nor parameters, as Triton answers (its C++ client takes any parameters for binary data's)
+        assert output == {"name": "output", "datatype": "FP32", "shape": [ROWS, CLASSES]}
     answer = shm.get_contents_as_numpy(out_handle, np.float32, [ROWS, CLASSES], offset=128)
     np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
 
@@ -178,9 +175,13 @@ def test_bad_regions_offsets_and_sizes_are_refused_and_the_server_keeps_serving(
     assert shm.get_contents_as_numpy(handle, np.float32, [ROWS, CLASSES]).shape == (ROWS, CLASSES)
 
 
-def test_cuda_shared_memory_is_unimplemented_with_a_reason(door: tuple[str, object]) -> None:
+def test_cuda_shared_memory_cannot_be_registered_and_none_is(door: tuple[str, object]) -> None:
     kind, client = door
-    error = refused(lambda: client.get_cuda_shared_memory_status())
+    error = refused(lambda: client.register_cuda_shared_memory("gpu", base64.b64encode(b"cudaIpcMemHandle"), 0, 64))
     assert error.status() == STATUS[kind]["unimplemented"] and "use system shared memory" in error.message(), error
-    error = refused(lambda: client.unregister_cuda_shared_memory())
-    assert error.status() == STATUS[kind]["unimplemented"], error
+    # None registered, none to report or forget: perf_analyzer unregisters CUDA regions on every run.
+    status = client.get_cuda_shared_memory_status()
+    assert (list(status.regions) if kind == "grpc" else status) == []
+    client.unregister_cuda_shared_memory()
+    error = refused(lambda: client.get_cuda_shared_memory_status("gpu"))
+    assert error.status() == STATUS[kind]["unknown"], error
