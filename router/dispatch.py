@@ -77,7 +77,8 @@ class Dispatcher:
         self._clock = clock
         self._stats: dict[tuple[str, str, str], VariantStats] = {}
         self._replicas: dict[str, VariantReplicas] = {}
-        self.shadow = Shadow(shadow, metrics, self._shadow_call, self._admits_shadow, capture)
+        self._serving = 0  # client requests in flight, dispatched or waiting
+        self.shadow = Shadow(shadow, metrics, self._shadow_call, self._admits_shadow, lambda: self._serving > 0, capture)
 
     def replicas(self, route: VariantRoute) -> VariantReplicas:
         """The variant's replicas, for this route (a new route table brings new ones; calls in flight keep theirs)."""
@@ -153,13 +154,17 @@ class Dispatcher:
     ) -> Served:
         """Serve one request; `deadline_s` is the time it has left (None: no deadline)."""
         expires = None if deadline_s is None else self._clock() + deadline_s
-        while True:
-            try:
-                served = await self._serve(version, hints, inputs, expires)
-                break
-            except Unavailable:
-                if not await self._replaced(version, hints, expires):
-                    raise
+        self._serving += 1
+        try:
+            while True:
+                try:
+                    served = await self._serve(version, hints, inputs, expires)
+                    break
+                except Unavailable:
+                    if not await self._replaced(version, hints, expires):
+                        raise
+        finally:
+            self._serving -= 1
         self.shadow.offer(version, served.route, inputs, served.result.outputs, CAPTURE.get())
         return served
 

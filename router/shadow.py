@@ -9,6 +9,9 @@ fails a client's request:
 - it waits in a bounded queue; a full queue drops it (counted, `reason="queue"`);
 - a reference whose queue is past a quarter of its limit, or saturated, is not asked: below
   every client priority (`VariantStats.admits_shadow`; counted, `reason="load"`);
+- nor is any while the router's own event loop lags (`max_loop_lag_s`, measured every
+  `lag_interval_s`) with client requests in flight: where the router's CPU is what saturates,
+  requests wait before dispatch and no variant's queue shows it (counted, `reason="load"`);
 - a call that fails is counted (`reason="error"`) and never retried.
 
 Routing reads `accuracy`: once a variant has `min_samples` rows, its live accuracy is the
@@ -56,6 +59,8 @@ class ShadowSettings:
     queue: int = 256  # requests waiting for a shadow call, at most
     workers: int = 4  # shadow calls in flight, at most
     window: int = 2000  # rows the live agreement is over
+    max_loop_lag_s: float = 0.01  # a timer this late means the router is saturated: shadow work stops
+    lag_interval_s: float = 0.05
 
     def __post_init__(self) -> None:
         if self.sample_rate is not None and not 0 <= self.sample_rate <= 1:
@@ -90,6 +95,7 @@ class Shadow:
         metrics: RouterMetrics,
         call: Callable[[VariantRoute, Tensors], Awaitable[InferenceResult]],
         admits: Callable[[VariantRoute], bool],
+        busy: Callable[[], bool] = lambda: True,
         capture: CaptureSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -97,10 +103,12 @@ class Shadow:
         self._metrics = metrics
         self._call = call  # to the reference, without retry
         self._admits = admits  # whether the reference takes a shadow call now
+        self._busy = busy  # whether client requests are in flight
         self._capture = capture
         self._rng = rng or random.Random()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(settings.queue)
         self._workers: list[asyncio.Task] = []
+        self._lagging = False
         self._tracked: dict[tuple[str, str, str], _Tracked] = {}
         self._captures: dict[tuple[str, str], VersionCapture] = {}
         self._writing = asyncio.Lock()
@@ -117,6 +125,10 @@ class Shadow:
             return
         if not self._workers:
             self._workers = [asyncio.create_task(self._work(), name=f"quiver-shadow-{i}") for i in range(self._settings.workers)]
+            self._workers.append(asyncio.create_task(self._watch_lag(), name="quiver-shadow-lag"))
+        if self._lagging and self._busy():
+            self._metrics.shadow_shed.labels(*route.key, "load").inc()
+            return
         try:
             self._queue.put_nowait(_Job(version, route, inputs, outputs, compare, capture))
         except asyncio.QueueFull:
@@ -168,6 +180,13 @@ class Shadow:
         if old is not None and (old.output, old.metric) == (tracked.output, tracked.metric):  # the same comparison: keep its window
             tracked.window, tracked.drifted, tracked.reason = old.window, old.drifted, old.reason
         return tracked
+
+    async def _watch_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self._settings.lag_interval_s)
+            self._lagging = loop.time() - start - self._settings.lag_interval_s > self._settings.max_loop_lag_s
 
     async def _work(self) -> None:
         while True:
