@@ -126,8 +126,36 @@ def _optimize(args: argparse.Namespace) -> int:
     return run_optimize(args)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions and help to the terminal, but keeps the examples (the epilog) line by line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(_EXAMPLES):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+_EXAMPLES = "examples:\n"
+
+
+def _examples(*lines: str) -> str:
+    """The epilog of a command's --help: commands a user can type as they are (tests/test_cli_help.py parses them)."""
+    return _EXAMPLES + "".join(f"  {line}\n" for line in lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quiver", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="quiver",
+        description="Serve optimized ONNX model variants behind one Open Inference Protocol endpoint (gRPC and "
+        "REST). `quiver COMMAND --help` shows a command's options and examples.",
+        formatter_class=_HelpFormatter,
+        epilog=_examples(
+            "quiver serve                 # the bundled example model on 127.0.0.1:8001",
+            "quiver optimize model.onnx --name mymodel --version 1 --store ./store \\",
+            "    --eval eval.npz          # measured fp16 and int8 variants of your model",
+            "quiver serve ./store         # every version in the store, all variants",
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"quiver {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -176,6 +204,13 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common, listener],
         help="serve a model on a local Ray instance (router → Ray Serve replicas)",
         description="Serve MODEL.onnx or every model version in STORE_DIR; with neither, the bundled example model.",
+        formatter_class=_HelpFormatter,
+        epilog=_examples(
+            "quiver serve",
+            "quiver serve model.onnx --name digits --num-cpus 4",
+            "quiver serve ./store --host 0.0.0.0 --tls-cert server.pem \\",
+            "    --tls-key server.key --token-file tokens.json",
+        ),
     )
     serve.set_defaults(run=_serve)
     serve.add_argument("model", nargs="?", type=Path, metavar="MODEL.onnx | STORE_DIR")
@@ -199,6 +234,11 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common, listener],
         help="the router of a cluster: serve the routes the operator writes",
         description="Join a Ray cluster and route requests to the Serve applications the routes file names.",
+        formatter_class=_HelpFormatter,
+        epilog=_examples(
+            "quiver router --ray-address quiver-ray-head-svc:6379 --join \\",
+            "    --store /models --routes /etc/quiver/routes/routes.json",
+        ),
     )
     router.set_defaults(run=_route)
     router.add_argument("--ray-address", required=True, help="the Ray head's GCS address, HOST:PORT")
@@ -216,6 +256,12 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run the ModelDeployment operator (kopf)",
         description="Watch ModelDeployments in a namespace: optimize, deploy, roll out, roll back.",
+        formatter_class=_HelpFormatter,
+        epilog=_examples(
+            "quiver operator --namespace quiver --store /models --image quiver:0.1.0 \\",
+            "    --ray-dashboard http://quiver-ray-head-svc:8265 \\",
+            "    --router-selector app.kubernetes.io/component=router",
+        ),
     )
     operator.set_defaults(run=_operate)
     from quiver.operator.main import add_arguments as add_operator_arguments
@@ -229,6 +275,13 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="make measured, accuracy-gated variants of an ONNX model in a store",
         description="Build variants of MODEL.onnx, measure them on an eval set, publish those within the accuracy limit.",
+        formatter_class=_HelpFormatter,
+        epilog=_examples(
+            "quiver optimize model.onnx --name digits --version 1 --store ./store \\",
+            "    --eval eval.npz --calibration calib.npz",
+            "quiver optimize encoder.onnx --name minilm --version 2 --store ./store \\",
+            "    --eval eval.npz --metric cosine --gate p5 --max-accuracy-drop 0.02",
+        ),
     )
     optimize.set_defaults(run=_optimize)
     add_arguments(optimize)
