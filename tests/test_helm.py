@@ -27,8 +27,8 @@ from tests.certs import Authority
 GPU_VALUES = hc.ROOT / "examples" / "values-gpu.yaml"
 CRD_FILE = hc.CHART / "crds" / "modeldeployment.yaml"
 KUBERAY_CRD = hc.SCHEMAS / "kuberay" / "ray.io_rayclusters.v1.yaml"
-# The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion: native gRPC probes are
-# GA in 1.27) and the newest kubernetes-validate knows.
+# Native gRPC probes' GA (the chart renders them from 1.24 on) and the newest kubernetes-validate
+# knows; the oldest the chart supports (1.20) is checked by a real API server: test_helm_install.py.
 KUBERNETES_VERSIONS = ["1.27.0", "1.37.0"]
 # Kinds that are not core Kubernetes: checked against their own CRDs below.
 CUSTOM_KINDS = {"RayCluster", "ServiceMonitor"}
