@@ -19,8 +19,8 @@ reference's offline accuracy less the disagreement at the window's lower bound (
 only be wrong where the reference is, or where they disagree), and the policy takes the lower
 of that and the offline number. A variant whose live accuracy (point estimate) falls more than
 `margin` below its offline accuracy is reported: a log line with the numbers, the
-`quiver_shadow_drifted` gauge, and `reason`; with `shadow.exclude` it is passed over while
-another variant can serve (`excluded`).
+`quiver_shadow_drifted` gauge, and the live accuracy that `quiver.min_accuracy`'s refusals
+list; with `shadow.exclude` it is passed over while another variant can serve (`excluded`).
 
 The same workers write the capture (serving/capture.py): a `--capture-rate` share of the
 requests whose token allows it (router/auth.py), with the reference's outputs (asked of the
@@ -85,7 +85,6 @@ class _Tracked:
         self.enabled = metric is not None and spec.sample_rate > 0
         self.window = Window(metric or ShadowMetric.TOP1, window)
         self.drifted = False
-        self.reason: str | None = None
 
 
 class Shadow:
@@ -148,10 +147,6 @@ class Shadow:
         tracked = self._tracked.get(route.key)
         return tracked is not None and tracked.drifted and tracked.spec.exclude
 
-    def reason(self, route: VariantRoute) -> str | None:
-        tracked = self._tracked.get(route.key)
-        return tracked.reason if tracked else None
-
     async def close(self) -> None:
         """Stop the workers (calls in flight are dropped) and write what the capture holds."""
         for task in self._workers:
@@ -178,7 +173,7 @@ class Shadow:
             return _Tracked(route.variant.shadow, spec, "", None, self._settings.window)
         tracked = _Tracked(route.variant.shadow, spec, output.name, metric, self._settings.window)
         if old is not None and (old.output, old.metric) == (tracked.output, tracked.metric):  # the same comparison: keep its window
-            tracked.window, tracked.drifted, tracked.reason = old.window, old.drifted, old.reason
+            tracked.window, tracked.drifted = old.window, old.drifted
         return tracked
 
     async def _watch_lag(self) -> None:
@@ -247,11 +242,9 @@ class Shadow:
         )
         key, name = job.version.version.key, job.route.variant.name
         if drifted:
-            tracked.reason = f"drifted from its reference: {numbers}"
             action = "; routed around while another variant can serve" if tracked.spec.exclude else ""
-            logger.warning("%s variant %s %s%s", key, name, tracked.reason, action)
+            logger.warning("%s variant %s drifted from its reference: %s%s", key, name, numbers, action)
         else:
-            tracked.reason = None
             logger.warning("%s variant %s agrees with its reference again: %s", key, name, numbers)
 
     async def _store(self, job: _Job, expected: Tensors) -> None:

@@ -82,13 +82,6 @@ def metric(server: ServerProcess, name: str, variant: str = "int8-static") -> fl
     return float(found.group(1)) if found else 0.0
 
 
-def eventually(condition, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.mark.timeout(600)
 def test_live_agreement_drift_capture_and_recalibration(tmp_path: Path) -> None:
     sources, store, capture = tmp_path / "sources", tmp_path / "store", tmp_path / "capture"
@@ -119,7 +112,10 @@ def test_live_agreement_drift_capture_and_recalibration(tmp_path: Path) -> None:
                 served[answer["parameters"]["quiver.variant"]].append(x)
         int8_rows = np.concatenate(served["int8-static"])
         # Every row int8 answered is compared (none shed: one client at a time): wait for the last.
-        eventually(lambda: metric(server, "quiver_shadow_comparisons_total") >= len(int8_rows), "every comparison")
+        deadline = time.monotonic() + 60
+        while metric(server, "quiver_shadow_comparisons_total") < len(int8_rows):
+            assert time.monotonic() < deadline, "timed out waiting for the last comparison"
+            time.sleep(0.1)
 
         direct = agreement(version, int8_rows)
         live = metric(server, "quiver_shadow_agreement")
