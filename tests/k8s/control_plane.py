@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import ssl
 import subprocess
 import time
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client, config
 
 from tests.certs import Authority
+from tests.raycluster import free_port
 
 VERSION = "1.20.2"
 BIN = Path(
@@ -36,12 +36,6 @@ BIN = Path(
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quiver" / f"k8s-{VERSION}" / "bin"
 )
 SERVICE_CIDR = "10.0.0.0/24"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def kubeconfig(path: Path, server: str, ca: Path, user: dict[str, str], namespace: str = "default") -> Path:
@@ -122,7 +116,7 @@ def wait_for(check: Any, what: str, timeout_s: float) -> Any:
 
 
 @contextmanager
-def control_plane(workdir: Path, with_controllers: bool = True, timeout_s: float = 90) -> Iterator[ControlPlane]:
+def control_plane(workdir: Path, timeout_s: float = 90) -> Iterator[ControlPlane]:
     """Start the control plane; yields once /readyz answers ok; stops every process on exit."""
     missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler") if not (BIN / b).exists()]
     if missing:
@@ -163,15 +157,14 @@ def control_plane(workdir: Path, with_controllers: bool = True, timeout_s: float
             "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
         ],
     }
-    if with_controllers:
-        commands["kube-controller-manager"] = [
-            f"--kubeconfig={identity('system:kube-controller-manager')}", "--port=0", "--secure-port=0",
-            f"--service-account-private-key-file={sa_key}", f"--root-ca-file={authority.pem}",
-            "--use-service-account-credentials=true", "--leader-elect=false",
-            "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route,-persistentvolume-binder",
-        ]
-        commands["kube-scheduler"] = [f"--kubeconfig={identity('system:kube-scheduler')}", "--port=0", "--secure-port=0",
-                                      "--leader-elect=false"]
+    commands["kube-controller-manager"] = [
+        f"--kubeconfig={identity('system:kube-controller-manager')}", "--port=0", "--secure-port=0",
+        f"--service-account-private-key-file={sa_key}", f"--root-ca-file={authority.pem}",
+        "--use-service-account-credentials=true", "--leader-elect=false",
+        "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route,-persistentvolume-binder",
+    ]
+    commands["kube-scheduler"] = [f"--kubeconfig={identity('system:kube-scheduler')}", "--port=0", "--secure-port=0",
+                                  "--leader-elect=false"]
     cp._commands = commands
     try:
         for name in commands:
