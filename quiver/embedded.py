@@ -179,8 +179,30 @@ async def _wait_until_ready(router: Router, routes: RouteTable, timeout_s: float
         await asyncio.sleep(0.5)
 
 
+@dataclass(frozen=True)
+class StoreDeployer:
+    """Loads and unloads the store's versions for the router's repository extension (router/repository.py),
+    with the checks `quiver serve` makes at start."""
+
+    store: Path
+    settings: ServeSettings
+
+    def deploy(self, versions: list[ModelVersion]) -> dict[str, object]:
+        accepted = _verified(versions, self.settings.model_key, self.settings.verify_keys)
+        if refused := sorted({v.key for v in versions} - {v.key for v in accepted}):
+            raise StoreError(f"{refused} did not pass the integrity checks (the log says why)")
+        return deploy_all(accepted, self.settings.model_key)
+
+    def delete(self, apps: list[str]) -> None:
+        from ray import serve
+
+        for app in apps:
+            serve.delete(app)  # waits while its replicas finish the requests they hold
+
+
 async def _run_router(routes: RouteTable, settings: ServeSettings) -> int:
-    router = Router(routes, settings.router)
+    store = settings.model if settings.model is not None and settings.model.is_dir() else None
+    router = Router(routes, settings.router, deployer=StoreDeployer(store, settings) if store else None)
 
     async def until_ready() -> None:
         for route in await _wait_until_ready(router, routes, settings.ready_timeout_s):

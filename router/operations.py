@@ -23,11 +23,12 @@ from quiver.serving import TensorSpec
 from . import health, modelconfig, schedule, shared_memory, tensors
 from .auth import Authenticator
 from .dispatch import Dispatcher
-from .errors import DeadlineExceeded, NotFound, RouterError, Unavailable, Unimplemented
+from .errors import DeadlineExceeded, InvalidArgument, NotFound, RouterError, Unavailable, Unimplemented
 from .hints import RoutingHints
 from .logcontext import begin_request
 from .metrics import PROTOCOL, RouterMetrics
 from .readiness import Readiness
+from .repository import ModelIndex, Repository
 from .routes import RouteTable
 from .shared_memory import RegionStatus, SharedMemory
 from .statistics import VersionStatistics
@@ -91,6 +92,7 @@ class Operations:
         metrics: RouterMetrics,
         max_request_bytes: int,
         shared: SharedMemory | None = None,
+        repository: Repository | None = None,
     ) -> None:
         self._routes = routes
         self._auth = auth
@@ -100,6 +102,7 @@ class Operations:
         self._metrics = metrics
         self._max_request_bytes = max_request_bytes
         self._shared = shared or SharedMemory()
+        self._repository = repository or Repository(routes, readiness, "this router serves a fixed set of models")
 
     # Probes are open: no token needed.
     def live(self) -> bool:
@@ -121,7 +124,7 @@ class Operations:
 
     def server_metadata(self, caller: Caller) -> ServerMetadata:
         self._auth.check(caller, None)  # any valid token
-        return ServerMetadata("quiver", __version__, EXTENSIONS)
+        return ServerMetadata("quiver", __version__, EXTENSIONS + (("model_repository",) if self._repository.loads else ()))
 
     def model_metadata(self, caller: Caller, name: str, version: str) -> ModelMetadata:
         self._auth.check(caller, name)
@@ -186,6 +189,24 @@ class Operations:
             },
             in_regions=in_regions,
         )
+
+    # The model repository (router/repository.py): loading and unloading a model take a token that may use it.
+    async def repository_index(self, caller: Caller, ready_only: bool) -> list[ModelIndex]:
+        self._auth.check(caller, None)
+        return await self._repository.index(ready_only)
+
+    async def load_model(self, caller: Caller, model: str, parameters: Mapping[str, object]) -> None:
+        self._auth.check(caller, model)
+        if files := [key for key in parameters if key.startswith("file:")]:
+            raise InvalidArgument(f"versions load from the store; files cannot be sent with a load ({files})")
+        config = parameters.get("config")
+        if config is not None and not isinstance(config, str):
+            raise InvalidArgument("parameter config must be a JSON string")
+        await self._repository.load(model, config)
+
+    async def unload_model(self, caller: Caller, model: str) -> None:
+        self._auth.check(caller, model)
+        await self._repository.unload(model)
 
     # System shared memory: regions are the server's, not a caller's (as in Triton), so any valid token may use them.
     def register_region(self, caller: Caller, name: str, key: str, offset: int, byte_size: int) -> None:

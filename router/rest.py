@@ -123,6 +123,9 @@ class RestServer:
             app.router.add_get(f"{model}/config", self._model_config)
             app.router.add_get(f"{model}/stats", self._statistics)
             app.router.add_post(f"{model}/infer", self._infer)
+        app.router.add_post("/v2/repository/index", self._repository_index)
+        app.router.add_post("/v2/repository/models/{model}/load", self._load_model)
+        app.router.add_post("/v2/repository/models/{model}/unload", self._unload_model)
         for regions in ("/v2/systemsharedmemory", "/v2/systemsharedmemory/region/{region}"):
             app.router.add_get(f"{regions}/status", self._region_status)
             app.router.add_post(f"{regions}/unregister", self._unregister_region)
@@ -167,6 +170,19 @@ class RestServer:
     async def _statistics(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
         return web.json_response(rest_codec.model_statistics(self._operations.statistics(_caller(request), name, version)))
+
+    async def _repository_index(self, request: web.Request) -> web.Response:
+        ready_only = rest_codec.index_ready_only(await request.read())
+        return web.json_response(rest_codec.repository_index(await self._operations.repository_index(_caller(request), ready_only)))
+
+    async def _load_model(self, request: web.Request) -> web.Response:
+        parameters = rest_codec.load_parameters(await request.read())
+        await self._operations.load_model(_caller(request), request.match_info["model"], parameters)
+        return web.json_response({})
+
+    async def _unload_model(self, request: web.Request) -> web.Response:
+        await self._operations.unload_model(_caller(request), request.match_info["model"])
+        return web.json_response({})
 
     async def _region_status(self, request: web.Request) -> web.Response:
         regions = self._operations.region_status(_caller(request), request.match_info.get("region", ""))

@@ -21,6 +21,7 @@ from . import shared_memory
 from .operations import InferAnswer, InferRequest, ModelMetadata, ServerMetadata
 from .errors import InvalidArgument
 from .modelconfig import ModelConfig
+from .repository import ModelIndex
 from .shared_memory import RegionStatus
 from .statistics import Duration, VersionStatistics
 from .tensors import WireTensor, output_bytes
@@ -145,6 +146,20 @@ def model_config(config: ModelConfig) -> dict:
 
 def model_statistics(versions: list[VersionStatistics]) -> dict:
     return {"model_stats": [_version(stats) for stats in versions]}
+
+
+def repository_index(models: list[ModelIndex]) -> list[dict]:
+    return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in models]
+
+
+def index_ready_only(body: bytes) -> bool:
+    """Whether an index request (its body optional) asks for ready versions only."""
+    return body.strip() != b"" and _document(body).get("ready") is True
+
+
+def load_parameters(body: bytes) -> dict:
+    """A load's (or unload's) parameters; its body is optional."""
+    return _object(_document(body).get("parameters", {}), "parameters") if body.strip() else {}
 
 
 def region_status(regions: list[RegionStatus]) -> list[dict]:

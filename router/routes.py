@@ -63,11 +63,11 @@ class RouteTable:
             versions = models.setdefault(route.manifest.name, {})
             versions.setdefault(route.manifest.version, VersionRoutes(route.version)).variants[route.variant.name] = route
         # Swapped together: a request without a version gets the newest, found here once, not per request.
-        self._models, self._newest = models, {name: max(versions, key=_version_order) for name, versions in models.items()}
+        self._models, self._newest = models, {name: max(versions, key=version_order) for name, versions in models.items()}
 
     def models(self) -> dict[str, list[str]]:
         """Every model name and its versions, oldest first."""
-        return {name: sorted(versions, key=_version_order) for name, versions in self._models.items()}
+        return {name: sorted(versions, key=version_order) for name, versions in self._models.items()}
 
     def routes(self) -> list[VariantRoute]:
         return [route for versions in self._models.values() for v in versions.values() for route in v.variants.values()]
@@ -80,10 +80,10 @@ class RouteTable:
             version = self._newest[model]
         found = versions.get(version)
         if found is None:
-            raise NotFound(f"model {model!r} has no version {version!r}; it has {sorted(versions, key=_version_order)}")
+            raise NotFound(f"model {model!r} has no version {version!r}; it has {sorted(versions, key=version_order)}")
         return found
 
 
-def _version_order(version: str) -> tuple[int, int, str]:
+def version_order(version: str) -> tuple[int, int, str]:
     # Numeric versions compare as numbers ("10" after "9") and after any non-numeric ones.
     return (1, int(version), "") if version.isdigit() else (0, 0, version)

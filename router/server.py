@@ -34,6 +34,7 @@ from .endpoints import Endpoints
 from .health import ProbedReadiness, ServingHealth, probe_via
 from .metrics import RouterMetrics
 from .replacement import Changes, ReplacementWait
+from .repository import ON_CLUSTER, SINGLE_FILE, Deployer, Repository, StoreRepository
 from .rest import RestServer, ssl_context
 from .routes import RouteTable
 from .servicer import InferenceServicer
@@ -100,7 +101,10 @@ class RouterSettings:
 
 
 class Router:
-    def __init__(self, routes: RouteTable, settings: RouterSettings, tracer_provider: object | None = None) -> None:
+    def __init__(
+        self, routes: RouteTable, settings: RouterSettings, tracer_provider: object | None = None, deployer: Deployer | None = None
+    ) -> None:
+        """`deployer`: how `quiver serve STORE` deploys, so that versions load and unload (router/repository.py)."""
         self.settings = settings
         self.routes = routes
         envelope = 1 << 20
@@ -134,7 +138,16 @@ class Router:
             self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers, endpoints=self.endpoints,
             replacement=ReplacementWait(settings.replacement_wait_s, changes), shadow=settings.shadow, capture=settings.capture,
         )
-        operations = Operations(routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes)
+        if self.catalog is not None:
+            repository = Repository(routes, self.readiness, ON_CLUSTER)
+        elif deployer is not None:
+            repository = StoreRepository(routes, self.readiness, self.traffic, deployer)
+        else:
+            repository = Repository(routes, self.readiness, SINGLE_FILE)
+        operations = Operations(
+            routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes,
+            repository=repository,
+        )
         servicer = InferenceServicer(operations)
         if self.tracing is not None:
             servicer.ModelInfer = self.tracing.infer(servicer.ModelInfer)

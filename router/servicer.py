@@ -115,6 +115,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(*status_of(Exception()))
 
     @_rpc
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        return triton_grpc.repository_index(await self._operations.repository_index(_caller(context), request.ready))
+
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        parameters = {key: codec.parameter_value(value) for key, value in request.parameters.items()}
+        await self._operations.load_model(_caller(context), request.model_name, parameters)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._operations.unload_model(_caller(context), request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @_rpc
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryRegisterResponse:

@@ -1,4 +1,5 @@
-"""Triton's protocol extensions in gRPC form: the servicer's encoders for ModelConfig, ModelStatistics and shared memory status.
+"""Triton's protocol extensions in gRPC form: the servicer's encoders for ModelConfig, ModelStatistics, the repository index
+and shared memory status.
 
 The values come from router/modelconfig.py and router/statistics.py, which know no transport;
 this module only maps them onto Triton's messages (protos/model_config.proto and the extension
@@ -11,6 +12,7 @@ from quiver._proto import grpc_predict_v2_pb2 as pb
 from quiver._proto import model_config_pb2 as mc
 
 from .modelconfig import ModelConfig
+from .repository import ModelIndex
 from .shared_memory import RegionStatus
 from .statistics import Duration, VersionStatistics
 
@@ -35,6 +37,11 @@ def model_config(config: ModelConfig) -> pb.ModelConfigResponse:
 
 def model_statistics(versions: list[VersionStatistics]) -> pb.ModelStatisticsResponse:
     return pb.ModelStatisticsResponse(model_stats=[_version(stats) for stats in versions])
+
+
+def repository_index(models: list[ModelIndex]) -> pb.RepositoryIndexResponse:
+    Index = pb.RepositoryIndexResponse.ModelIndex
+    return pb.RepositoryIndexResponse(models=[Index(name=m.name, version=m.version, state=m.state, reason=m.reason) for m in models])
 
 
 def region_status(regions: list[RegionStatus]) -> pb.SystemSharedMemoryStatusResponse:

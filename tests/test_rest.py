@@ -49,7 +49,7 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
     assert client.is_model_ready("example") and client.is_model_ready("pair", "2")
     assert not client.is_model_ready("nope")
     metadata = client.get_server_metadata()
-    assert metadata["name"] == "quiver" and set(metadata["extensions"]) == {"model_configuration", "statistics", "system_shared_memory", "schedule_policy", "binary_tensor_data"}
+    assert metadata["name"] == "quiver" and set(metadata["extensions"]) == {"model_configuration", "statistics", "system_shared_memory", "schedule_policy", "binary_tensor_data", "model_repository"}
     assert client.get_model_metadata("pair") == {
         "name": "pair",
         "versions": ["1", "2"],

@@ -25,6 +25,7 @@ from quiver.router.auth import Authenticator
 from quiver.router.dispatch import Served
 from quiver.router.metrics import RouterMetrics
 from quiver.router.operations import Operations
+from quiver.router.repository import ON_CLUSTER, Repository
 from quiver.router.rest import RestServer
 from quiver.router.routes import RouteTable, VariantRoute, VersionRoutes
 from quiver.router.tracing import HTTP_INFER_SPAN, Tracing
@@ -73,8 +74,11 @@ def client(models: dict[str, Path], spans: InMemorySpanExporter) -> Iterator[tri
         version = ModelVersion(manifest, path.parent)
         routes.append(VariantRoute(version, manifest.variants[0], handle=None))
     table = RouteTable(routes)
+    # The door of a cluster's router, whose deployments are the operator's.
+    repository = Repository(table, AllReady(), ON_CLUSTER)  # type: ignore[arg-type]
     operations = Operations(
-        table, Authenticator(None), Traffic(table.models()), AllReady(), OnnxRuntimeDispatcher(), RouterMetrics(), 1 << 20  # type: ignore[arg-type]
+        table, Authenticator(None), Traffic(table.models()), AllReady(), OnnxRuntimeDispatcher(), RouterMetrics(), 1 << 20,  # type: ignore[arg-type]
+        repository=repository,
     )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="rest-door", daemon=True)
@@ -88,6 +92,20 @@ def client(models: dict[str, Path], spans: InMemorySpanExporter) -> Iterator[tri
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def test_on_a_cluster_the_index_lists_what_is_served_and_loading_is_the_operators(client: triton.InferenceServerClient) -> None:
+    assert client.get_model_repository_index() == [
+        {"name": "example", "version": "1", "state": "READY", "reason": ""},
+        {"name": "pair", "version": "1", "state": "READY", "reason": ""},
+    ]
+    for call in (lambda: client.load_model("pair"), lambda: client.unload_model("pair")):
+        with pytest.raises(triton.InferenceServerException) as error:
+            call()
+        assert error.value.status() == "400" and "the operator owns deployments" in error.value.message()
+    tensor = triton.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 64), np.float32))
+    assert client.infer("example", [tensor]).as_numpy("output").shape == (1, 10)  # still serving
 
 
 def test_probes_and_metadata(client: triton.InferenceServerClient) -> None:

@@ -25,7 +25,7 @@ def client(server: ServerProcess) -> triton.InferenceServerClient:
 
 
 def test_server_metadata_lists_the_extensions(client: triton.InferenceServerClient) -> None:
-    assert set(client.get_server_metadata().extensions) == {"model_configuration", "statistics", "system_shared_memory", "schedule_policy", "binary_tensor_data"}
+    assert set(client.get_server_metadata().extensions) == {"model_configuration", "statistics", "system_shared_memory", "schedule_policy", "binary_tensor_data", "model_repository"}
 
 
 def test_model_config_describes_the_default_variant(client: triton.InferenceServerClient, store: Path) -> None:
