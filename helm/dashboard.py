@@ -179,6 +179,45 @@ def batching() -> list[timeseries.Panel]:
     ]
 
 
+def live_accuracy() -> list[timeseries.Panel]:
+    """Shadow comparisons with each version's reference variant (router/shadow.py)."""
+    shadow = 'model=~"$model",version=~"$version",variant=~"$variant"'
+    by = "model, version, variant"
+    legend = "{{model}}:{{version}} {{variant}}"
+    return [
+        _timeseries(
+            "Live agreement with the reference",
+            "Share of sampled live rows on which the variant answers as the reference (fp32) does, over the "
+            "last window, and its 95 % lower bound (what routing counts).",
+            "percentunit",
+            _query(f"max by ({by}) (quiver_shadow_agreement{{{shadow}}})", f"{legend} agreement"),
+            _query(f"min by ({by}) (quiver_shadow_agreement_lower_bound{{{shadow}}})", f"{legend} lower bound"),
+        ),
+        _timeseries(
+            "Rows the agreement is over", "Sampled rows in each variant's window: routing uses live accuracy past min_samples.",
+            "short",
+            _query(f"max by ({by}) (quiver_shadow_agreement_samples{{{shadow}}})", legend),
+        ),
+        _timeseries(
+            "Drifted variants", "1 while a variant's live accuracy is more than its margin below the offline one.", "short",
+            # The gauge appears at a variant's first drift; before that, every compared variant shows 0.
+            _query(
+                f"max by ({by}) (quiver_shadow_drifted{{{shadow}}})\nor\nmax by ({by}) (quiver_shadow_agreement{{{shadow}}}) * 0",
+                legend,
+            ),
+        ),
+        _timeseries(
+            "Shadow comparisons and calls shed",
+            "Rows compared per second, and shadow calls not made (queue full, reference loaded, error).", "short",
+            _query(_rate("quiver_shadow_comparisons_total", shadow, by), f"{legend} compared"),
+            _query(
+                _or_zero(_rate("quiver_shadow_shed_total", shadow, f"{by}, reason"), by, "quiver_shadow_comparisons_total", shadow),
+                legend + " shed {{reason}}",
+            ),
+        ),
+    ]
+
+
 def rollout() -> list:
     return [
         _timeseries(
@@ -203,7 +242,9 @@ def build() -> dict:
     board = (
         dashboard.Dashboard("Quiver")
         .uid("quiver")
-        .description("Quiver's routers: traffic, errors, latency, routing, batching and rollouts per model version and variant.")
+        .description(
+            "Quiver's routers: traffic, errors, latency, routing, batching, live accuracy and rollouts per model version and variant."
+        )
         .tags(["quiver"])
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .refresh("30s")
@@ -220,6 +261,7 @@ def build() -> dict:
         ("Latency", latency()),
         ("Routing", routing()),
         ("Batching and queues", batching()),
+        ("Live accuracy", live_accuracy()),
         ("Rollout", rollout()),
     ):
         board = board.with_row(dashboard.Row(title).id(next(ids)))

@@ -2,11 +2,12 @@
 
 The router is the one the chart runs: `quiver router` on a Ray head (tests/raycluster.py),
 serving the example model's versions 1 and 2 from a routes file that splits them 90/10, as
-the operator does mid-rollout. (`quiver serve` exports no route weights: it has no route
+the operator does mid-rollout; version 1 also has a variant `copy` (the same file) whose every
+request is compared with the fp32 reference (shadow sample rate 1), for the live-accuracy panels. (`quiver serve` exports no route weights: it has no route
 table, so the dashboard's rollout panels would have nothing to show.)
 Debian's Prometheus runs on loopback from a temporary directory, scrapes the router's /metrics
 every second and evaluates the chart's rule file, while the test sends a short, bounded load
-over gRPC and REST: answered requests, a few whose deadline passes (a server error, so the
+over gRPC and REST: answered requests (some pinned to `copy`), a few whose deadline passes (a server error, so the
 error-ratio rules have something to divide) and a few for a model that does not exist (refused).
 Then, through Prometheus's HTTP API:
 
@@ -34,9 +35,13 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from prometheus_client import Counter
+from prometheus_client.metrics import MetricWrapperBase
 
 from quiver.operator.serve_api import ServeApi
+from quiver.router.metrics import RouterMetrics
 from quiver.serving import Replicas, VariantApp, build_example, from_onnx_file, write_version
+from quiver.serving.manifest import Shadow
 from tests import prometheus_tools as pt
 from tests.queries import Query, dashboard_queries, grouping_labels, selectors
 
@@ -44,15 +49,16 @@ from .raycluster import ray_head
 from .serverproc import ServerProcess, quiver_process
 
 DASHBOARD = pt.ROOT / "helm" / "quiver" / "files" / "dashboard.json"
-GRPC_REQUESTS, REST_REQUESTS, LATE, UNKNOWN = 120, 30, 5, 3
+GRPC_REQUESTS, REST_REQUESTS, PINNED, LATE, UNKNOWN = 120, 30, 20, 5, 3
 
 
-def _rest(url: str, model: str, parameters: dict[str, Any] | None = None) -> int:
+def _rest(url: str, model: str, parameters: dict[str, Any] | None = None, version: str = "") -> int:
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
     if parameters:
         body["parameters"] = parameters
+    path = f"{model}/versions/{version}" if version else model
     request = urllib.request.Request(
-        f"{url}/v2/models/{model}/infer", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        f"{url}/v2/models/{path}/infer", json.dumps(body).encode(), {"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -73,9 +79,10 @@ def _load(address: str, http_url: str) -> dict[str, list[int]]:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(grpc_call, range(GRPC_REQUESTS)))
         ok = list(pool.map(lambda _: _rest(http_url, "example"), range(REST_REQUESTS)))
+        pinned = list(pool.map(lambda _: _rest(http_url, "example", {"quiver.variant": "copy"}, "1"), range(PINNED)))
     late = [_rest(http_url, "example", {"timeout": 1}) for _ in range(LATE)]  # 1 µs: past before dispatch
     unknown = [_rest(http_url, "no-such-model") for _ in range(UNKNOWN)]
-    return {"ok": ok, "late": late, "unknown": unknown}
+    return {"ok": ok + pinned, "late": late, "unknown": unknown}
 
 
 def _wait_for(what: str, check, timeout_s: float = 120) -> Any:
@@ -89,6 +96,17 @@ def _wait_for(what: str, check, timeout_s: float = 120) -> Any:
         time.sleep(0.5)
 
 
+def _declared_labels() -> dict[str, set[str]]:
+    """Label names of each metric router/metrics.py declares, by exposed family name (`_total` for counters)."""
+    declared = {}
+    for family in vars(RouterMetrics()).values():
+        if isinstance(family, MetricWrapperBase):
+            # prometheus_client keeps the names only privately; a labelled family shows none until a child exists.
+            name = family._name + ("_total" if isinstance(family, Counter) else "")  # noqa: SLF001
+            declared[name] = set(family._labelnames)  # noqa: SLF001
+    return declared
+
+
 class Scraped:
     """What Prometheus holds: each metric's label names; recorded metrics resolve to their rule's reads."""
 
@@ -96,12 +114,21 @@ class Scraped:
         self._prometheus = prometheus
         self._recorded = recorded
         self._labels: dict[str, set[str]] = {}
+        self._declared = _declared_labels()
 
     def labels(self, metric: str) -> set[str]:
         if metric not in self._labels:
             series = self._prometheus.api("series", **{"match[]": metric})
-            assert series, f"no series of {metric}"
-            self._labels[metric] = {name for labels in series for name in labels} - {"__name__"}
+            if series:
+                self._labels[metric] = {name for labels in series for name in labels} - {"__name__"}
+            else:
+                # A labelled metric has no series until its first event (a drift, a shed shadow call), but
+                # the router exports its HELP and TYPE from the start: Prometheus must have scraped those,
+                # and its labels are the ones the router declares.
+                family = metric.removesuffix("_total")  # OpenMetrics, which Prometheus asks for, names counters without it
+                assert self._prometheus.api("metadata", metric=family), f"no series of {metric}, nor its metadata"
+                assert metric in self._declared, f"no series of {metric}, and the router declares no such metric"
+                self._labels[metric] = self._declared[metric] | {"instance", "job"}
         return self._labels[metric]
 
     def check_reads(self, query: Query) -> None:
@@ -122,21 +149,23 @@ class Scraped:
 
 @contextmanager
 def cluster_router(directory: Path) -> Iterator[ServerProcess]:
-    """`quiver router` serving example versions 1 (90 %) and 2 (10 %) from a Ray head."""
+    """`quiver router` serving example versions 1 (90 %; fp32 and its shadowed copy) and 2 (10 %) from a Ray head."""
     store, apps = directory / "store", []
     for version in ("1", "2"):
         signature = from_onnx_file(build_example(store / "example" / version / "model.onnx")).manifest
-        variant = signature.variants[0].model_copy(update={"replicas": Replicas(num_cpus=0.5)})
-        write_version(store, signature.model_copy(update={"name": "example", "version": version, "variants": [variant]}))
-        apps.append(VariantApp(store=store, model="example", version=version, variant=variant.name))
+        fp32 = signature.variants[0].model_copy(update={"replicas": Replicas(num_cpus=0.4)})
+        copy = fp32.model_copy(update={"name": "copy", "shadow": Shadow(sample_rate=1.0)})
+        variants = [fp32, copy] if version == "1" else [fp32]
+        write_version(store, signature.model_copy(update={"name": "example", "version": version, "variants": variants}))
+        apps += [VariantApp(store=store, model="example", version=version, variant=v.name) for v in variants]
     routes = directory / "routes.json"
     routes.write_text(json.dumps({"models": {"example": {"1": 90, "2": 10}}}))
     with ray_head(num_cpus=2) as head:
         serve = ServeApi(head.dashboard_url, head.env["RAY_AUTH_TOKEN"])
         serve.put_apps([app.config() for app in apps])
         _wait_for(
-            "both versions' applications to run",
-            lambda: all(serve.statuses().get(f"example.{v}.fp32") == "RUNNING" for v in ("1", "2")),
+            "every variant's application to run",
+            lambda: all(serve.statuses().get(app.name) == "RUNNING" for app in apps),
         )
         args = ("--ray-address", head.gcs_address, "--store", str(store), "--routes", str(routes))
         with quiver_process("router", *args, env={**os.environ, **head.env}) as router:
@@ -151,7 +180,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[pt.Prome
         with pt.prometheus_server([target], directory) as prometheus:
             _wait_for("the router's target to be up", lambda: prometheus.query('up{job="quiver-router"} == 1'))
             statuses = _load(server.address, server.http_url)
-            answered = GRPC_REQUESTS + REST_REQUESTS
+            answered = GRPC_REQUESTS + REST_REQUESTS + PINNED
             _wait_for(
                 f"{answered} answered requests in Prometheus",
                 lambda: [r for r in prometheus.query('sum(quiver_requests_total{code="OK"})') if float(r["value"][1]) >= answered],
@@ -159,12 +188,13 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[pt.Prome
             recorded = [rule["record"] for group in pt.rule_groups() for rule in group["rules"] if "record" in rule]
             # Rules are evaluated every second: wait until each recording rule has output.
             _wait_for("every recording rule's series", lambda: all(prometheus.query(name) for name in recorded))
+            _wait_for("shadow comparisons of copy", lambda: prometheus.query('quiver_shadow_comparisons_total{variant="copy"} > 0'))
             yield prometheus, statuses
 
 
 def test_the_load_got_the_answers_it_was_built_for(scraped) -> None:
     _, statuses = scraped
-    assert statuses["ok"] == [200] * REST_REQUESTS
+    assert statuses["ok"] == [200] * (REST_REQUESTS + PINNED)
     assert statuses["late"] == [504] * LATE
     assert statuses["unknown"] == [404] * UNKNOWN
 
@@ -224,5 +254,5 @@ def test_the_check_catches_a_misspelt_label_or_metric(scraped) -> None:
         check.check_reads(Query("typo", "sum by (modle) (rate(quiver_requests_total[30s]))"))
     with pytest.raises(AssertionError, match="has no label"):
         check.check_reads(Query("typo", 'quiver_route_weight{variant="fp32"}'))
-    with pytest.raises(AssertionError, match="no series of quiver_request_total"):
+    with pytest.raises(AssertionError, match="no series of quiver_request_total, nor its metadata"):
         check.check_reads(Query("typo", "rate(quiver_request_total[30s])"))
