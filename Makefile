@@ -52,5 +52,13 @@ $(KSERVE_VENV)/.installed: tests/clients/kserve-requirements.txt
 	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
+# Debian's prometheus package: promtool checks and unit-tests the chart's alert rules, and a
+# real Prometheus scrapes a live router (tests/test_alerts.py, tests/test_prometheus_live.py).
+# Checked on every run (as root, like perf-analyzer): nothing is installed when both are there.
+.PHONY: prometheus
+test: prometheus
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
 clean:
 	rm -rf $(VENV) $(KSERVE_VENV) quiver/_proto build *.egg-info
