@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +18,7 @@ import kubernetes_validate
 
 from quiver.router.metrics import RouterMetrics
 from tests import helm_chart as hc
+from tests import prometheus_tools as pt
 from tests.queries import dashboard_queries, metrics_read
 
 DASHBOARD = hc.CHART / "files" / "dashboard.json"
@@ -67,3 +69,10 @@ def test_the_chart_ships_it_for_grafana_s_sidecar(tmp_path: Path) -> None:
     assert json.loads(config_map["data"]["quiver.json"]) == json.loads(DASHBOARD.read_text())
     kubernetes_validate.validate(config_map, "1.27.0", strict=True)
     assert "0 chart(s) failed" in hc.helm("lint", "--strict", hc.CHART, *args).stdout
+
+
+def test_the_alerts_point_at_panels_and_rows_that_exist() -> None:
+    titles = {panel["title"] for panel in json.loads(DASHBOARD.read_text())["panels"]}
+    summaries = " ".join(rule["annotations"]["summary"] for rule in pt.alerts().values())
+    named = set(re.findall(r'"([^"]+)" panel', summaries)) | set(re.findall(r"(\w+) row\b", summaries))
+    assert named and named <= titles
