@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from .kube import ApiException
+from .kube import ApiException, ApiUnreachable
 from .rollout import Reconciler
 from .serve_api import ServeApiError
 from .spec import SpecError, parse_spec
@@ -49,7 +49,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, tick_s: fl
             else:
                 try:
                     new = reconciler.look(name, uid, parsed, current)
-                except (ServeApiError, ApiException, OSError) as exc:  # an API is away: try again at the next look
+                except (ServeApiError, ApiException, ApiUnreachable, OSError) as exc:  # an API is away: look again next tick
                     logger.warning("cannot reach the cluster: %s", exc)
                     current.set(C.ROLLOUT_PROGRESSING, current.phase is not None, "ClusterUnavailable", str(exc))
                     new = current

@@ -15,11 +15,14 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError as ApiUnreachable  # connection refused, broken or timed out
 
 ROUTES_KEY = "routes.json"
 ROUTES_ATTEMPTS = 10  # conflicting writers are rare: a few retries settle them
 
-__all__ = ["ApiException", "JobPhase", "JobState", "Kube", "connect"]  # ApiException: what a failed call raises
+# What a failed call raises: ApiException when the API server answered with an error,
+# ApiUnreachable when it could not be reached (restarting, say).
+__all__ = ["ApiException", "ApiUnreachable", "JobPhase", "JobState", "Kube", "connect"]
 
 
 def connect() -> client.ApiClient:
