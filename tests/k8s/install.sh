@@ -57,7 +57,11 @@ mkdir -p "$H/go" "$H/etcd"
 for d in golang-1.15-*.deb; do dpkg-deb -x "$d" "$H/go"; done
 dpkg-deb -x etcd-server_*.deb "$H/etcd" && cp "$H/etcd/usr/bin/etcd" "$H/bin/etcd"
 SRC=$H/src/kubernetes-$K8S_VERSION
-[ -d "$SRC" ] || tar xzf "kubernetes_1.20.5+really$K8S_VERSION.orig.tar.gz" -C "$H/src"
+if [ ! -d "$SRC" ]; then  # unpacked aside, then renamed: an interrupted run leaves no half tree
+  rm -rf "$H/src/unpacking" && mkdir -p "$H/src/unpacking"
+  tar xzf "kubernetes_1.20.5+really$K8S_VERSION.orig.tar.gz" -C "$H/src/unpacking"
+  mv "$H/src/unpacking/kubernetes-$K8S_VERSION" "$SRC"
+fi
 
 # --- build ------------------------------------------------------------------------------------
 export GOROOT=$H/go/usr/lib/go-1.15 PATH=$H/go/usr/lib/go-1.15/bin:$PATH
