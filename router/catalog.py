@@ -20,7 +20,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from quiver.serving import app_name, read_version
-from quiver.serving.manifest import Placement
+from quiver.serving.manifest import Placement, shadow_metric
 
 from .readiness import Readiness
 from .routes import RouteTable, VariantRoute
@@ -99,6 +99,8 @@ class Catalog:
                 placement = split.placement.get(model, {}).get(version_name, {})
                 for variant in version.manifest.variants:
                     placed = placement.get(variant.name, Placement()).apply(variant)
+                    if placed.shadow is not None:  # one the outputs cannot support is refused with the table
+                        shadow_metric(version.manifest, placed, f"placement.{model}.{version_name}.{variant.name}.shadow")
                     routes.append(VariantRoute(version, placed, self._handle(app_name(version, variant))))
         self._handles = {app_name(route.version, route.variant): route.handle for route in routes}
         return routes, split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -136,3 +137,23 @@ def test_the_shadow_queue_is_bounded_and_drops_are_counted() -> None:
     asyncio.run(run())
     shed = {sample.labels["reason"]: sample.value for sample in metrics.shadow_shed.collect()[0].samples if sample.name.endswith("_total")}
     assert shed == {"queue": 6, "error": 4}  # never retried
+
+
+def test_a_route_table_whose_shadow_the_outputs_cannot_support_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from quiver.router.catalog import Catalog
+    from quiver.router.routes import RouteTable
+    from quiver.router.traffic import Traffic
+    from quiver.serving import write_version
+
+    write_version(tmp_path / "store", Manifest.model_validate(manifest({}, [-1, 1])))
+    routes = tmp_path / "routes.json"
+    catalog = Catalog(RouteTable(), Traffic({}), tmp_path / "store", routes, readiness=None, connect=lambda name: name)
+    shadow = {"metric": "top1", "sample_rate": 0.5}
+    routes.write_text(json.dumps({"models": {"m": {"1": 1}}, "placement": {"m": {"1": {"int8": {"shadow": shadow}}}}}))
+    assert not catalog.file.reload() and catalog.file.value is None  # refused: the table in force stays
+    assert "placement.m.1.int8.shadow.metric: top1 needs an output with a class axis" in caplog.text
+    shadow["metric"] = "tolerance"
+    routes.write_text(json.dumps({"models": {"m": {"1": 1}}, "placement": {"m": {"1": {"int8": {"shadow": shadow}}}}}))
+    assert catalog.file.reload()
+    placed = next(route.variant for route in catalog.file.value[0] if route.variant.name == "int8")
+    assert placed.shadow.sample_rate == 0.5
