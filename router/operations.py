@@ -12,8 +12,8 @@ Errors are the router's (router/errors.py); each transport maps them to its stat
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import NoReturn
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 

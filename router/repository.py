@@ -15,7 +15,7 @@ or `{"all": {}}`; without one, every version in the store, as `quiver serve STOR
 
 Elsewhere (`Repository`) the index lists what is served and load and unload are refused with
 FAILED_PRECONDITION, saying who owns deployments: the operator on a cluster, the command line
-for a single model file.
+without a store.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ logger = logging.getLogger(__name__)
 ON_CLUSTER = (
     "on a cluster the operator owns deployments: change the ModelDeployment (kubectl apply) to load or unload a version"
 )
-SINGLE_FILE = "quiver serve was started with one model file, not a store: restart it with a store to load or unload versions"
+NO_STORE = (
+    "quiver serve was started without a store (one model file, or the example): restart it with a store to load or "
+    "unload versions"
+)
 
 
 @dataclass(frozen=True)

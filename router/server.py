@@ -34,7 +34,7 @@ from .endpoints import Endpoints
 from .health import ProbedReadiness, ServingHealth, probe_via
 from .metrics import RouterMetrics
 from .replacement import Changes, ReplacementWait
-from .repository import ON_CLUSTER, SINGLE_FILE, Deployer, Repository, StoreRepository
+from .repository import ON_CLUSTER, NO_STORE, Deployer, Repository, StoreRepository
 from .rest import RestServer, ssl_context
 from .routes import RouteTable
 from .servicer import InferenceServicer
@@ -143,7 +143,7 @@ class Router:
         elif deployer is not None:
             repository = StoreRepository(routes, self.readiness, self.traffic, deployer)
         else:
-            repository = Repository(routes, self.readiness, SINGLE_FILE)
+            repository = Repository(routes, self.readiness, NO_STORE)
         operations = Operations(
             routes, self.auth, self.traffic, self.readiness, dispatcher, self.metrics, settings.max_request_bytes,
             repository=repository,
