@@ -22,15 +22,19 @@ class Query:
     expr: str
 
 
+def as_prometheus_runs_it(expr: str) -> str:
+    """A panel's query with Grafana's variables replaced by what "All" selects."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
 def dashboard_queries(dashboard: dict[str, Any]) -> list[Query]:
-    queries = []
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            expr = target["expr"]
-            for variable, value in GRAFANA_VARIABLES.items():
-                expr = expr.replace(variable, value)
-            queries.append(Query(f"panel {panel['title']!r} {target['refId']}", expr))
-    return queries
+    return [
+        Query(f"panel {panel['title']!r} {target['refId']}", as_prometheus_runs_it(target["expr"]))
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
 
 
 def _nodes(node: Any) -> Iterator[Any]:

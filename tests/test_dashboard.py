@@ -7,35 +7,23 @@ ConfigMap labelled grafana_dashboard: "1". tests/test_prometheus_live.py runs it
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import kubernetes_validate
 
 from quiver.router.metrics import RouterMetrics
 from tests import helm_chart as hc
+from tests import helm_scripts
 from tests import prometheus_tools as pt
 from tests.queries import dashboard_queries, metrics_read
 
 DASHBOARD = hc.CHART / "files" / "dashboard.json"
-GENERATOR = hc.ROOT / "helm" / "dashboard.py"
-
-
-def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quiver_dashboard", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_committed_json_is_what_the_generator_writes() -> None:
-    assert DASHBOARD.read_text() == _generator().render(), "run `.venv/bin/python helm/dashboard.py` and commit the JSON"
+    assert DASHBOARD.read_text() == helm_scripts.load("dashboard").render(), "run `.venv/bin/python helm/dashboard.py` and commit the JSON"
 
 
 def test_the_panels_read_every_router_metric() -> None:

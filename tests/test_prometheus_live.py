@@ -43,13 +43,15 @@ from quiver.router.metrics import RouterMetrics
 from quiver.serving import Replicas, VariantApp, build_example, from_onnx_file, write_version
 from quiver.serving.manifest import Shadow
 from tests import prometheus_tools as pt
-from tests.queries import Query, dashboard_queries, grouping_labels, selectors
+from tests import helm_scripts
+from tests.queries import Query, as_prometheus_runs_it, dashboard_queries, grouping_labels, selectors
 
 from .raycluster import ray_head
 from .serverproc import ServerProcess, quiver_process
 
 DASHBOARD = pt.ROOT / "helm" / "quiver" / "files" / "dashboard.json"
-GRPC_REQUESTS, REST_REQUESTS, PINNED, LATE, UNKNOWN = 120, 30, 20, 5, 3
+ROUNDS = 12
+GRPC_REQUESTS, REST_REQUESTS, PINNED, LATE, UNKNOWN = 120, 36, 24, ROUNDS // 2, ROUNDS // 2
 
 
 def _rest(url: str, model: str, parameters: dict[str, Any] | None = None, version: str = "") -> int:
@@ -68,6 +70,7 @@ def _rest(url: str, model: str, parameters: dict[str, Any] | None = None, versio
 
 
 def _load(address: str, http_url: str) -> dict[str, list[int]]:
+    """The load, spread over ROUNDS seconds so that the panels' rates have a shape."""
     x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
 
     def grpc_call(_: int) -> None:
@@ -76,13 +79,19 @@ def _load(address: str, http_url: str) -> dict[str, list[int]]:
         tensor.set_data_from_numpy(x)
         client.infer("example", [tensor])
 
+    statuses: dict[str, list[int]] = {"ok": [], "late": [], "unknown": []}
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(grpc_call, range(GRPC_REQUESTS)))
-        ok = list(pool.map(lambda _: _rest(http_url, "example"), range(REST_REQUESTS)))
-        pinned = list(pool.map(lambda _: _rest(http_url, "example", {"quiver.variant": "copy"}, "1"), range(PINNED)))
-    late = [_rest(http_url, "example", {"timeout": 1}) for _ in range(LATE)]  # 1 µs: past before dispatch
-    unknown = [_rest(http_url, "no-such-model") for _ in range(UNKNOWN)]
-    return {"ok": ok + pinned, "late": late, "unknown": unknown}
+        for round_ in range(ROUNDS):
+            list(pool.map(grpc_call, range(GRPC_REQUESTS // ROUNDS)))
+            statuses["ok"] += pool.map(lambda _: _rest(http_url, "example"), range(REST_REQUESTS // ROUNDS))
+            statuses["ok"] += pool.map(
+                lambda _: _rest(http_url, "example", {"quiver.variant": "copy"}, "1"), range(PINNED // ROUNDS)
+            )
+            if round_ % 2:
+                statuses["late"].append(_rest(http_url, "example", {"timeout": 1}))  # 1 µs: past before dispatch
+                statuses["unknown"].append(_rest(http_url, "no-such-model"))
+            time.sleep(1)
+    return statuses
 
 
 def _wait_for(what: str, check, timeout_s: float = 120) -> Any:
@@ -173,14 +182,20 @@ def cluster_router(directory: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[pt.Prometheus, dict[str, list[int]]]]:
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[pt.Prometheus, dict[str, list[int]], float]]:
+    """Prometheus, what the load got back, and when the load began (unix time)."""
     directory = tmp_path_factory.mktemp("prometheus")
     with cluster_router(directory) as server:
         target = urllib.parse.urlsplit(server.metrics_url).netloc
         with pt.prometheus_server([target], directory) as prometheus:
             _wait_for("the router's target to be up", lambda: prometheus.query('up{job="quiver-router"} == 1'))
+            # One answered request first, so that the counters exist before the load (a series that
+            # first appears already counting shows no rate for what it counted).
+            assert _rest(server.http_url, "example") == 200
+            _wait_for("the first request in Prometheus", lambda: prometheus.query("quiver_requests_total"))
+            began = time.time()
             statuses = _load(server.address, server.http_url)
-            answered = GRPC_REQUESTS + REST_REQUESTS + PINNED
+            answered = 1 + GRPC_REQUESTS + REST_REQUESTS + PINNED
             _wait_for(
                 f"{answered} answered requests in Prometheus",
                 lambda: [r for r in prometheus.query('sum(quiver_requests_total{code="OK"})') if float(r["value"][1]) >= answered],
@@ -189,18 +204,18 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[pt.Prome
             # Rules are evaluated every second: wait until each recording rule has output.
             _wait_for("every recording rule's series", lambda: all(prometheus.query(name) for name in recorded))
             _wait_for("shadow comparisons of copy", lambda: prometheus.query('quiver_shadow_comparisons_total{variant="copy"} > 0'))
-            yield prometheus, statuses
+            yield prometheus, statuses, began
 
 
 def test_the_load_got_the_answers_it_was_built_for(scraped) -> None:
-    _, statuses = scraped
+    _, statuses, _ = scraped
     assert statuses["ok"] == [200] * (REST_REQUESTS + PINNED)
     assert statuses["late"] == [504] * LATE
     assert statuses["unknown"] == [404] * UNKNOWN
 
 
 def test_every_panel_query_returns_series(scraped) -> None:
-    prometheus, _ = scraped
+    prometheus, _, _ = scraped
     queries = dashboard_queries(json.loads(DASHBOARD.read_text()))
     assert len(queries) >= 15
     empty = [query.where for query in queries if not prometheus.query(query.expr)]
@@ -208,14 +223,14 @@ def test_every_panel_query_returns_series(scraped) -> None:
 
 
 def test_every_panel_reads_metrics_and_labels_that_exist(scraped) -> None:
-    prometheus, _ = scraped
+    prometheus, _, _ = scraped
     scraped_metrics = Scraped(prometheus, {})
     for query in dashboard_queries(json.loads(DASHBOARD.read_text())):
         scraped_metrics.check_reads(query)
 
 
 def test_every_dashboard_variable_has_values(scraped) -> None:
-    prometheus, _ = scraped
+    prometheus, _, _ = scraped
     for variable in json.loads(DASHBOARD.read_text())["templating"]["list"]:
         if variable["type"] != "query":
             continue
@@ -227,7 +242,7 @@ def test_every_dashboard_variable_has_values(scraped) -> None:
 
 
 def test_every_rule_evaluates_and_recording_rules_return_series(scraped) -> None:
-    prometheus, _ = scraped
+    prometheus, _, _ = scraped
     groups = prometheus.api("rules")["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
     assert len(rules) == sum(len(group["rules"]) for group in pt.rule_groups()), "Prometheus did not load every rule"
@@ -240,7 +255,7 @@ def test_every_rule_evaluates_and_recording_rules_return_series(scraped) -> None
 
 
 def test_every_alert_reads_metrics_and_labels_that_exist(scraped) -> None:
-    prometheus, _ = scraped
+    prometheus, _, _ = scraped
     recorded = {rule["record"]: rule["expr"] for group in pt.rule_groups() for rule in group["rules"] if "record" in rule}
     scraped_metrics = Scraped(prometheus, recorded)
     for name, rule in pt.alerts().items():
@@ -248,7 +263,7 @@ def test_every_alert_reads_metrics_and_labels_that_exist(scraped) -> None:
 
 
 def test_the_check_catches_a_misspelt_label_or_metric(scraped) -> None:
-    prometheus, _ = scraped
+    prometheus, _, _ = scraped
     check = Scraped(prometheus, {})
     with pytest.raises(AssertionError, match="groups or matches by"):
         check.check_reads(Query("typo", "sum by (modle) (rate(quiver_requests_total[30s]))"))
@@ -256,3 +271,21 @@ def test_the_check_catches_a_misspelt_label_or_metric(scraped) -> None:
         check.check_reads(Query("typo", 'quiver_route_weight{variant="fp32"}'))
     with pytest.raises(AssertionError, match="no series of quiver_request_total, nor its metadata"):
         check.check_reads(Query("typo", "rate(quiver_request_total[30s])"))
+
+
+def test_every_row_draws_as_a_png(scraped, tmp_path: Path) -> None:
+    """What the dashboard shows, drawn from the same queries (docs/images/dashboard/ holds a run's pictures:
+    QUIVER_DASHBOARD_PNGS=docs/images/dashboard pytest tests/test_prometheus_live.py)."""
+    prometheus, _, began = scraped
+    directory = Path(os.environ.get("QUIVER_DASHBOARD_PNGS") or tmp_path)
+    start, end = began - 5, time.time()
+
+    def query_range(expr: str) -> list[dict[str, Any]]:
+        return prometheus.api("query_range", query=as_prometheus_runs_it(expr), start=f"{start:.3f}", end=f"{end:.3f}", step="1")["result"]
+
+    png = helm_scripts.load("dashboard_png")
+    dashboard = json.loads(DASHBOARD.read_text())
+    drawn = png.render(dashboard, query_range, directory, since=began)
+    assert [path.name for path in drawn] == [f"{re.sub(r'[^a-z0-9]+', '-', title.lower())}.png" for title, _ in png.rows(dashboard)]
+    for path, lines in drawn.items():
+        assert lines > 0 and path.read_bytes().startswith(b"\x89PNG"), path
