@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s%(request)s: %(message)s"))
@@ -143,7 +143,8 @@ def _examples(*lines: str) -> str:
     return _EXAMPLES + "".join(f"  {line}\n" for line in lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The `quiver` command line (the docs' CLI reference can be generated from it)."""
     parser = argparse.ArgumentParser(
         prog="quiver",
         description="Serve optimized ONNX model variants behind one Open Inference Protocol endpoint (gRPC and "

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quiver.cli import _parser
+from quiver.cli import build_parser
 from quiver.serving import build_example, read_version
 
 # An enum shown as Python prints it (`Metric.TOP1`) where a user would type its value (`top1`).
@@ -30,7 +30,7 @@ HEADERS = ("variant", "precision", "pool", "KiB", "cosine", "p5", "min", "drop",
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = _parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001 - argparse has no public way
     return {"quiver": parser, **{f"quiver {name}": command for name, command in sub.choices.items()}}
 
@@ -73,7 +73,7 @@ def test_every_command_has_examples_that_parse(name: str) -> None:
         assert argv[0] == "quiver"
         if name != "quiver":
             assert argv[1] == name.split()[1], example
-        args = _parser().parse_args(argv[1:])  # exits (status 2) on anything the parser refuses
+        args = build_parser().parse_args(argv[1:])  # exits (status 2) on anything the parser refuses
         assert args.command == argv[1]
 
 
