@@ -315,6 +315,14 @@ def test_breached_latency_gate_rolls_back_and_the_serving_version_keeps_serving(
     assert outcomes["ok:3"] > 0  # it did take its share before the gate closed
 
 
+def resumed_watch(stack: Stack, resource_version: str) -> dict:
+    """The first event of a watch of the ModelDeployments resumed at `resource_version`."""
+    api = stack.custom.api_client
+    url = (f"{api.configuration.host}/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
+           f"?watch=true&resourceVersion={resource_version}&timeoutSeconds=5")
+    return json.loads(api.call_api("GET", url).read().splitlines()[0])
+
+
 def test_api_server_restart_and_operator_kill_mid_rollout_neither_repeat_nor_skip_a_step(stack: Stack) -> None:
     stack.load.outcomes.clear()
     stack.load.start()
@@ -323,7 +331,12 @@ def test_api_server_restart_and_operator_kill_mid_rollout_neither_repeat_nor_ski
     first_step_started = body["status"]["stepStartedAt"]
     # Every watch breaks; etcd's history is compacted, so a watch resumed where it left off is
     # answered 410 Gone, and kopf lists again and sees the object anew: no step may be taken twice.
+    seen_version = body["metadata"]["resourceVersion"]
+    core = client.CoreV1Api(stack.custom.api_client)
+    core.create_namespaced_config_map(NAMESPACE, {"metadata": {"name": "after-step-1"}})  # history moves past it
     stack.control_plane.restart_apiserver()
+    assert resumed_watch(stack, seen_version)["object"]["code"] == 410
+    core.delete_namespaced_config_map("after-step-1", NAMESPACE)
     body = stack.wait("step 2 of version 4", lambda b: b["status"].get("traffic") == {"2": 50, "4": 50})
     assert [c[c.index("--version") + 1] for c in stack.jobs.commands].count("4") == 1  # one optimization, not one per watch
     step_started = body["status"]["stepStartedAt"]
