@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client, config
 
-from tests.certs import Authority
+from tests.certs import Authority, Pem
 from tests.raycluster import free_port
 
 VERSION = "1.20.2"
@@ -58,7 +58,7 @@ class ControlPlane:
     logs: dict[str, Path] = field(default_factory=dict)
     _commands: dict[str, list[str]] = field(default_factory=dict)
     _processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    _admin_pem: Any = None
+    _admin_pem: Pem | None = None
 
     def api(self) -> client.ApiClient:
         """A client as the cluster's administrator."""
@@ -102,7 +102,8 @@ class ControlPlane:
         return kubeconfig(path, self.url, self.ca, {"token": token}, namespace)
 
 
-def wait_for(check: Any, what: str, timeout_s: float) -> Any:
+def wait_for(check: Callable[[], Any], what: str, timeout_s: float) -> Any:
+    """`check()`'s first true result; errors of an API still starting count as false."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
