@@ -4,7 +4,7 @@ The chart ships the JSON this writes (templates/grafana-dashboard-configmap.yaml
 `.venv/bin/python helm/dashboard.py` after changing a panel and commit both.
 tests/test_dashboard.py checks that the committed JSON is what this produces, and
 tests/test_prometheus_live.py runs every panel's query against a real Prometheus scraping a
-live `quiver serve`. Every query reads the router's metrics (router/metrics.py).
+live `quiver router`, as the chart runs it. Every query reads the router's metrics (router/metrics.py).
 
 It lives beside the chart it writes into, outside the `quiver` package: nothing at run time
 uses it, and its library is a development dependency (pyproject's `test` extra).
@@ -48,8 +48,8 @@ def _or_zero(expr: str, by: str, base: str = "quiver_requests_total", labels: st
     return f"{expr}\nor\n{_rate(base, labels, by)} * 0"
 
 
-def _quantile(q: float, metric: str, labels: str = VARIANT, by: str = BY_VARIANT) -> str:
-    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{labels}}}[{RATE}])))"
+def _quantile(q: float, metric: str) -> str:
+    return f"histogram_quantile({q}, sum by ({BY_VARIANT}, le) (rate({metric}_bucket{{{VARIANT}}}[{RATE}])))"
 
 
 def _query(expr: str, legend: str) -> prometheus.Dataquery:
