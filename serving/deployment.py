@@ -61,6 +61,7 @@ class VariantReplica:
             manifest.inputs,
             device=variant.device,
             cpus=variant.replicas.num_cpus,
+            threads=variant.threads,
         )
         self._batchable = manifest.batchable
         self._max_rows = variant.batching.max_batch_size

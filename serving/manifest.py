@@ -174,6 +174,66 @@ class Shadow(_Spec):
     exclude: bool = False
 
 
+class Threads(_Spec):
+    """ONNX Runtime's thread pools in one replica (serving/runtime.py)."""
+
+    intra_op: Annotated[int, Field(ge=1, le=256)] | None = None  # None: one per CPU the replica reserves
+    inter_op: Annotated[int, Field(ge=1, le=256)] = 1
+
+
+class ServingSettings(_Spec):
+    """One point of `quiver tune`'s search: how a variant's replicas are run (serving/tune/)."""
+
+    intra_op_threads: Annotated[int, Field(ge=1, le=256)]
+    inter_op_threads: Annotated[int, Field(ge=1, le=256)] = 1
+    max_batch_size: Annotated[int, Field(ge=1, le=65536)]
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+    replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+    cpus_per_replica: Annotated[float, Field(gt=0, le=256)] = 1.0
+
+    def apply(self, variant: Variant) -> Variant:
+        """`variant` run with these settings (the rest of its replicas' spec kept)."""
+        return variant.model_copy(update={
+            "threads": Threads(intra_op=self.intra_op_threads, inter_op=self.inter_op_threads),
+            "batching": Batching(max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms),
+            "replicas": variant.replicas.model_copy(update={"count": self.replicas, "num_cpus": self.cpus_per_replica}),
+        })
+
+
+class BatchLatency(_Spec):
+    """Latency of one request of `batch_size` rows through an idle replica."""
+
+    batch_size: Annotated[int, Field(ge=1)]
+    p50_ms: Annotated[float, Field(ge=0)]
+    p99_ms: Annotated[float, Field(ge=0)]
+
+
+class Profile(_Spec):
+    """What `quiver tune` chose for a variant and measured through a replica, on `pool`.
+
+    `p50_ms`, `p99_ms` and `throughput` are under the search's load (`concurrency` requests of
+    one row each, in a closed loop); `latency` is per batch size, one request at a time.
+    """
+
+    pool: Name
+    settings: ServingSettings
+    objective: Literal["throughput", "latency"]
+    slo_p99_ms: Annotated[float, Field(gt=0)] | None = None
+    meets_slo: bool = True  # False: no point met the SLO and the best p99 was taken
+    concurrency: Annotated[int, Field(ge=1)]
+    p50_ms: Annotated[float, Field(ge=0)]
+    p99_ms: Annotated[float, Field(ge=0)]
+    throughput: Annotated[float, Field(ge=0)]  # rows per second, all replicas
+    throughput_per_replica: Annotated[float, Field(ge=0)]
+    latency: list[BatchLatency] = []
+
+    @model_validator(mode="after")
+    def _meets_slo_is_true(self) -> Profile:
+        if self.slo_p99_ms is not None and self.meets_slo and self.p99_ms > self.slo_p99_ms:
+            raise ValueError(f"meets_slo is true but p99_ms ({self.p99_ms}) is above slo_p99_ms ({self.slo_p99_ms})")
+        return self
+
+
 class Variant(_Spec):
     """One optimized form of the model (a file in the version directory) and where it runs."""
 
@@ -189,6 +249,9 @@ class Variant(_Spec):
     # "aes-256-gcm": the file is encrypted at rest (serving/crypto.py); replicas need the key.
     encryption: Literal["aes-256-gcm"] | None = None
     shadow: Shadow | None = None  # None: Shadow()'s defaults (or the router's --shadow-rate)
+    threads: Threads = Threads()
+    # Written by `quiver tune` with the settings it chose (also set in threads, batching, replicas).
+    profile: Profile | None = None
 
     @model_validator(mode="after")
     def _file_stays_inside_version(self) -> Variant:
@@ -208,6 +271,7 @@ class Placement(_Spec):
     replicas: Replicas | None = None
     batching: Batching | None = None
     shadow: Shadow | None = None
+    threads: Threads | None = None
 
     def apply(self, variant: Variant) -> Variant:
         return variant.model_copy(update={k: v for k, v in self if v is not None})

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
-from .manifest import Device, TensorSpec
+from .manifest import Device, TensorSpec, Threads
 from .requests import InferenceError
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,16 @@ class ModelRuntime:
         inputs: list[TensorSpec],
         device: Device = Device.CPU,
         cpus: float = 1.0,
+        threads: Threads = Threads(),
     ) -> None:
         """`model`: the ONNX bytes, already verified (serving/integrity.py); `name` is for logs."""
 
         options = ort.SessionOptions()
-        # One replica owns `cpus` cores; more threads than that only contend.
-        options.intra_op_num_threads = max(1, math.floor(cpus))
-        options.inter_op_num_threads = 1
+        # By default one thread per core the replica owns: more only contend (`quiver tune` measures otherwise).
+        options.intra_op_num_threads = threads.intra_op or max(1, math.floor(cpus))
+        options.inter_op_num_threads = threads.inter_op
+        if threads.inter_op > 1:  # inter-op threads only run with the parallel executor
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         # Spinning threads burn the cores the router and the other replicas need between runs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
