@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .k8s.control_plane import ControlPlane, control_plane as start_control_plane
 from .models import write_store
 from .serverproc import ServerProcess, quiver_serve
+
+if TYPE_CHECKING:
+    from .k8s.control_plane import ControlPlane
 
 # Small enough that a test can cross it cheaply, large enough for every regular request.
 MAX_REQUEST_MB = 1
@@ -41,5 +44,7 @@ def server(store: Path, traffic_file: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with start_control_plane(tmp_path_factory.mktemp("k8s")) as cp:
+    from .k8s.control_plane import control_plane as start  # the kubernetes client takes a second to import
+
+    with start(tmp_path_factory.mktemp("k8s")) as cp:
         yield cp
