@@ -126,6 +126,12 @@ def _optimize(args: argparse.Namespace) -> int:
     return run_optimize(args)
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from quiver.tuning import run_tune
+
+    return run_tune(args)
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Wraps descriptions and help to the terminal, but keeps the examples (the epilog) line by line."""
 
@@ -286,6 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     optimize.set_defaults(run=_optimize)
     add_arguments(optimize)
+
+    from quiver.tuning import add_arguments as add_tune_arguments
+
+    tune = commands.add_parser(
+        "tune",
+        parents=[common],
+        help="measure serving settings per variant and record the best in the store",
+        description="Search each variant's threads, batching and replicas through a real replica under a time "
+        "budget; record the chosen settings and latency profile in the manifest, and write tune.html/tune.png.",
+        formatter_class=_HelpFormatter,
+        epilog=_examples(
+            "quiver tune ./store --model digits --version 1 --slo-p99-ms 20",
+            "quiver tune ./store --model minilm --version 2 --variants int8-static \\",
+            "    --objective latency --budget-s 120",
+        ),
+    )
+    tune.set_defaults(run=_tune)
+    add_tune_arguments(tune)
     return parser
 
 
