@@ -76,7 +76,16 @@ class Endpoints:
 
     def unreachable(self, app: str) -> int:
         """How many of the variant's replicas are passed over after a failed call."""
-        return len(self._by_app.get(app, ())) - len(self.live(app))
+        return self.listed(app) - len(self.live(app))
+
+    def listed(self, app: str) -> int:
+        """How many of the variant's replicas the directory lists."""
+        return len(self._by_app.get(app, ()))
+
+    @property
+    def directory_up(self) -> bool:
+        """Whether the last read of the directory succeeded (the addresses known serve meanwhile)."""
+        return not self._failing
 
     def pick(self, app: str) -> DirectReplica | None:
         """The less busy of two live replicas picked at random; None when the variant has none."""

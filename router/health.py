@@ -11,7 +11,7 @@ until its health checks give up, and calls to them wait. The router finds out on
   longer), with no call to it coming back meanwhile, is *lost*. Requests waiting on a lost
   variant are cancelled, so dispatch retries them elsewhere at once (or answers UNAVAILABLE), and the
   policy routes around it; it is found again by its next answered probe, once Serve has a
-  replica up. Variants that may scale to zero are not probed. A variant with a replica on the
+  replica up. Every probe missed is counted (`quiver_probe_failures_total`). Variants that may scale to zero are not probed. A variant with a replica on the
   data plane is probed there, so that it stays in service while Ray's head is away.
 - `ProbedReadiness` is the readiness the rest of the router sees: Serve's view, less the
   variants that are lost.
@@ -39,6 +39,7 @@ from grpc_health.v1 import health, health_pb2
 
 from .endpoints import Endpoints
 from .errors import Unavailable
+from .metrics import RouterMetrics
 from .readiness import Readiness
 from .routes import RouteTable, VariantRoute, VersionRoutes
 
@@ -86,9 +87,11 @@ class Reachability:
         failures: int = 2,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] = lambda: None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self._routes = routes
         self._on_change = on_change  # told when a lost variant answers again (router/replacement.py)
+        self._metrics = metrics  # counts the probes that got no answer
         self._serving = serving  # is a replica of the variant said to run (by Serve, or the data plane)?
         self._probe = probe
         self._interval_s = interval_s
@@ -168,6 +171,8 @@ class Reachability:
 
     def _record(self, route: VariantRoute, answered: bool) -> None:
         state = self._state(route)
+        if not answered and self._metrics is not None:
+            self._metrics.probe_failures.labels(*route.key, route.variant.pool).inc()
         if answered:
             state.answered, state.misses = True, 0
             if state.lost_since is not None:
@@ -210,10 +215,13 @@ class ProbedReadiness(Readiness):
         *args,
         probe: Callable[[VariantRoute], Awaitable[object]] = _probe,
         probe_timeout_s: float = 1.0,
+        metrics: RouterMetrics | None = None,
         **kwargs,
     ) -> None:
         super().__init__(routes, *args, **kwargs)
-        self.reachability = Reachability(routes, self.said_to_run, probe, timeout_s=probe_timeout_s, on_change=self._on_change)
+        self.reachability = Reachability(
+            routes, self.said_to_run, probe, timeout_s=probe_timeout_s, on_change=self._on_change, metrics=metrics
+        )
 
     def ready(self, route: VariantRoute) -> bool:
         return super().ready(route) and self.reachability.answering(route)

@@ -4,6 +4,9 @@ Per model, version, variant and pool: requests by gRPC status, latency and how m
 replica spent queueing and computing, requests in flight (the router's view of queue depth),
 batch sizes the replicas ran, routing decisions by reason, calls to replicas by path and how
 many requests each carried.
+What the router knows of each variant's replicas, set by router/state_metrics.py: whether it is
+ready (router/health.py's readiness, what routing sees), how many replicas run, and how many of
+the router's probes it missed; whether the last read of the replica directory succeeded.
 Requests refused before a variant was chosen are counted per model and status. Both counts say
 which door a request came through (`protocol`: grpc or http), taken from `PROTOCOL`, which the
 protocol operations (router/operations.py) set for the request's task (dispatch, which counts, needs no argument for it). The operator's
@@ -78,6 +81,21 @@ class RouterMetrics:
         )
         self.route_weight = Gauge(
             "quiver_route_weight", "Versions in the route table and their traffic weights", ["model", "version"], registry=self.registry
+        )
+        self.variant_ready = Gauge(
+            "quiver_variant_ready", "1 while the variant can answer: a replica runs and answers the router's probes",
+            VARIANT_LABELS, registry=self.registry,
+        )
+        self.variant_replicas = Gauge(
+            "quiver_variant_replicas", "Replicas of the variant that run: Serve's count, or the replica directory's if it lists more",
+            VARIANT_LABELS, registry=self.registry,
+        )
+        self.probe_failures = Counter(
+            "quiver_probe_failures", "The router's probes of the variant that got no answer in time", VARIANT_LABELS,
+            registry=self.registry,
+        )
+        self.directory_up = Gauge(
+            "quiver_replica_directory_up", "1 when the router's last read of the replica directory succeeded", registry=self.registry
         )
         self.calls = Counter(
             "quiver_replica_calls",

@@ -52,6 +52,10 @@ class DataPlane(Protocol):
         """How many of the application's replicas failed a call a moment ago."""
         ...
 
+    def listed(self, app: str) -> int:
+        """How many of the application's replicas the replica directory lists."""
+        ...
+
 
 class Readiness:
     def __init__(
@@ -91,6 +95,13 @@ class Readiness:
         """Whether Serve's status or the data plane says a replica of the variant runs, be it reachable or not."""
         state = self._states.get(route.app)
         return (state is not None and state.answers) or (self._data_plane is not None and self._data_plane.serves(route.app))
+
+    def replicas(self, route: VariantRoute) -> int:
+        """How many of the variant's replicas run: Serve's count, or the data plane's when it lists
+        more (a replica joins it before Serve's next status says it runs)."""
+        state = self._states.get(route.app)
+        listed = self._data_plane.listed(route.app) if self._data_plane is not None else 0
+        return max(state.running if state is not None else 0, listed)
 
     def failed(self, route: VariantRoute) -> bool:
         state = self._states.get(route.app)

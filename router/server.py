@@ -39,6 +39,7 @@ from .rest import RestServer, ssl_context
 from .routes import RouteTable
 from .servicer import InferenceServicer
 from .shadow import ShadowSettings
+from .state_metrics import StateMetrics
 from .tracing import Tracing, TracingSettings, provider_for
 from .traffic import Traffic
 
@@ -121,7 +122,7 @@ class Router:
         self.endpoints = Endpoints(on_change=changes.notify) if settings.direct else None
         # Serve's view, and replicas on the data plane, less variants that stopped answering (router/health.py).
         self.readiness = ProbedReadiness(
-            routes, data_plane=self.endpoints, probe=probe_via(self.endpoints), on_change=changes.notify
+            routes, data_plane=self.endpoints, probe=probe_via(self.endpoints), on_change=changes.notify, metrics=self.metrics
         )
         self.traffic = Traffic(routes.models(), settings.traffic_file)
         self.catalog = (
@@ -129,6 +130,7 @@ class Router:
             if settings.routes_file
             else None
         )
+        self.state_metrics = StateMetrics(self.metrics, routes, self.readiness, self.endpoints, None if self.catalog else self.traffic)
         self.auth = Authenticator(settings.token_file)
         # Tracing, when on, watches dispatch's calls and wraps ModelInfer; when off it is not there at all.
         provider = tracer_provider or provider_for(settings.tracing)
@@ -201,6 +203,7 @@ class Router:
         # The inference service follows ServerReady: NOT_SERVING while some model version has no variant that answers.
         await self.serving_health.update()
         self._tasks.append(asyncio.create_task(self.serving_health.watch(), name="quiver-health"))
+        self._tasks.append(asyncio.create_task(self.state_metrics.watch(), name="quiver-state-metrics"))
         logger.info("router listening on %s:%d", self.settings.host, self.port)
         return self.port
 

@@ -161,6 +161,8 @@ class Shadow:
         found = self._tracked.get(route.key)
         if found is None or found.source != route.variant.shadow:
             found = self._tracked[route.key] = self._tracking(route, found)
+            if found.enabled:
+                self._metrics.shadow_drifted.labels(*route.key)  # 0 from its first request on (a drift sets it)
         return found if found.enabled else None
 
     def _tracking(self, route: VariantRoute, old: _Tracked | None) -> _Tracked:

@@ -83,6 +83,15 @@ class Traffic:
         versions, shares = zip(*weights.items())
         return self._rng.choices(versions, weights=shares)[0]
 
+    def weights(self, served: Mapping[str, list[str]]) -> dict[str, dict[str, int]]:
+        """Each served version's weight (`served`: model → versions, oldest first), as `pick` uses
+        them: the split's, 0 for versions it does not name; all (100) to the newest for a model it does not name."""
+        found = {}
+        for model, versions in served.items():
+            weights = self.split.models.get(model)
+            found[model] = {v: weights.get(v, 0) if weights else 100 * (v == versions[-1]) for v in versions}
+        return found
+
     def use(self, split: TrafficSplit) -> None:
         """Take a split checked elsewhere (a cluster's route table)."""
         self.file.value = split

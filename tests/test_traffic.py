@@ -27,6 +27,8 @@ def test_weights_are_honoured_within_statistical_bounds(tmp_path: Path) -> None:
     # Binomial(10 000, 0.1): σ = 0.003, so 0.1 ± 5σ holds unless the split is wrong.
     assert abs(share - 0.1) < 0.015
     assert traffic.pick("other") == ""  # no weights: the router takes the newest version
+    # What `quiver serve` exports as quiver_route_weight: the split, and all to the newest where it says nothing.
+    assert traffic.weights({"digits": ["1", "2"], "other": ["1", "3"]}) == {"digits": {"1": 90, "2": 10}, "other": {"1": 0, "3": 100}}
 
 
 def test_a_changed_file_takes_effect_and_a_bad_one_is_refused(tmp_path: Path) -> None:
