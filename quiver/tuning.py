@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -46,7 +47,7 @@ def run_tune(args: argparse.Namespace) -> int:
         write_report(version.directory, f"{version.key} tuned", results, profiles)
         record(args.store, version, profiles, args.sign_key)
     except (TuneError, StoreError, IntegrityError, OSError) as exc:
-        console.print(f"[red]quiver tune: {exc}[/red]")
+        console.print(f"[red]quiver tune: {escape(str(exc))}[/red]", soft_wrap=True, highlight=False)  # one line: scripts read it
         return 2
     _show(results, profiles)
     print(f"recorded in {version.directory / MANIFEST_FILE}; report {version.directory / 'tune.html'}")
