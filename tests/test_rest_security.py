@@ -91,3 +91,22 @@ def test_clients_without_a_trusted_certificate_are_refused(secured: Secured, who
     trusted = ssl.create_default_context(cafile=str(secured.ca))
     trusted.load_cert_chain(str(secured.client.cert), str(secured.client.key))
     assert urllib.request.urlopen(secured.server.http_url + "/v2/health/live", timeout=30, context=trusted).status == 200
+
+
+def test_the_extensions_need_a_token_and_loading_a_model_its_scope(secured: Secured) -> None:  # noqa: F811
+    connection = client(secured, secured.client)
+    pair_only = {"Authorization": f"Bearer {PAIR_ONLY}"}
+    calls = {
+        "repository index": lambda headers: connection.get_model_repository_index(headers=headers),
+        "shared memory status": lambda headers: connection.get_system_shared_memory_status(headers=headers),
+        "cuda shared memory status": lambda headers: connection.get_cuda_shared_memory_status(headers=headers),
+    }
+    for name, call in calls.items():
+        with pytest.raises(triton.InferenceServerException) as error:
+            call(None)
+        assert error.value.status() == "401", name
+        call(pair_only)  # answered
+    for call in (connection.load_model, connection.unload_model):
+        with pytest.raises(triton.InferenceServerException) as error:
+            call("example", headers=pair_only)
+        assert error.value.status() == "403"
