@@ -158,6 +158,38 @@ def routing() -> list[timeseries.Panel]:
     ]
 
 
+def replicas() -> list[timeseries.Panel]:
+    """What the routers know of each variant's replicas (router/state_metrics.py): a variant that is not
+    ready shows here even when it gets no traffic."""
+    return [
+        _timeseries(
+            "Variants ready",
+            "1 while the variant can answer (a replica runs and answers the probes), on the router that sees the least: "
+            "0 means requests go to other variants, or are refused.",
+            "short",
+            _query(f"min by ({BY_VARIANT}) (quiver_variant_ready{{{VARIANT}}})", VARIANT_LEGEND),
+            width=6,
+        ),
+        _timeseries(
+            "Replicas per variant", "Replicas that run: Serve's count, or the replica directory's when it lists more.", "short",
+            _query(f"max by ({BY_VARIANT}) (quiver_variant_replicas{{{VARIANT}}})", VARIANT_LEGEND),
+            width=6,
+        ),
+        _timeseries(
+            "Probe failures per second", "The routers' probes (a round trip that runs nothing) that got no answer in time: "
+            "a variant missing two in a row is routed around.", "short",
+            _query(_rate("quiver_probe_failures_total", VARIANT, BY_VARIANT), VARIANT_LEGEND),
+            width=6,
+        ),
+        _timeseries(
+            "Replica directory reachable", "1 per router whose last read of the replica directory succeeded; 0: new "
+            "replicas are not called on their data plane.", "short",
+            _query("min by (instance) (quiver_replica_directory_up)", "{{instance}}"),
+            width=6,
+        ),
+    ]
+
+
 def batching() -> list[timeseries.Panel]:
     return [
         _timeseries(
@@ -200,11 +232,7 @@ def live_accuracy() -> list[timeseries.Panel]:
         ),
         _timeseries(
             "Drifted variants", "1 while a variant's live accuracy is more than its margin below the offline one.", "short",
-            # The gauge appears at a variant's first drift; before that, every compared variant shows 0.
-            _query(
-                f"max by ({by}) (quiver_shadow_drifted{{{shadow}}})\nor\nmax by ({by}) (quiver_shadow_agreement{{{shadow}}}) * 0",
-                legend,
-            ),
+            _query(f"max by ({by}) (quiver_shadow_drifted{{{shadow}}})", legend),
         ),
         _timeseries(
             "Shadow comparisons and calls shed",
@@ -243,7 +271,7 @@ def build() -> dict:
         dashboard.Dashboard("Quiver")
         .uid("quiver")
         .description(
-            "Quiver's routers: traffic, errors, latency, routing, batching, live accuracy and rollouts per model version and variant."
+            "Quiver's routers: traffic, errors, latency, routing, replicas, batching, live accuracy and rollouts per model version and variant."
         )
         .tags(["quiver"])
         .tooltip(DashboardCursorSync.CROSSHAIR)
@@ -260,6 +288,7 @@ def build() -> dict:
         ("Traffic and errors", traffic()),
         ("Latency", latency()),
         ("Routing", routing()),
+        ("Replicas", replicas()),
         ("Batching and queues", batching()),
         ("Live accuracy", live_accuracy()),
         ("Rollout", rollout()),

@@ -38,11 +38,11 @@ def test_the_panels_read_every_router_metric() -> None:
 
 def test_the_issue_s_views_are_there() -> None:
     titles = [panel["title"] for panel in json.loads(DASHBOARD.read_text())["panels"]]
-    for row in ("Traffic and errors", "Latency", "Routing", "Batching and queues", "Live accuracy", "Rollout"):
+    for row in ("Traffic and errors", "Latency", "Routing", "Replicas", "Batching and queues", "Live accuracy", "Rollout"):
         assert row in titles
     assert {
         "Spill-over and shedding", "Routing decisions by reason", "Version weights", "Latency p99 and its replica parts",
-        "Live agreement with the reference",
+        "Live agreement with the reference", "Variants ready", "Replicas per variant",
     } <= set(titles)
 
 
