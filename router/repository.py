@@ -180,6 +180,8 @@ class StoreRepository(Repository):
             waiting = [key for key, variants in by_version.items() if not any(map(self._readiness.ready, variants))]
             if not waiting:
                 return
+            if failed := [key for key in waiting if all(map(self._readiness.failed, by_version[key]))]:
+                raise Unavailable(f"{failed} could not start (its replicas' log says why); not loaded")
             if time.monotonic() > deadline:
                 raise Unavailable(f"{waiting} had no variant ready within {self._ready_timeout_s:g} s; not loaded")
             await asyncio.sleep(0.5)

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.http as triton_http
+from onnx import TensorProto, helper
 
 from quiver.serving import Replicas, from_onnx_file, write_version
 
@@ -178,3 +180,25 @@ def test_unloading_a_model_takes_every_version(client: triton.InferenceServerCli
             threading.Event().wait(0.1)
     assert index(client) == {"1": ("UNAVAILABLE", "unloaded"), "2": ("UNAVAILABLE", "unloaded")}
     assert not client.is_model_ready("pair")
+
+
+def test_a_version_that_cannot_start_is_not_loaded(client: triton.InferenceServerClient, store: Path) -> None:
+    # A model file ONNX Runtime refuses (an operator of a domain it does not know), added to the store while serving.
+    graph = helper.make_graph(
+        [helper.make_node("Nope", ["x"], ["y"], domain="quiver.test")], "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("quiver.test", 1)])
+    model.ir_version = 8
+    path = store / "pair" / "3" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save(model, str(path))
+    signature = from_onnx_file(path).manifest
+    variant = signature.variants[0].model_copy(update={"replicas": Replicas(num_cpus=0.25)})
+    write_version(store, signature.model_copy(update={"name": "pair", "version": "3", "variants": [variant]}))
+
+    with pytest.raises(triton.InferenceServerException) as error:
+        client.load_model("pair", config=json.dumps({"version_policy": {"specific": {"versions": [3]}}}))
+    assert error.value.status() == "StatusCode.UNAVAILABLE" and "could not start" in error.value.message(), error.value
+    assert index(client)["3"] == ("UNAVAILABLE", "unloaded")
