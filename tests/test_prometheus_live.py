@@ -3,8 +3,7 @@
 The router is the one the chart runs: `quiver router` on a Ray head (tests/raycluster.py),
 serving the example model's versions 1 and 2 from a routes file that splits them 90/10, as
 the operator does mid-rollout; version 1 also has a variant `copy` (the same file) whose every
-request is compared with the fp32 reference (shadow sample rate 1), for the live-accuracy panels. (`quiver serve` exports no route weights: it has no route
-table, so the dashboard's rollout panels would have nothing to show.)
+request is compared with the fp32 reference (shadow sample rate 1), for the live-accuracy panels.
 Debian's Prometheus runs on loopback from a temporary directory, scrapes the router's /metrics
 every second and evaluates the chart's rule file, while the test sends a short, bounded load
 over gRPC and REST: answered requests (some pinned to `copy`), a few whose deadline passes (a server error, so the
