@@ -195,8 +195,10 @@ class Operations:
         self._auth.check(caller, None)
         return await self._repository.index(ready_only)
 
-    async def load_model(self, caller: Caller, model: str, parameters: Mapping[str, object]) -> None:
+    async def load_model(self, caller: Caller, model: str, read: Callable[[], Mapping[str, object]]) -> None:
+        """Load `model`'s versions; `read` decodes the load's parameters, once the caller may use the model."""
         self._auth.check(caller, model)
+        parameters = read()
         if files := [key for key in parameters if key.startswith("file:")]:
             raise InvalidArgument(f"versions load from the store; files cannot be sent with a load ({files})")
         config = parameters.get("config")
@@ -209,9 +211,10 @@ class Operations:
         await self._repository.unload(model)
 
     # System shared memory: regions are the server's, not a caller's (as in Triton), so any valid token may use them.
-    def register_region(self, caller: Caller, name: str, key: str, offset: int, byte_size: int) -> None:
+    def register_region(self, caller: Caller, name: str, read: Callable[[], tuple[str, int, int]]) -> None:
+        """Register region `name`; `read` decodes its key, offset and byte size, once the caller has a valid token."""
         self._auth.check(caller, None)
-        self._shared.register(name, key, offset, byte_size)
+        self._shared.register(name, *read())
 
     def unregister_region(self, caller: Caller, name: str) -> None:
         self._auth.check(caller, None)

@@ -176,8 +176,8 @@ class RestServer:
         return web.json_response(rest_codec.repository_index(await self._operations.repository_index(_caller(request), ready_only)))
 
     async def _load_model(self, request: web.Request) -> web.Response:
-        parameters = rest_codec.load_parameters(await request.read())
-        await self._operations.load_model(_caller(request), request.match_info["model"], parameters)
+        body = await request.read()
+        await self._operations.load_model(_caller(request), request.match_info["model"], lambda: rest_codec.load_parameters(body))
         return web.json_response({})
 
     async def _unload_model(self, request: web.Request) -> web.Response:
@@ -189,8 +189,8 @@ class RestServer:
         return web.json_response(rest_codec.region_status(regions))
 
     async def _register_region(self, request: web.Request) -> web.Response:
-        key, offset, byte_size = rest_codec.region_registration(await request.read())
-        self._operations.register_region(_caller(request), request.match_info["region"], key, offset, byte_size)
+        body = await request.read()
+        self._operations.register_region(_caller(request), request.match_info["region"], lambda: rest_codec.region_registration(body))
         return web.json_response({})
 
     async def _unregister_region(self, request: web.Request) -> web.Response:

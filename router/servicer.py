@@ -124,8 +124,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        parameters = {key: codec.parameter_value(value) for key, value in request.parameters.items()}
-        await self._operations.load_model(_caller(context), request.model_name, parameters)
+        def read() -> dict[str, object]:
+            return {key: codec.parameter_value(value) for key, value in request.parameters.items()}
+
+        await self._operations.load_model(_caller(context), request.model_name, read)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
@@ -139,7 +141,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        self._operations.register_region(_caller(context), request.name, request.key, request.offset, request.byte_size)
+        self._operations.register_region(_caller(context), request.name, lambda: (request.key, request.offset, request.byte_size))
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_rpc

@@ -110,3 +110,7 @@ def test_the_extensions_need_a_token_and_loading_a_model_its_scope(secured: Secu
         with pytest.raises(triton.InferenceServerException) as error:
             call("example", headers=pair_only)
         assert error.value.status() == "403"
+    # The token is checked before the request is: a bad registration from a stranger is 401, not 400.
+    with pytest.raises(triton.InferenceServerException) as error:
+        connection.register_system_shared_memory("region", "/no-such-segment", 64)
+    assert error.value.status() == "401"
