@@ -46,6 +46,7 @@ class ServePath:
         from quiver.router.metrics import RouterMetrics
 
         self._metrics = RouterMetrics()
+        self._current = None  # the VariantReplicas of what is deployed now
 
     def __enter__(self) -> ServePath:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -95,15 +96,19 @@ class ServePath:
         from ray import serve
 
         serve.delete(app_name(self.version, variant))
+        self._current = None
 
     def _deployed(self, variant: Variant, settings: ServingSettings):  # noqa: ANN202 - router.replicas.VariantReplicas
         from quiver.router.replicas import VariantReplicas
         from quiver.router.routes import VariantRoute
 
         variant = settings.apply(variant)
+        if self._current is not None and self._current.route.variant == variant:
+            return self._current  # deployed as asked already: a redeployment would start new replicas
         manifest = self.version.manifest
         metrics = self._metrics.variant(manifest.name, manifest.version, variant.name, variant.pool)
-        return VariantReplicas(VariantRoute(self.version, variant, deploy(self.version, variant)), None, metrics)
+        self._current = VariantReplicas(VariantRoute(self.version, variant, deploy(self.version, variant)), None, metrics)
+        return self._current
 
     def _inputs(self, rows: int) -> dict[str, np.ndarray]:
         generator = np.random.default_rng(0)

@@ -60,8 +60,9 @@ def _plot(title: str, results: dict[str, SearchResult], profiles: dict[str, Prof
         points = axes.scatter([t.throughput for t in result.trials], [t.p99_ms for t in result.trials], s=25, alpha=0.6, label=name)
         chosen = profiles.get(name)
         if chosen is not None:
+            edges = {"edgecolors": "black"} if chosen.meets_slo else {}  # an x has no edge to draw
             axes.scatter([chosen.throughput], [chosen.p99_ms], s=160, marker="*" if chosen.meets_slo else "x",
-                         color=points.get_facecolor()[0], edgecolors="black", zorder=3)
+                         color=points.get_facecolor()[0], zorder=3, **edges)
     if slo is not None:
         axes.axhline(slo, color="red", linestyle="--", linewidth=1, label=f"SLO p99 {slo:g} ms")
     axes.set_xlabel("throughput (rows/s)")
