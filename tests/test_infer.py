@@ -204,6 +204,12 @@ def test_prometheus_metrics_count_requests_and_decisions(client: triton.Inferenc
     assert 'quiver_routing_decisions_total{model="tuned",pool="cpu",reason="pinned",variant="int8-static",version="1"}' in text
     assert 'quiver_rejected_requests_total{code="NOT_FOUND",model="nope",protocol="grpc"}' in text
     assert 'quiver_batch_requests_bucket{le="1.0",model="tuned"' in text
+    # What it knows of the variant's replicas, and the weight `quiver serve` gives tuned's only version.
+    assert 'quiver_variant_ready{model="tuned",pool="cpu",variant="int8-static",version="1"} 1.0' in text
+    assert 'quiver_variant_replicas{model="tuned",pool="cpu",variant="int8-static",version="1"} 1.0' in text
+    assert 'quiver_probe_failures_total{model="tuned",pool="cpu",variant="int8-static",version="1"}' in text
+    assert "quiver_replica_directory_up 1.0" in text
+    assert 'quiver_route_weight{model="tuned",version="1"} 100.0' in text
     # The replica's queueing and ONNX Runtime time, observed with every answered request, lie within its latency.
     samples = {
         (sample.name, sample.labels["model"], sample.labels["variant"]): sample.value
@@ -219,8 +225,26 @@ def test_prometheus_metrics_count_requests_and_decisions(client: triton.Inferenc
     assert 0 < compute and 0 <= queue and queue + compute < samples[("quiver_request_latency_seconds_sum", *key)]
 
 
+def wait_for_route_weights(server: ServerProcess, model: str, expected: dict[str, float]) -> None:
+    """Until quiver_route_weight of `model`'s versions, as `quiver serve` exports them, is `expected`
+    (the router reads its split every 0.25 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        exported = {
+            sample.labels["version"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "quiver_route_weight" and sample.labels["model"] == model
+        }
+        if exported == expected:
+            return
+        assert time.monotonic() < deadline, f"{model}'s weights {exported}, not {expected}"
+        time.sleep(0.05)
+
+
 def test_a_new_traffic_split_takes_effect_under_load_and_no_request_fails(
-    client: triton.InferenceServerClient, traffic_file: Path
+    client: triton.InferenceServerClient, traffic_file: Path, server: ServerProcess
 ) -> None:
     _, tensors = pair_inputs(1)
     answers: list[tuple[float, float, str]] = []  # (time sent, time answered, version or status)
@@ -251,6 +275,7 @@ def test_a_new_traffic_split_takes_effect_under_load_and_no_request_fails(
             time.sleep(0.05)
         return after
 
+    wait_for_route_weights(server, "pair", {"1": 0.0, "2": 100.0})  # no weights in the file: all to the newest
     threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
     try:
         for thread in threads:
@@ -262,6 +287,7 @@ def test_a_new_traffic_split_takes_effect_under_load_and_no_request_fails(
             traffic_file.write_text(json.dumps({"models": {"pair": weights}}))
             taken = switched(version, changed)
             assert set(answered_after(taken)) == {version}
+            wait_for_route_weights(server, "pair", {"1": 0.0, "2": 0.0, **{v: float(w) for v, w in weights.items()}})
     finally:
         stop.set()
         for thread in threads:
