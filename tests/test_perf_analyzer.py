@@ -3,7 +3,7 @@
 perf_analyzer reads the model's configuration first (Triton's ModelConfig) and the server's
 statistics around every measurement window (ModelStatistics); it fails at once without them.
 With `--shared-memory system` it registers regions for every input and output, and sends none
-of their bytes.
+of their bytes; with `--streaming` its requests go on ModelStreamInfer.
 It ships inside the tritonclient wheel and links libb64 and the CUDA runtime (no GPU used):
 `make perf-analyzer` installs both (see the Makefile).
 """
@@ -46,15 +46,19 @@ def environment() -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-@pytest.mark.parametrize("shared_memory", ["none", "system"])
+@pytest.mark.parametrize(
+    ("protocol", "options"),
+    [("grpc", []), ("grpc", ["--shared-memory", "system"]), ("grpc", ["--streaming"]),  # ModelStreamInfer
+     ("http", []), ("http", ["--shared-memory", "system"])],
+    ids=["grpc", "grpc-shared-memory", "grpc-streaming", "http", "http-shared-memory"],
+)  # fmt: skip
 def test_a_concurrency_sweep_runs_without_errors_and_shows_server_statistics(
-    server: ServerProcess, environment: dict[str, str], protocol: str, shared_memory: str
+    server: ServerProcess, environment: dict[str, str], protocol: str, options: list[str]
 ) -> None:
     url = server.address if protocol == "grpc" else server.http_url.removeprefix("http://")
     # Short windows; on a shared, noisy host any latency counts as stable (-s 100), within 5 tries each.
     command = [
-        str(PERF_ANALYZER), "-m", "example", "-i", protocol, "-u", url, "--shared-memory", shared_memory,
+        str(PERF_ANALYZER), "-m", "example", "-i", protocol, "-u", url, *options,
         "--concurrency-range", "1:4:2", "--measurement-interval", "500", "-s", "100", "-r", "5",
     ]  # fmt: skip
     run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
