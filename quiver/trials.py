@@ -102,7 +102,8 @@ class ServePath:
         from quiver.router.replicas import VariantReplicas
         from quiver.router.routes import VariantRoute
 
-        variant = settings.apply(variant)
+        # A trial measures a fixed number of replicas: Serve's autoscaler would change it midway.
+        variant = settings.apply(variant.model_copy(update={"replicas": variant.replicas.model_copy(update={"autoscaling": None})}))
         if self._current is not None and self._current.route.variant == variant:
             return self._current  # deployed as asked already: a redeployment would start new replicas
         manifest = self.version.manifest

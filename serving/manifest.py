@@ -192,11 +192,14 @@ class ServingSettings(_Spec):
     cpus_per_replica: Annotated[float, Field(gt=0, le=256)] = 1.0
 
     def apply(self, variant: Variant) -> Variant:
-        """`variant` run with these settings (the rest of its replicas' spec kept)."""
+        """`variant` run with these settings (the rest of its replicas' spec kept). An autoscaled
+        variant keeps its bounds: the replicas it starts with are the tuned count, within them."""
+        scaling = variant.replicas.autoscaling
+        count = min(max(self.replicas, scaling.min_replicas), scaling.max_replicas) if scaling else self.replicas
         return variant.model_copy(update={
             "threads": Threads(intra_op=self.intra_op_threads, inter_op=self.inter_op_threads),
             "batching": Batching(max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms),
-            "replicas": variant.replicas.model_copy(update={"count": self.replicas, "num_cpus": self.cpus_per_replica}),
+            "replicas": variant.replicas.model_copy(update={"count": max(count, 1), "num_cpus": self.cpus_per_replica}),
         })
 
 

@@ -198,3 +198,12 @@ def test_quiver_tune_measures_through_a_replica_and_records_the_chosen_point(tmp
     page = (store / "digits" / "1" / "tune.html").read_text()
     assert "fp32" in page and "data:image/png;base64," in page
     assert (store / "digits" / "1" / "tune.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_autoscaled_variant_keeps_its_bounds_and_starts_with_the_tuned_count_within_them() -> None:
+    from quiver.serving import Autoscaling, Replicas, Variant
+
+    scaled = Variant(name="fp32", file="model.onnx", sha256="0" * 64,
+                     replicas=Replicas(autoscaling=Autoscaling(min_replicas=1, max_replicas=2)))
+    tuned = Variant.model_validate(_profile().settings.model_copy(update={"replicas": 3}).apply(scaled).model_dump())
+    assert tuned.replicas.count == 2 and tuned.replicas.autoscaling == scaled.replicas.autoscaling
