@@ -1,7 +1,8 @@
 """The only replica killed under concurrent load: requests whose deadline leaves room for Serve
 to start a replacement wait for it in the router and are answered; none is lost, none fails.
 With the wait turned off (`--replacement-wait-s 0`) they fail fast with UNAVAILABLE and a
-reason until the replacement registers; none is lost either."""
+reason until the replacement registers; none is lost either. Either way the router's metrics
+show the variant not ready meanwhile, and its probes missed."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections import Counter
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 import pytest
 import tritonclient.grpc as triton
 
@@ -73,6 +76,38 @@ class Load:
                 self.outcomes[status] += 1
 
 
+def variant_metrics(metrics_url: str) -> dict[str, float]:
+    """The router's view of the example's fp32 variant (and the replica directory), from its /metrics."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("quiver_variant_ready", "quiver_variant_replicas", "quiver_probe_failures_total", "quiver_replica_directory_up")
+        and sample.labels.get("variant", "fp32") == "fp32"
+    }
+
+
+class Readings:
+    """The router's metrics, read every 0.1 s by a thread until stopped: a variant's readiness may drop
+    for a few seconds only, and routing reads the gauges' source every 0.25 s."""
+
+    def __init__(self, metrics_url: str) -> None:
+        self.seen: list[dict[str, float]] = []
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(metrics_url,), daemon=True)
+        self._thread.start()
+
+    def _run(self, metrics_url: str) -> None:
+        while not self.stop.wait(0.1):
+            self.seen.append(variant_metrics(metrics_url))
+
+    def close(self) -> list[dict[str, float]]:
+        self.stop.set()
+        self._thread.join(30)
+        return self.seen
+
+
 def wait_for(condition, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -91,6 +126,8 @@ def test_a_killed_replica_is_replaced_and_requests_with_room_wait_for_it(wait_s:
             # Killed once the router has been serving a while (its probes have seen the variant answer).
             wait_for(lambda: load.outcomes["OK"] >= 2_000, 120, "the first answers")
             (pid,) = replica_pids(server.process.pid)
+            before = variant_metrics(server.metrics_url)
+            readings = Readings(server.metrics_url)
             os.kill(pid, signal.SIGKILL)  # as the OOM killer sends it
             killed_at, answered = time.monotonic(), load.outcomes["OK"]
             wait_for(lambda: (replacements := replica_pids(server.process.pid)) and pid not in replacements, 90,
@@ -98,6 +135,8 @@ def test_a_killed_replica_is_replaced_and_requests_with_room_wait_for_it(wait_s:
             replaced_s = time.monotonic() - killed_at
             # Served again, and for a while: the replacement has answered thousands.
             wait_for(lambda: load.outcomes["OK"] >= answered + 5_000, 120, "answers from the replacement")
+            during = readings.close()
+            after = variant_metrics(server.metrics_url)
         finally:
             load.stop.set()
             for thread in threads:
@@ -107,6 +146,15 @@ def test_a_killed_replica_is_replaced_and_requests_with_room_wait_for_it(wait_s:
               f"(a replacement process {replaced_s:.1f} s after the kill)")
         record(f"replica_kill[wait={wait_s:g}]", clients=CLIENTS, deadline_s=DEADLINE_S, replacement_wait_s=wait_s,
                sent=load.sent, answered=dict(load.outcomes), replacement_started_s=round(replaced_s, 1))
+        # The router's metrics saw it: ready with one replica before and after, not ready in between;
+        # and the probes that went out while Serve still counted the dead replica got no answer.
+        not_ready = sum(r["quiver_variant_ready"] == 0 for r in during)
+        probes_missed = after["quiver_probe_failures_total"] - before["quiver_probe_failures_total"]
+        print(f"quiver_variant_ready 0 in {not_ready} of {len(during)} readings (every 0.1 s), {probes_missed:g} probes missed")
+        assert before["quiver_variant_ready"] == after["quiver_variant_ready"] == 1
+        assert before["quiver_variant_replicas"] == after["quiver_variant_replicas"] == 1
+        assert before["quiver_replica_directory_up"] == after["quiver_replica_directory_up"] == 1
+        assert not_ready > 0 and probes_missed > 0
         # Nothing lost: every request sent has its outcome.
         assert load.sent == sum(load.outcomes.values())
         if wait_s:  # a deadline that leaves room for the replacement: none failed
