@@ -99,20 +99,25 @@ class DataPlaneView:
     def unreachable(self, app: str) -> int:
         return self.unreachable_
 
+    def listed(self, app: str) -> int:
+        return self.live + self.unreachable_
+
 
 def test_the_data_plane_outweighs_serve_where_they_disagree() -> None:
     routes, app = table()
     route = routes.lookup("m").variants["a"]
-    for serve, data_plane, ready in [
-        (AppState("UNHEALTHY", 0), DataPlaneView(1, 0), True),  # a replica on the data plane before Serve's status says it runs
+    # `replicas`: what quiver_variant_replicas shows, the larger of Serve's count and the directory's.
+    for serve, data_plane, ready, replicas in [
+        (AppState("UNHEALTHY", 0), DataPlaneView(1, 0), True, 1),  # a replica on the data plane before Serve's status says it runs
         # Its node just crashed: the router's calls to it fail, Serve still counts it as running.
-        (AppState("RUNNING", 1), DataPlaneView(0, 1), False),
-        (AppState("RUNNING", 2), DataPlaneView(0, 1), True),  # Serve runs one more than the data plane lost
-        (AppState("RUNNING", 2), DataPlaneView(1, 1), True),
+        (AppState("RUNNING", 1), DataPlaneView(0, 1), False, 1),
+        (AppState("RUNNING", 2), DataPlaneView(0, 1), True, 2),  # Serve runs one more than the data plane lost
+        (AppState("RUNNING", 2), DataPlaneView(1, 1), True, 2),
     ]:
         readiness = Readiness(routes, lambda: {app: serve}, data_plane=data_plane)
         asyncio.run(readiness.refresh())
         assert readiness.ready(route) == ready, (serve, data_plane)
+        assert readiness.replicas(route) == replicas, (serve, data_plane)
         assert readiness.said_to_run(route)  # so the router's probes find out whether it still answers
 
 
