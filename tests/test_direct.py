@@ -207,10 +207,13 @@ def test_the_router_picks_the_less_busy_replica_and_passes_over_one_that_failed(
         assert endpoints.pick("m.1.a") is first and endpoints.live("m.1.a") == [first]
         now[0] = 6.0
         assert len(endpoints.live("m.1.a")) == 2  # cooled down: tried again
+        assert endpoints.directory_up
         assert not await endpoints.refresh()  # the directory is away: what was known stays
+        assert not endpoints.directory_up  # quiver_replica_directory_up 0
         assert len(endpoints.live("m.1.a")) == 2
         kept = next(r for r in endpoints.live("m.1.a") if r.endpoint == b)
         assert await endpoints.refresh()
+        assert endpoints.directory_up
         assert [r.endpoint for r in endpoints.live("m.1.a")] == [b, c]
         assert next(r for r in endpoints.live("m.1.a") if r.endpoint == b) is kept  # same channel
         assert endpoints.pick("other.1.a") is None
