@@ -11,6 +11,7 @@ must restore the agreement.
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 import urllib.error
@@ -20,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quiver.serving import Manifest
+from quiver.router.metrics import RouterMetrics
+from quiver.router.routes import VariantRoute, VersionRoutes
+from quiver.router.shadow import Shadow as ShadowRouter
+from quiver.router.shadow import ShadowSettings
+from quiver.serving import Manifest, ModelVersion
 from quiver.serving.manifest import Shadow
 from quiver.serving.optimize import OptimizeSettings, SpeedBudget, VariantKind, load_dataset, optimize
 
@@ -143,3 +148,33 @@ def test_live_agreement_drift_capture_and_recalibration(tmp_path: Path) -> None:
     before, after = agreement(version, fresh), agreement(recalibrated, fresh)
     print(f"int8-static agreement with fp32 on fresh shifted rows: calibrated on N(0,1) {before:.4f}, on the capture {after:.4f}")
     assert before < 0.85 and after >= 0.95
+
+
+def test_a_compared_variant_shows_drifted_0_from_its_first_request() -> None:
+    """quiver_shadow_drifted exists before any drift, so that a dashboard or alert sees every compared variant."""
+    manifest = Manifest.model_validate({
+        "name": "m", "version": "1",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, FEATURES]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, CLASSES]}],
+        "variants": [
+            {"name": "fp32", "file": "m.onnx", "sha256": "0" * 64},
+            {"name": "int8", "file": "i.onnx", "sha256": "1" * 64, "shadow": {"sample_rate": 0.5}},
+        ],
+    })
+    version = ModelVersion(manifest, Path("."))
+    routes = VersionRoutes(version, {v.name: VariantRoute(version, v, handle=None) for v in manifest.variants})
+    metrics = RouterMetrics()
+
+    class NotSampled(random.Random):
+        def random(self) -> float:
+            return 0.99  # above the sample rate: this request is not compared, nothing is queued
+
+    shadow = ShadowRouter(ShadowSettings(), metrics, call=None, admits=lambda route: True, rng=NotSampled())
+    labels = {"model": "m", "version": "1", "variant": "int8"}
+    assert metrics.registry.get_sample_value("quiver_shadow_drifted", labels) is None
+    x = calibration_rows(1, 0)
+    shadow.offer(routes, routes.variants["int8"], {"x": x}, {"y": np.zeros((1, CLASSES), np.float32)}, may_capture=False)
+    assert metrics.registry.get_sample_value("quiver_shadow_drifted", labels) == 0.0
+    # The reference itself is not compared.
+    shadow.offer(routes, routes.variants["fp32"], {"x": x}, {"y": np.zeros((1, CLASSES), np.float32)}, may_capture=False)
+    assert metrics.registry.get_sample_value("quiver_shadow_drifted", {**labels, "variant": "fp32"}) is None
