@@ -11,8 +11,9 @@ until its health checks give up, and calls to them wait. The router finds out on
   longer), with no call to it coming back meanwhile, is *lost*. Requests waiting on a lost
   variant are cancelled, so dispatch retries them elsewhere at once (or answers UNAVAILABLE), and the
   policy routes around it; it is found again by its next answered probe, once Serve has a
-  replica up. Every probe missed is counted (`quiver_probe_failures_total`). Variants that may scale to zero are not probed. A variant with a replica on the
-  data plane is probed there, so that it stays in service while Ray's head is away.
+  replica up. Every probe missed is counted (`quiver_probe_failures_total`). Variants that may
+  scale to zero are not probed. A variant with a replica on the data plane is probed there, so
+  that it stays in service while Ray's head is away.
 - `ProbedReadiness` is the readiness the rest of the router sees: Serve's view, less the
   variants that are lost.
 - `ServingHealth` keeps the health status of `inference.GRPCInferenceService` equal to
@@ -171,8 +172,6 @@ class Reachability:
 
     def _record(self, route: VariantRoute, answered: bool) -> None:
         state = self._state(route)
-        if not answered and self._metrics is not None:
-            self._metrics.probe_failures.labels(*route.key, route.variant.pool).inc()
         if answered:
             state.answered, state.misses = True, 0
             if state.lost_since is not None:
@@ -180,6 +179,8 @@ class Reachability:
                 state.lost_since = None
                 self._on_change()
             return
+        if self._metrics is not None:  # every miss, a busy variant's too: the count shows how close it came to lost
+            self._metrics.probe_failures.labels(*route.key, route.variant.pool).inc()
         if self._clock() - state.last_answer < self._patience(state) + self._interval_s:
             return  # busy, not gone: a call came back while the probe waited
         state.misses += 1
