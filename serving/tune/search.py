@@ -64,14 +64,15 @@ class Space:
         """Quiver's defaults before tuning: one replica of one CPU, one thread, batches of 64, no wait."""
         return ServingSettings(intra_op_threads=1, max_batch_size=64, replicas=1, cpus_per_replica=1.0)
 
-    def coordinates(self) -> list[tuple[str, list[dict]]]:
-        """The coordinates in the order they are tried, each as the updates it can make."""
+    def coordinates(self) -> list[list[dict]]:
+        """The coordinates in the order they are tried, each as the updates it can make: the
+        batch size and the replica layout first, as they move throughput most."""
         return [
-            ("max_batch_size", [{"max_batch_size": b} for b in self.batch_sizes]),
-            ("replicas×cpus", [{"replicas": r, "cpus_per_replica": c} for r, c in self.layouts]),
-            ("intra_op_threads", [{"intra_op_threads": t} for t in self.threads]),
-            ("max_wait_ms", [{"max_wait_ms": w} for w in self.waits_ms]),
-            ("inter_op_threads", [{"inter_op_threads": t} for t in self.inter_op]),
+            [{"max_batch_size": b} for b in self.batch_sizes],
+            [{"replicas": r, "cpus_per_replica": c} for r, c in self.layouts],
+            [{"intra_op_threads": t} for t in self.threads],
+            [{"max_wait_ms": w} for w in self.waits_ms],
+            [{"inter_op_threads": t} for t in self.inter_op],
         ]
 
 
@@ -148,7 +149,7 @@ def search(
     changed = best is not None
     while changed and not result.out_of_budget:
         changed = False
-        for _, updates in space.coordinates():
+        for updates in space.coordinates():
             for update in updates:
                 settings = best.settings.model_copy(update=update)
                 found = trial(ServingSettings.model_validate(settings.model_dump()))
