@@ -1,6 +1,6 @@
 """`python -m benchmarks COMMAND`: the peer-comparison harness.
 
-    python -m benchmarks peers                 # make .venv-bench-kserve and .venv-bench-mlserver
+    python -m benchmarks peers                 # make .venv-bench-{kserve,mlserver,pytriton}
     python -m benchmarks bench [options]       # run, then write JSON, Markdown and PNG
     python -m benchmarks report RESULTS.json   # write the Markdown and PNG again from a run's JSON
 
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import harness, models, report
-from benchmarks.targets import PEER_VENVS, PEERS, TARGETS
+from benchmarks.targets import PEER_VENVS, PEERS, TARGETS, peer_python
 
 
 def _csv(kind: type) -> callable:
@@ -48,12 +48,13 @@ def rerender(args: argparse.Namespace) -> None:
 
 
 def peers(args: argparse.Namespace) -> None:
-    """One virtual environment per peer, from its frozen requirements (their pins clash with ours)."""
+    """One virtual environment per peer, from its frozen requirements (their pins clash with ours);
+    PyTriton's on Python 3.12 (targets.PEER_PYTHON), whatever --python says."""
     for name in args.only or tuple(PEER_VENVS):
         venv = PEER_VENVS[name]
         requirements = PEERS / f"{name}-requirements.txt"
         if not (venv / "bin/python").exists():
-            subprocess.run([args.python, "-m", "venv", str(venv)], check=True)
+            subprocess.run([peer_python(name, args.python), "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin/pip"), "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)],
                        check=True)
         print(f"{venv}: installed from {requirements}")

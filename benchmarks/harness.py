@@ -36,6 +36,7 @@ from benchmarks.models import BenchModel
 from benchmarks.targets import PEER_VENVS, ROOT, TARGETS, Launch
 
 READY = re.compile(r"^ready: (?P<address>\S+)", re.MULTILINE)
+HTTP_READY = re.compile(r"^ready: .* http=http://(?P<address>\S+)", re.MULTILINE)  # quiver serve's line
 Log = Callable[[str], None]
 
 
@@ -114,7 +115,8 @@ def _await_ready(process: subprocess.Popen, launch: Launch, log_path: Path, time
             raise RuntimeError(f"exited with {process.returncode} before it was ready:\n{_log_tail(log_path)}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"not ready after {timeout_s:.0f} s:\n{_log_tail(log_path)}")
-        if address is None and (match := READY.search(log_path.read_text(errors="replace"))):
+        pattern = READY if launch.protocol == "grpc" else HTTP_READY
+        if address is None and (match := pattern.search(log_path.read_text(errors="replace"))):
             address = match["address"]
         if address is not None and _accepts(address):
             return address
@@ -152,13 +154,13 @@ def points(settings: BenchSettings, model: BenchModel) -> list[dict]:
 
 def load(address: str | None, model: BenchModel, settings: BenchSettings, cpus: tuple[int, ...] | None,
          scratch: Path, inprocess: bool = False, metadata: tuple[tuple[str, str], ...] = (),
-         server_session: int | None = None) -> dict:
+         server_session: int | None = None, protocol: str = "grpc") -> dict:
     """Run the load generator once over every point; returns {"ready": ..., "points": [...], "error": ...}.
 
     `server_session`: the target's session id (its server runs in a session of its own), whose
     CPU time the load generator accounts per request."""
     plan = {
-        "address": address, "model": model.name, "inputs": str(model.inputs), "points": points(settings, model),
+        "address": address, "protocol": protocol, "model": model.name, "inputs": str(model.inputs), "points": points(settings, model),
         "seconds": settings.seconds, "warmup_s": settings.warmup_s, "rpc_timeout_s": settings.rpc_timeout_s,
         "ready_timeout_s": settings.ready_timeout_s, "max_in_flight": settings.max_in_flight, "metadata": metadata,
         "parameters": model.parameters, "tally": "quiver.variant" if model.store else None,
@@ -205,7 +207,7 @@ def run_target(target_name: str, model: BenchModel, settings: BenchSettings, pin
         with started(launch, pins.server_cpus, log_path, settings.startup_timeout_s) as (address, session):
             record["startup_s"] = round(time.monotonic() - begin, 1)
             record |= load(address, model, settings, pins.client_cpus, scratch, metadata=launch.metadata,
-                           server_session=session)
+                           server_session=session, protocol=launch.protocol)
             if record["error"] or not (record["ready"] or {}).get("ok"):
                 record["server_log_tail"] = _log_tail(log_path)
     except (RuntimeError, OSError) as exc:
@@ -260,6 +262,7 @@ def meta(settings: BenchSettings, pins: Pinning, began: dt.datetime) -> dict:
             **provenance.versions(),
             "kserve_venv": _peer_versions("kserve", ("kserve", "onnxruntime", "grpcio", "protobuf")),
             "mlserver_venv": _peer_versions("mlserver", ("mlserver", "onnxruntime", "grpcio", "protobuf")),
+            "pytriton_venv": _peer_versions("pytriton", ("nvidia-pytriton", "onnxruntime", "numpy")),
         },
     }
 

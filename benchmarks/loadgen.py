@@ -1,4 +1,4 @@
-"""The load generator: Open Inference Protocol v2 `ModelInfer` over gRPC, closed and open loop.
+"""The load generator: Open Inference Protocol v2 inference over gRPC or HTTP, closed and open loop.
 
     python -m benchmarks.loadgen PLAN.json      (started by benchmarks/harness.py)
 
@@ -8,9 +8,15 @@ KServe's. PLAN names the target's address, the model, an `.npz` whose first row 
 is the request, and the points to measure; each point prints one JSON line on stdout as it
 finishes, so a run cut short keeps what it measured.
 
-The request is serialized once and sent as bytes (raw_input_contents), and responses are kept
-as bytes: the client costs the same against every target. The first answer of each run is
-parsed and checked (every output's raw bytes match its shape and datatype).
+PLAN's `protocol` picks the transport, the rest is shared:
+- `grpc`: `ModelInfer` on one grpc.aio channel, inputs as raw_input_contents;
+- `http`: `POST /v2/models/NAME/infer` with a JSON body (`data` lists), aiohttp, one pooled
+  keep-alive connection per caller;
+- `http-binary`: the same with Triton's binary tensor data extension: inputs as raw bytes after
+  the JSON (`Inference-Header-Content-Length`), outputs asked for as binary (`binary_data_output`).
+The request is encoded once and sent as bytes, and responses are kept as bytes: the client
+costs the same against every target of one protocol. The first answer of each run is parsed and
+checked (every output's data fits its shape and datatype).
 
 - closed loop: CONCURRENCY callers, each sending its next request when the last answers;
 - open loop: requests sent at RATE per second on a fixed schedule, whatever the answers do;
@@ -18,7 +24,8 @@ parsed and checked (every output's raw bytes match its shape and datatype).
   the queue it builds (no coordinated omission). At most `max_in_flight` wait at once; a send
   beyond that is counted as the error CLIENT_BACKLOG.
 Each point warms up first (same load, discarded), then measures for a bounded time. Every
-request has a deadline (`rpc_timeout_s`); failures are counted by gRPC status code.
+request has a deadline (`rpc_timeout_s`); failures are counted by gRPC status code, or
+HTTP_<status> for an HTTP answer other than 200.
 `client_cpu` is the share of one CPU this process used while measuring: near 1.0 the load
 generator, not the target, may be the limit. `server_cpu_ms` is the CPU time the target's whole
 process session (the server and everything it started: Ray's GCS, raylet, replicas) spent per
@@ -37,7 +44,8 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +67,9 @@ class Sample:
 
 
 def error_name(exc: BaseException) -> str:
-    """A gRPC status code's name (UNAVAILABLE, ...), or the exception's type for anything else."""
+    """A gRPC status code's name (UNAVAILABLE, ...), HTTP_<status>, or the exception's type for anything else."""
+    if isinstance(status := getattr(exc, "status", None), int):  # aiohttp.ClientResponseError
+        return f"HTTP_{status}"
     code = getattr(exc, "code", None)
     if callable(code):
         name = getattr(code(), "name", None)
@@ -175,12 +185,18 @@ def request_rows(inputs: Path) -> dict[str, np.ndarray]:
         return {name: np.ascontiguousarray(arrays[name][:1]) for name in arrays.files}
 
 
+def _ortmodel():
+    """benchmarks/peers/ortmodel.py, which the peers import by that name (they run from that folder)."""
+    sys.path.insert(0, str(Path(__file__).parent / "peers"))
+    import ortmodel
+
+    return ortmodel
+
+
 def encode_request(model: str, tensors: dict[str, np.ndarray], parameters: dict[str, object]) -> bytes:
     from quiver._proto import grpc_predict_v2_pb2 as pb
 
-    sys.path.insert(0, str(Path(__file__).parent / "peers"))
-    from ortmodel import datatype
-
+    datatype = _ortmodel().datatype
     message = pb.ModelInferRequest(
         model_name=model,
         inputs=[
@@ -200,26 +216,83 @@ def encode_request(model: str, tensors: dict[str, np.ndarray], parameters: dict[
 
 
 def check_response(raw: bytes) -> dict:
-    """The first answer, parsed: each output's name, datatype and shape; raises if bytes don't fit."""
+    """The first gRPC answer, parsed: each output's name, datatype and shape; raises if bytes don't fit."""
     from quiver._proto import grpc_predict_v2_pb2 as pb
 
-    sys.path.insert(0, str(Path(__file__).parent / "peers"))
-    from ortmodel import DTYPES
-
+    dtypes = _ortmodel().DTYPES
     response = pb.ModelInferResponse.FromString(raw)
     if len(response.raw_output_contents) != len(response.outputs) or not response.outputs:
         raise ValueError(f"{len(response.outputs)} outputs but {len(response.raw_output_contents)} raw_output_contents")
     outputs = []
     for tensor, contents in zip(response.outputs, response.raw_output_contents):
-        expected = math.prod(tensor.shape) * DTYPES[tensor.datatype].itemsize
+        expected = math.prod(tensor.shape) * dtypes[tensor.datatype].itemsize
         if len(contents) != expected:
             raise ValueError(f"output {tensor.name!r}: {len(contents)} bytes for shape {list(tensor.shape)} {tensor.datatype}")
         outputs.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)})
     return {"outputs": outputs}
 
 
-async def run_grpc(plan: dict, emit: Callable[[dict], None]) -> None:
+HEADER_LENGTH = "Inference-Header-Content-Length"  # Triton's binary tensor data extension
+HttpAnswer = tuple[int | None, bytes]  # (the JSON header's length when binary data follows it, the whole body)
+
+
+def encode_http(tensors: dict[str, np.ndarray], parameters: dict[str, object], binary: bool) -> tuple[bytes, dict[str, str]]:
+    """A v2 REST infer body and its headers: JSON `data` lists, or JSON then each input's raw bytes."""
+    datatype = _ortmodel().datatype
+    inputs = [{"name": name, "shape": list(array.shape), "datatype": datatype(array)} for name, array in tensors.items()]
+    if not binary:
+        for spec, array in zip(inputs, tensors.values()):
+            spec["data"] = array.ravel().tolist()
+        body = {"inputs": inputs, **({"parameters": parameters} if parameters else {})}
+        return json.dumps(body).encode(), {"Content-Type": "application/json"}
+    for spec, array in zip(inputs, tensors.values()):
+        spec["parameters"] = {"binary_data_size": array.nbytes}
+    header = json.dumps({"inputs": inputs, "parameters": {**parameters, "binary_data_output": True}}).encode()
+    return (header + b"".join(array.tobytes() for array in tensors.values()),
+            {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))})
+
+
+def _http_header(answer: HttpAnswer) -> tuple[dict, bytes]:
+    length, raw = answer
+    return (json.loads(raw[:length]), raw[length:]) if length is not None else (json.loads(raw), b"")
+
+
+def check_http_response(answer: HttpAnswer) -> dict:
+    """The first HTTP answer, parsed: each output's name, datatype and shape; raises if its data don't fit."""
+    dtypes = _ortmodel().DTYPES
+    header, binary = _http_header(answer)
+    if not header.get("outputs"):
+        raise ValueError(f"no outputs in {header!r:.200}")
+    outputs, offset = [], 0
+    for tensor in header["outputs"]:
+        count = math.prod(tensor["shape"])
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if size != count * dtypes[tensor["datatype"]].itemsize or offset + size > len(binary):
+                raise ValueError(f"output {tensor['name']!r}: {size} binary bytes for shape {tensor['shape']} {tensor['datatype']}")
+            offset += size
+        elif np.asarray(tensor["data"]).size != count:
+            raise ValueError(f"output {tensor['name']!r}: {np.asarray(tensor['data']).size} values for shape {tensor['shape']}")
+        outputs.append({"name": tensor["name"], "datatype": tensor["datatype"], "shape": list(tensor["shape"])})
+    if offset != len(binary):
+        raise ValueError(f"{len(binary) - offset} binary bytes no output claims")
+    return {"outputs": outputs}
+
+
+@dataclass(frozen=True)
+class Transport:
+    """One protocol's request, sent as encoded once; how its first answer is checked and a response parameter read."""
+
+    call: Callable[[], Awaitable[object]]
+    check: Callable[[object], dict]
+    parameter: Callable[[object, str], str]
+
+
+@asynccontextmanager
+async def grpc_transport(plan: dict) -> AsyncIterator[Transport]:
     import grpc
+
+    from quiver._proto import grpc_predict_v2_pb2 as pb
 
     payload = encode_request(plan["model"], request_rows(Path(plan["inputs"])), plan.get("parameters", {}))
     timeout = plan["rpc_timeout_s"]
@@ -232,22 +305,57 @@ async def run_grpc(plan: dict, emit: Callable[[dict], None]) -> None:
         async def call() -> bytes:
             return await infer(payload, timeout=timeout, metadata=metadata)
 
-        emit({"ready": await wait_ready(call, plan["ready_timeout_s"])})
+        yield Transport(call, check_response,
+                        lambda answer, key: pb.ModelInferResponse.FromString(answer).parameters[key].string_param)
+
+
+@asynccontextmanager
+async def http_transport(plan: dict) -> AsyncIterator[Transport]:
+    import aiohttp
+
+    body, headers = encode_http(request_rows(Path(plan["inputs"])), plan.get("parameters", {}),
+                                binary=plan["protocol"] == "http-binary")
+    headers |= dict(plan.get("metadata", ()))
+    url = f"http://{plan['address']}/v2/models/{plan['model']}/infer"
+    # limit=0: no cap on the pool, so each concurrent caller keeps a keep-alive connection of its own
+    # (HTTP/1.1 carries one request at a time per connection).
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=plan["rpc_timeout_s"])) as session:
+
+        async def call() -> HttpAnswer:
+            async with session.post(url, data=body, headers=headers) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    raise aiohttp.ClientResponseError(response.request_info, (), status=response.status,
+                                                      message=raw[:300].decode(errors="replace"))
+                length = response.headers.get(HEADER_LENGTH)
+                return (int(length) if length else None, raw)
+
+        yield Transport(call, check_http_response,
+                        lambda answer, key: str((_http_header(answer)[0].get("parameters") or {}).get(key, "")))
+
+
+TRANSPORTS = {"grpc": grpc_transport, "http": http_transport, "http-binary": http_transport}
+
+
+async def run(plan: dict, emit: Callable[[dict], None]) -> None:
+    async with TRANSPORTS[plan.get("protocol", "grpc")](plan) as transport:
+        emit({"ready": await wait_ready(transport.call, plan["ready_timeout_s"], transport.check)})
         tally_key, tally = plan.get("tally"), Counter()
         if tally_key:  # which value of one response parameter answered (e.g. quiver.variant)
-            from quiver._proto import grpc_predict_v2_pb2 as pb
 
-            async def counted() -> bytes:
-                answer = await call()
-                tally[pb.ModelInferResponse.FromString(answer).parameters[tally_key].string_param] += 1
+            async def counted() -> object:
+                answer = await transport.call()
+                tally[transport.parameter(answer, tally_key)] += 1
                 return answer
 
         for point in plan["points"]:
-            sample = await measure(counted if tally_key else call, point, plan, on_warm=tally.clear)
+            sample = await measure(counted if tally_key else transport.call, point, plan, on_warm=tally.clear)
             emit({"point": point, **summarize(sample), **({"tally": dict(tally)} if tally_key else {})})
 
 
-async def wait_ready(call: Callable[[], Awaitable[bytes]], timeout_s: float) -> dict:
+async def wait_ready(call: Callable[[], Awaitable[object]], timeout_s: float,
+                     check: Callable[[object], dict] = check_response) -> dict:
     """Send until one request succeeds (the model may still be loading); the first answer is checked."""
     begin = time.perf_counter()
     last = "no attempt"
@@ -259,7 +367,7 @@ async def wait_ready(call: Callable[[], Awaitable[bytes]], timeout_s: float) -> 
             last = f"{error_name(exc)}: {details}"
         else:
             try:
-                return {"ok": True, "after_s": round(time.perf_counter() - begin, 3), **check_response(answer)}
+                return {"ok": True, "after_s": round(time.perf_counter() - begin, 3), **check(answer)}
             except Exception as exc:  # noqa: BLE001 - a malformed answer is a finding, not a crash
                 return {"ok": False, "after_s": round(time.perf_counter() - begin, 3), "error": f"bad response: {exc}"}
         if time.perf_counter() - begin > timeout_s:
@@ -291,7 +399,7 @@ def emit(line: dict) -> None:
 
 
 def main() -> None:
-    asyncio.run(run_grpc(json.loads(Path(sys.argv[1]).read_text()), emit))
+    asyncio.run(run(json.loads(Path(sys.argv[1]).read_text()), emit))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PEERS = ("ray-serve", "kserve", "mlserver", "grpc-plain")
+PEERS = ("ray-serve", "kserve", "mlserver", "pytriton", "grpc-plain")
+# Issue 18: (Quiver's target, the peer's) over the same transport.
+TRITON_PAIRS = (("quiver", "pytriton"), ("quiver-http", "pytriton-http"), ("quiver-http-binary", "pytriton-http-binary"))
+REST_PAIRS = (("quiver-http", "kserve-http"), ("quiver-http", "mlserver-http"))
 
 
 def write(results: dict, out: Path, stem: str = "bench") -> list[Path]:
@@ -53,7 +56,7 @@ def _load(point: dict) -> str:
 
 def header(meta: dict) -> list[str]:
     v, m = meta["versions"], meta["machine"]
-    peers = [f"{name}: " + ", ".join(f"{k} {x}" for k, x in (v.get(f"{name}_venv") or {}).items()) for name in ("kserve", "mlserver")]
+    peers = [f"{name}: " + ", ".join(f"{k} {x}" for k, x in (v.get(f"{name}_venv") or {}).items()) for name in ("kserve", "mlserver", "pytriton")]
     s = meta["settings"]
     return [
         f"- date: {meta['date']} (finished {meta.get('finished', '?')}); quiver {v['quiver']} at {v['git_commit']}"
@@ -140,11 +143,36 @@ def issue_targets(results: dict) -> list[str]:
     return rows
 
 
+def transport_rows(results: dict) -> list[str]:
+    """Issue 18: Quiver ÷ Triton (PyTriton) at each concurrency per transport; Quiver's REST ÷ each peer's REST, best against best."""
+    runs = _records(results)
+    rows = ["| model | Quiver | peer | load | Quiver req/s | peer req/s | Quiver ÷ peer | Quiver p50 ms | peer p50 ms |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for model in dict.fromkeys(r["model"] for r in results["runs"]):
+        for ours, theirs in (*TRITON_PAIRS, *REST_PAIRS):
+            if (model, ours) not in runs or (model, theirs) not in runs:
+                continue
+            q, t = runs[(model, ours)], runs[(model, theirs)]
+            if (ours, theirs) in REST_PAIRS:
+                pairs = [("best", best(q), best(t))]
+            else:
+                pairs = [(f"c={p['point']['concurrency']}", p, at_concurrency(t, p["point"]["concurrency"])) for p in _closed(q)]
+            for load, a, b in pairs:
+                ok_a, ok_b = a and a["requests"] and not a["errors"], b and b["requests"] and not b["errors"]
+                ratio = a["throughput"] / b["throughput"] if ok_a and ok_b else None
+                if load == "best" and ok_a and ok_b:
+                    load = f"best (c={a['point']['concurrency']} vs c={b['point']['concurrency']})"
+                rows.append(f"| {model} | {ours} | {theirs} | {load} | {_fmt(a and a['throughput'])} | {_fmt(b and b['throughput'])} "
+                            f"| {_fmt(ratio)} | {_fmt(a and a['latency_ms']['p50'])} | {_fmt(b and b['latency_ms']['p50'])} |")
+    return rows if len(rows) > 2 else []
+
+
 def markdown(results: dict, plot_name: str) -> str:
     lines = ["# Quiver against its peers", "", *header(results["meta"]), "",
              "Ratios are measured side by side in this one run; compare ratios, not absolute numbers, across runs.", "",
              "## Issue 7's targets", "", *issue_targets(results), "",
              "## Quiver against each target", "", *summary_rows(results), "",
+             *(["## Over each transport (issue 18: goal ≥ 1.0 on every row)", "", *rows, ""] if (rows := transport_rows(results)) else []),
              "Best = the highest-throughput closed-loop point without errors.", "",
              f"![p50 latency against throughput]({plot_name})", "", "## Every point", "",
              "| model | target | load | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | client CPU | server CPU ms/req |",

@@ -1,12 +1,12 @@
-"""KServe's Python ModelServer with an ONNX Runtime model class, serving Open Inference Protocol v2 over gRPC.
+"""KServe's Python ModelServer with an ONNX Runtime model class, serving Open Inference Protocol v2 over gRPC and REST.
 
-    .venv-bench-kserve/bin/python benchmarks/peers/kserve_server.py --model MODEL.onnx --name NAME --port PORT
+    .venv-bench-kserve/bin/python benchmarks/peers/kserve_server.py --model MODEL.onnx --name NAME --port PORT [--http-port PORT]
 
 Runs in its own virtual environment (benchmarks/peers/kserve-requirements.txt: kserve pins
 protobuf < 7). The model class is what KServe's docs show for a custom predictor: `load`
 opens the session, `predict` takes the `InferRequest` KServe decoded from the gRPC message
 and returns an `InferResponse` (numpy outputs, sent as raw_output_contents). ModelServer's
-defaults otherwise: one worker, its latency logging, its REST server on another free port.
+defaults otherwise: one worker, its latency logging, its REST server on --http-port (default: a free one).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--http-port", type=int, default=0, help="0: a free port")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv when imported
@@ -56,7 +57,7 @@ def main() -> None:
 
     model = OrtPredictor(args.name, args.model, args.threads)
     print(f"ready: 127.0.0.1:{args.port}", flush=True)  # the harness still waits for the port and a first answer
-    kserve.ModelServer(http_port=free_port(), grpc_port=args.port, workers=1).start([model])
+    kserve.ModelServer(http_port=args.http_port or free_port(), grpc_port=args.port, workers=1).start([model])
 
 
 if __name__ == "__main__":
