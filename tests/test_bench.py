@@ -6,6 +6,7 @@ generated protobuf messages, which cannot share this process with tritonclient's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -53,22 +54,48 @@ def test_a_short_run_against_the_example_model_returns_sane_numbers_and_no_error
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_dead_target_is_reported_as_errors_not_a_crash(tmp_path: Path) -> None:
+@pytest.mark.timeout(120)
+def test_the_http_transports_drive_quiver_serves_rest_door(tmp_path: Path) -> None:
+    """v2 REST, JSON and Triton's binary tensor data extension, against one `quiver serve`; its ready line names the port."""
+    from benchmarks.targets import TARGETS
+
+    model = models.prepare(["example"], tmp_path)[0]
+    settings = harness.BenchSettings(concurrency=(2,), rates=(20.0,), seconds=1.0, warmup_s=0.3, rpc_timeout_s=30.0,
+                                     ready_timeout_s=30.0)
+    launch = TARGETS["quiver-http"].launch(model, tmp_path, 1)
+    with harness.started(launch, None, tmp_path / "quiver.log", settings.startup_timeout_s) as (address, session):
+        for protocol in ("http", "http-binary"):
+            record = harness.load(address, model, settings, cpus=None, scratch=tmp_path, server_session=session,
+                                  protocol=protocol)
+            _sane(record)
+            assert record["points"][1]["requests"] == 20
+            assert record["points"][0]["server_cpu_ms"] > 0
+        # An answer other than 200 is counted by its status, and the server goes on serving.
+        unknown = dataclasses.replace(model, name="no-such-model")
+        brief = dataclasses.replace(settings, concurrency=(1,), rates=(), seconds=0.3, warmup_s=0.1, ready_timeout_s=0.3)
+        record = harness.load(address, unknown, brief, cpus=None, scratch=tmp_path, protocol="http")
+        assert record["ready"]["ok"] is False and record["ready"]["error"].startswith("HTTP_404"), record["ready"]
+        assert set(record["points"][0]["errors"]) == {"HTTP_404"}
+        _sane(harness.load(address, model, settings, cpus=None, scratch=tmp_path, protocol="http"))
+
+
+@pytest.mark.parametrize(("protocol", "error"), [("grpc", "UNAVAILABLE"), ("http", "ClientConnectorError")])
+def test_a_dead_target_is_reported_as_errors_not_a_crash(tmp_path: Path, protocol: str, error: str) -> None:
     with socket.socket() as probe:  # a port nobody listens on once this closes
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     model = models.prepare(["example"], tmp_path)[0]
     settings = harness.BenchSettings(concurrency=(2,), rates=(20.0,), seconds=0.5, warmup_s=0.1, ready_timeout_s=0.5)
 
-    record = harness.load(address, model, settings, cpus=None, scratch=tmp_path)
+    record = harness.load(address, model, settings, cpus=None, scratch=tmp_path, protocol=protocol)
 
     assert record["error"] is None
-    assert record["ready"]["ok"] is False and "UNAVAILABLE" in record["ready"]["error"]
+    assert record["ready"]["ok"] is False and error in record["ready"]["error"]
     assert len(record["points"]) == 2
     for point in record["points"]:
         assert point["requests"] == 0 and point["throughput"] == 0
         assert point["latency_ms"]["p50"] is None
-        assert set(point["errors"]) == {"UNAVAILABLE"} and point["errors"]["UNAVAILABLE"] == point["sent"] > 0
+        assert set(point["errors"]) == {error} and point["errors"][error] == point["sent"] > 0
 
 
 def test_a_server_that_cannot_start_is_reported_not_raised(tmp_path: Path) -> None:
