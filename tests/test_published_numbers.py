@@ -1,8 +1,8 @@
-"""The README's numbers are a stored run's: every table it shows in its Numbers and fault sections
+"""The published numbers are a stored run's: every table the docs' benchmark and fault pages show
 sits in a results block, pasted from a file under benchmarks/results/ that the measuring command
 wrote with its provenance (benchmarks/provenance.py). No timing is measured here.
 
-A block in README.md:
+A block in README.md or a page under docs/:
 
     <!-- results: benchmarks/results/routing-2026-12-05T2330.md -->
     ...lines copied from that file...
@@ -19,15 +19,17 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+# Every page a reader reads: the README and the documentation site's pages.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 BLOCK = re.compile(r"<!-- results: (?P<path>\S+)(?P<note> [^>]*)? -->\n(?P<body>.*?)<!-- /results -->", re.DOTALL)
 LEGACY = "(before CPU flags were recorded)"
-# Sections whose every table must come from a results block.
-MEASURED_SECTIONS = ("## Numbers", "## Under load, faults and bad input")
+# Pages whose every table must come from a results block, and sections of other pages.
+MEASURED_PAGES = ("docs/benchmarks.md",)
+MEASURED_SECTIONS = {"docs/resilience.md": ("## Faults tried", "## The router-restart race", "## Soak")}
 
 
 def blocks() -> list[re.Match]:
-    return list(BLOCK.finditer(README.read_text()))
+    return [match for page in PAGES for match in BLOCK.finditer(page.read_text())]
 
 
 def section(text: str, heading: str) -> str:
@@ -36,7 +38,7 @@ def section(text: str, heading: str) -> str:
     return text[start: following if following >= 0 else len(text)]
 
 
-def test_the_readme_cites_results_files() -> None:
+def test_the_docs_cite_results_files() -> None:
     cited = {match["path"] for match in blocks()}
     assert {"routing", "variants", "faults", "process", "hop", "grpc"} <= {Path(path).name.split("-")[0] for path in cited}, cited
 
@@ -44,7 +46,7 @@ def test_the_readme_cites_results_files() -> None:
 def test_every_cited_file_exists_with_its_provenance() -> None:
     for match in blocks():
         path = ROOT / match["path"]
-        assert path.is_file(), f"README cites {match['path']}, which does not exist"
+        assert path.is_file(), f"a page cites {match['path']}, which does not exist"
         assert path.parent == ROOT / "benchmarks/results", match["path"]
         meta = json.loads(path.with_suffix(".json").read_text())["meta"]
         commit = meta.get("commit") or meta.get("versions", {}).get("git_commit")
@@ -60,24 +62,26 @@ def test_every_line_of_a_block_is_in_its_file() -> None:
     for match in blocks():
         lines = {line.strip() for line in (ROOT / match["path"]).read_text().splitlines()}
         missing = [line for line in match["body"].splitlines() if line.strip() and line.strip() not in lines]
-        assert not missing, f"README lines not in {match['path']} (re-paste from the file): {missing[:3]}"
+        assert not missing, f"lines not in {match['path']} (re-paste from the file): {missing[:3]}"
 
 
-def test_the_measured_sections_show_no_table_outside_a_block() -> None:
-    text = README.read_text()
-    outside = BLOCK.sub("", text)
-    for heading in MEASURED_SECTIONS:
-        rows = [line for line in section(outside, heading).splitlines() if line.startswith("|")]
-        assert not rows, f"{heading}: a table that no results file backs: {rows[:2]}"
+def test_the_measured_pages_show_no_table_outside_a_block() -> None:
+    measured = {page: [None] for page in MEASURED_PAGES} | MEASURED_SECTIONS
+    for page, headings in measured.items():
+        outside = BLOCK.sub("", (ROOT / page).read_text())
+        for heading in headings:
+            text = outside if heading is None else section(outside, heading)
+            rows = [line for line in text.splitlines() if line.startswith("|")]
+            assert not rows, f"{page} {heading or ''}: a table that no results file backs: {rows[:2]}"
 
 
-def test_every_results_path_the_readme_names_exists() -> None:
-    named = set(re.findall(r"benchmarks/results/[\w.{},-]+", README.read_text()))
-    for name in named:
-        stem, _, suffixes = name.partition("{")
-        paths = [stem + s for s in suffixes.rstrip("}").split(",")] if suffixes else [name]
-        for path in paths:
-            assert (ROOT / path.rstrip(".,")).exists(), f"README names {path}, which does not exist"
+def test_every_results_path_a_page_names_exists() -> None:
+    for page in PAGES:
+        for name in set(re.findall(r"benchmarks/results/[\w.{},-]+", page.read_text())):
+            stem, _, suffixes = name.partition("{")
+            paths = [stem + s for s in suffixes.rstrip("}").split(",")] if suffixes else [name]
+            for path in paths:
+                assert (ROOT / path.rstrip(".,")).exists(), f"{page.relative_to(ROOT)} names {path}, which does not exist"
 
 
 def test_a_results_file_written_through_provenance_carries_what_this_check_requires(tmp_path: Path) -> None:
