@@ -28,7 +28,7 @@ PEER_PYTHON = {"pytriton": "3.12"}
 
 
 def peer_python(peer: str, default: str) -> str:
-    """The interpreter a peer's venv is made with: python3.X on PATH, else pyenv's newest 3.X; DEFAULT if any."""
+    """The interpreter a peer's venv is made with: python3.X on PATH, else pyenv's newest 3.X; DEFAULT for the other peers."""
     version = PEER_PYTHON.get(peer)
     if version is None:
         return default
@@ -62,6 +62,11 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _door(protocol: str, grpc_port: int, http_port: int) -> str:
+    """The address the load generator knocks on: a peer serves both protocols, on two ports."""
+    return f"127.0.0.1:{grpc_port if protocol == 'grpc' else http_port}"
 
 
 def _peer_env() -> dict[str, str]:
@@ -107,7 +112,7 @@ def _kserve(model: BenchModel, scratch: Path, cpus: int, protocol: str = "grpc")
     port, http_port = free_port(), free_port()
     return Launch([_venv_python("kserve"), str(PEERS / "kserve_server.py"), "--model", str(model.file),
                    "--name", model.name, "--port", str(port), "--http-port", str(http_port), "--threads", str(cpus)],
-                  _peer_env(), f"127.0.0.1:{port if protocol == 'grpc' else http_port}", protocol=protocol)
+                  _peer_env(), _door(protocol, port, http_port), protocol=protocol)
 
 
 def _mlserver(model: BenchModel, scratch: Path, cpus: int, protocol: str = "grpc") -> Launch:
@@ -125,7 +130,7 @@ def _mlserver(model: BenchModel, scratch: Path, cpus: int, protocol: str = "grpc
     (directory / "settings.json").write_text(json.dumps(settings))
     (directory / "model-settings.json").write_text(json.dumps(model_settings))
     return Launch([_venv_python("mlserver", "mlserver"), "start", str(directory)],
-                  {**_peer_env(), "BENCH_ORT_THREADS": str(cpus)}, f"127.0.0.1:{port if protocol == 'grpc' else http_port}",
+                  {**_peer_env(), "BENCH_ORT_THREADS": str(cpus)}, _door(protocol, port, http_port),
                   protocol=protocol)
 
 
@@ -134,7 +139,7 @@ def _pytriton(model: BenchModel, scratch: Path, cpus: int, protocol: str = "grpc
     return Launch([_venv_python("pytriton"), str(PEERS / "pytriton_server.py"), "--model", str(model.file),
                    "--name", model.name, "--grpc-port", str(port), "--http-port", str(http_port),
                    "--metrics-port", str(free_port()), "--threads", str(cpus), "--workspace", str(scratch / f"pytriton-{model.key}-{port}")],
-                  _peer_env(), f"127.0.0.1:{port if protocol == 'grpc' else http_port}", protocol=protocol)
+                  _peer_env(), _door(protocol, port, http_port), protocol=protocol)
 
 
 TARGETS: dict[str, Target] = {

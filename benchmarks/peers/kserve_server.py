@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+import uuid
 
 
 def free_port() -> int:
@@ -53,7 +54,8 @@ def main() -> None:
                 InferOutput(name=name, shape=list(array.shape), datatype=datatype(array), data=array)
                 for name, array in zip(self._model.output_names, self._model.run(feeds))
             ]
-            return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=outputs)
+            # A REST request need not carry an id; KServe's REST response must (as its own models do: a uuid).
+            return InferResponse(response_id=payload.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs)
 
     model = OrtPredictor(args.name, args.model, args.threads)
     print(f"ready: 127.0.0.1:{args.port}", flush=True)  # the harness still waits for the port and a first answer
