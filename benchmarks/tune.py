@@ -51,7 +51,7 @@ def main() -> None:
         print(tune.stdout)
         version = read_version(store / "digits" / "1")
         rows = []
-        with ServePath(version, ["cpu"], cpus, LOADS[0]) as path:
+        with ServePath(version, ["cpu"], cpus) as path:
             for variant in version.manifest.variants:
                 found = variant.profile
                 arms = {"defaults": Space(cpus=cpus).start(), "tuned": found.settings if found and found.meets_slo else None}
@@ -69,12 +69,8 @@ def main() -> None:
 
 
 def _sweep(path: ServePath, variant, settings: ServingSettings, seconds: float) -> list[dict]:  # noqa: ANN001
-    points = []
-    for clients in LOADS:
-        path.concurrency = clients
-        trial = path.measure(variant, settings, seconds)
-        points.append({"clients": clients, "p50_ms": trial.p50_ms, "p99_ms": trial.p99_ms, "rows_per_s": trial.throughput})
-    return points
+    return [{"clients": t.clients, "p50_ms": t.p50_ms, "p99_ms": t.p99_ms, "rows_per_s": t.throughput}
+            for t in path.sweep(variant, settings, seconds * len(LOADS), list(LOADS))]
 
 
 def best_within(points: list[dict], slo: float) -> float:

@@ -40,8 +40,8 @@ class ServePath:
     """A local Ray instance whose one node, of `cpus` CPUs, belongs to every pool of the variants
     tuned; a context manager. One variant is deployed at a time (`release` takes it down)."""
 
-    def __init__(self, version: ModelVersion, pools: list[str], cpus: int, concurrency: int) -> None:
-        self.version, self.pools, self.cpus, self.concurrency = version, pools, cpus, concurrency
+    def __init__(self, version: ModelVersion, pools: list[str], cpus: int) -> None:
+        self.version, self.pools, self.cpus = version, pools, cpus
         self._loop = asyncio.new_event_loop()
         from quiver.router.metrics import RouterMetrics
 
@@ -66,17 +66,28 @@ class ServePath:
         self._loop.close()
         ray.shutdown()  # ends the replicas at once; the instance is ours alone
 
-    def measure(self, variant: Variant, settings: ServingSettings, seconds: float) -> Trial:
-        """Deploy with `settings`, then `concurrency` clients each send one-row requests for `seconds`."""
+    def sweep(self, variant: Variant, settings: ServingSettings, seconds: float, loads: list[int],
+              slo_p99_ms: float | None = None) -> list[Trial]:
+        """Deploy with `settings`, then measure closed loops of `loads` clients (ascending), sharing
+        `seconds`; a load whose p99 is above the SLO ends the sweep, as larger ones only queue more."""
+        points = []
+        for clients in loads:
+            points.append(self.measure(variant, settings, seconds / len(loads), clients))
+            if slo_p99_ms is not None and points[-1].p99_ms > slo_p99_ms:
+                break
+        return points
+
+    def measure(self, variant: Variant, settings: ServingSettings, seconds: float, clients: int) -> Trial:
+        """Deploy with `settings`, then `clients` clients each send one-row requests for `seconds`."""
         replicas = self._deployed(variant, settings)
         # The first fifth of the time warms up (sessions' first runs, Serve's handle finding the replicas).
         latencies, rows, window = self._loop.run_until_complete(
-            _closed_loop(replicas, self._inputs(1), self.concurrency, seconds, warm_s=seconds / 5)
+            _closed_loop(replicas, self._inputs(1), clients, seconds, warm_s=seconds / 5)
         )
         if not latencies:
             raise TuneError(f"no request finished within a trial of {seconds:.1f} s with {settings}")
         p50, p99 = np.percentile(latencies, [50, 99])
-        return Trial(settings, float(p50), float(p99), rows / window, len(latencies))
+        return Trial(settings, float(p50), float(p99), rows / window, len(latencies), clients)
 
     def latency_by_batch(self, variant: Variant, settings: ServingSettings, seconds_each: float) -> list[BatchLatency]:
         """p50/p99 of one request at a time, for batches of 1, 2, 4 … up to the batch size."""

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from quiver.serving import IntegrityError, ModelVersion, Profile, StoreError, read_version
 from quiver.serving.store import MANIFEST_FILE
-from quiver.serving.tune import SearchResult, Space, Trial, TuneError, check_writable, profile, record, search, write_report
+from quiver.serving.tune import (
+    SearchResult, Space, Trial, TuneError, check_writable, operating_point, profile, record, search, write_report,
+)
 
 # Share of a variant's budget kept for its per-batch latency profile, after the search.
 _PROFILE_SHARE = 0.15
@@ -31,8 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most rows/s, or lowest p99, among the points within the SLO (default: %(default)s)",
     )
     parser.add_argument("--budget-s", type=float, default=300.0, help="time for the whole search, shared by the variants (default: %(default)s)")
-    parser.add_argument("--trial-s", type=float, default=3.0, help="measuring time per point (default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=16, help="clients in the closed loop each point is measured under (default: %(default)s)")
+    parser.add_argument("--trial-s", type=float, default=4.0, help="measuring time per point, all its loads (default: %(default)s)")
+    parser.add_argument(
+        "--loads", type=lambda text: sorted(int(n) for n in text.split(",")), default=[1, 4, 16, 64], metavar="N[,N...]",
+        help="closed loops of this many clients each point is measured under (default: 1,4,16,64)",
+    )
     parser.add_argument("--cpus", type=int, help="CPUs of a pool node to tune for (default: this machine's)")
     parser.add_argument("--sign-key", type=Path, metavar="KEY.pem", help="EC private key to sign the version again with (required if it is signed)")
 
@@ -80,7 +85,7 @@ def _tune(version: ModelVersion, variants: list, args: argparse.Namespace, conso
     results: dict[str, SearchResult] = {}
     profiles: dict[str, Profile] = {}
     columns = (TextColumn("{task.description:<12}"), BarColumn(), TimeRemainingColumn(), TextColumn("{task.fields[now]}"))
-    with ServePath(version, sorted({v.pool for v in variants}), cpus, args.concurrency) as path, \
+    with ServePath(version, sorted({v.pool for v in variants}), cpus) as path, \
             Progress(*columns, console=console) as bars:
         for variant in variants:
             bar = bars.add_task(variant.name, total=share, now="starting")
@@ -92,7 +97,9 @@ def _tune(version: ModelVersion, variants: list, args: argparse.Namespace, conso
                     if best else f"{len(result.trials)} trials; none within the SLO yet"))
 
             result = search(
-                Space(cpus=cpus), lambda settings, seconds, variant=variant: path.measure(variant, settings, seconds),
+                Space(cpus=cpus),
+                lambda settings, seconds, variant=variant: operating_point(
+                    path.sweep(variant, settings, seconds, args.loads, args.slo_p99_ms), args.objective, args.slo_p99_ms),
                 objective=args.objective, slo_p99_ms=args.slo_p99_ms, budget_s=share * (1 - _PROFILE_SHARE),
                 trial_s=args.trial_s, progress=progress,
             )
@@ -102,7 +109,7 @@ def _tune(version: ModelVersion, variants: list, args: argparse.Namespace, conso
                 bars.update(bar, now="latency per batch size")
                 sizes = measured.settings.max_batch_size.bit_length()
                 latency = path.latency_by_batch(variant, measured.settings, share * _PROFILE_SHARE / sizes)
-                profiles[variant.name] = profile(result, variant.pool, args.concurrency, latency)
+                profiles[variant.name] = profile(result, variant.pool, latency)
             path.release(variant)
             bars.update(bar, completed=share, now=f"{len(result.trials)} trials")
     return results, profiles
@@ -110,17 +117,17 @@ def _tune(version: ModelVersion, variants: list, args: argparse.Namespace, conso
 
 def _show(results: dict[str, SearchResult], profiles: dict[str, Profile]) -> None:
     table = Table(title="quiver tune")
-    for column in ("variant", "trials", "threads", "batch", "wait ms", "replicas×cpus", "p50 ms", "p99 ms", "rows/s", "SLO"):
+    for column in ("variant", "trials", "threads", "batch", "wait ms", "replicas×cpus", "clients", "p50 ms", "p99 ms", "rows/s", "SLO"):
         table.add_column(column, justify="left" if column in ("variant", "SLO") else "right", no_wrap=True)
     for name, result in results.items():
         found = profiles.get(name)
         if found is None:
-            table.add_row(name, "0", *("-",) * 7, "nothing measured")
+            table.add_row(name, "0", *("-",) * 8, "nothing measured")
             continue
         s = found.settings
         table.add_row(
             name, str(len(result.trials)), f"{s.intra_op_threads}/{s.inter_op_threads}", str(s.max_batch_size),
-            f"{s.max_wait_ms:g}", f"{s.replicas}×{s.cpus_per_replica:g}", f"{found.p50_ms:.2f}", f"{found.p99_ms:.2f}",
+            f"{s.max_wait_ms:g}", f"{s.replicas}×{s.cpus_per_replica:g}", str(found.concurrency), f"{found.p50_ms:.2f}", f"{found.p99_ms:.2f}",
             f"{found.throughput:.0f}", "met" if found.meets_slo else "none meets",
         )
     Console(width=140).print(table)

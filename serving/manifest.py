@@ -214,8 +214,9 @@ class BatchLatency(_Spec):
 class Profile(_Spec):
     """What `quiver tune` chose for a variant and measured through a replica, on `pool`.
 
-    `p50_ms`, `p99_ms` and `throughput` are under the search's load (`concurrency` requests of
-    one row each, in a closed loop); `latency` is per batch size, one request at a time.
+    `p50_ms`, `p99_ms` and `throughput` are at the load that stood for the chosen settings:
+    the most rows/s within the SLO, with `concurrency` clients in a closed loop sending one-row
+    requests; `latency` is per batch size, one request at a time.
     """
 
     pool: Name

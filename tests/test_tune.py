@@ -87,7 +87,7 @@ def test_the_chosen_point_meets_the_slo() -> None:
     assert chosen is not None and chosen.p99_ms <= 10.0
     assert any(t.p99_ms > 10.0 and t.throughput > chosen.throughput for t in result.trials)  # the SLO cost throughput
     assert max(t.throughput for t in result.meeting) == chosen.throughput
-    found = profile(result, "cpu", 16, [])
+    found = profile(result, "cpu", [])
     assert found.meets_slo and found.p99_ms <= 10.0 and found.settings == chosen.settings
 
 
@@ -95,7 +95,7 @@ def test_none_meets_an_slo_below_every_point() -> None:
     server = SyntheticServer()
     result = search(Space(cpus=2), server, slo_p99_ms=0.5, budget_s=1e9, trial_s=1.0, clock=server.clock)
     assert result.trials and result.chosen is None
-    found = profile(result, "cpu", 16, [])
+    found = profile(result, "cpu", [])
     assert not found.meets_slo and found.p99_ms == min(t.p99_ms for t in result.trials)
     with pytest.raises(ValueError, match="meets_slo is true but p99_ms"):
         Profile.model_validate({**found.model_dump(), "meets_slo": True})
@@ -185,7 +185,7 @@ def test_quiver_tune_measures_through_a_replica_and_records_the_chosen_point(tmp
     # Its own process, as a user runs it: the search starts and stops a Ray instance of its own.
     run = subprocess.run(
         [sys.executable, "-m", "quiver", "tune", str(store), "--model", "digits", "--version", "1",
-         "--budget-s", "12", "--trial-s", "0.5", "--concurrency", "4", "--slo-p99-ms", "60000", "--cpus", "1"],
+         "--budget-s", "12", "--trial-s", "0.5", "--loads", "1,4", "--slo-p99-ms", "60000", "--cpus", "1"],
         capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
@@ -207,3 +207,14 @@ def test_an_autoscaled_variant_keeps_its_bounds_and_starts_with_the_tuned_count_
                      replicas=Replicas(autoscaling=Autoscaling(min_replicas=1, max_replicas=2)))
     tuned = Variant.model_validate(_profile().settings.model_copy(update={"replicas": 3}).apply(scaled).model_dump())
     assert tuned.replicas.count == 2 and tuned.replicas.autoscaling == scaled.replicas.autoscaling
+
+
+def test_a_setting_stands_at_its_busiest_load_within_the_slo() -> None:
+    from quiver.serving.tune import operating_point
+
+    settings = Space(cpus=1).start()
+    points = [Trial(settings, 1.0, p99, rows, 10, clients) for clients, p99, rows in ((1, 2.0, 100.0), (4, 5.0, 350.0), (16, 30.0, 900.0))]
+    assert operating_point(points, "throughput", 10.0).clients == 4
+    assert operating_point(points, "throughput", None).clients == 16
+    assert operating_point(points, "latency", 10.0).clients == 1
+    assert operating_point(points, "throughput", 1.0).clients == 1  # none meets: the lowest p99

@@ -8,7 +8,7 @@ through the real serving path (quiver/trials.py), which this package does not im
 
 from .record import TuneError, check_writable, profile, record
 from .report import write_report
-from .search import Measure, Objective, SearchResult, Space, Trial, search
+from .search import Measure, Objective, SearchResult, Space, Trial, operating_point, search
 
 __all__ = [
     "Measure",
@@ -18,6 +18,7 @@ __all__ = [
     "Trial",
     "TuneError",
     "check_writable",
+    "operating_point",
     "profile",
     "record",
     "search",

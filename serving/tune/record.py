@@ -28,7 +28,7 @@ def check_writable(version: ModelVersion, sign_key: Path | None) -> None:
         )
 
 
-def profile(result: SearchResult, pool: str, concurrency: int, latency: list[BatchLatency]) -> Profile | None:
+def profile(result: SearchResult, pool: str, latency: list[BatchLatency]) -> Profile | None:
     """The chosen trial as a profile; where none meets the SLO, the lowest p99, marked so. None: no trial."""
     trial = result.chosen or result.fastest
     if trial is None:
@@ -40,7 +40,7 @@ def profile(result: SearchResult, pool: str, concurrency: int, latency: list[Bat
         objective=result.objective,
         slo_p99_ms=result.slo_p99_ms,
         meets_slo=result.chosen is not None,
-        concurrency=concurrency,
+        concurrency=trial.clients,
         p50_ms=trial.p50_ms,
         p99_ms=trial.p99_ms,
         throughput=trial.throughput,

@@ -27,13 +27,13 @@ def write_report(directory: Path, title: str, results: dict[str, SearchResult], 
         )
         rows = "".join(
             f"<tr><td>{html.escape(_settings(t.settings.model_dump()))}</td><td>{t.p50_ms:.2f}</td>"
-            f"<td>{t.p99_ms:.2f}</td><td>{t.throughput:.0f}</td><td>{t.requests}</td></tr>"
+            f"<td>{t.p99_ms:.2f}</td><td>{t.throughput:.0f}</td><td>{t.clients}</td><td>{t.requests}</td></tr>"
             for t in result.trials
         )
         budget = " (stopped by the time budget)" if result.out_of_budget else ""
         sections.append(
             f"<h2>{html.escape(name)}</h2><p>{html.escape(verdict)}; {len(result.trials)} trials{budget}.</p>"
-            f"<table><tr><th>settings</th><th>p50 ms</th><th>p99 ms</th><th>rows/s</th><th>requests</th></tr>{rows}</table>"
+            f"<table><tr><th>settings</th><th>p50 ms</th><th>p99 ms</th><th>rows/s</th><th>clients</th><th>requests</th></tr>{rows}</table>"
         )
     page = directory / PAGE_FILE
     page.write_text(

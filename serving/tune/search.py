@@ -35,6 +35,16 @@ class Trial:
     p99_ms: float
     throughput: float  # rows per second, all replicas
     requests: int
+    clients: int = 1  # the closed loop's size: the offered load
+
+
+def operating_point(points: list[Trial], objective: Objective, slo_p99_ms: float | None) -> Trial:
+    """Of one setting's points at several loads, the one that stands for it: the most rows/s
+    (`latency`: the lowest p99) within the SLO, or, where no load meets it, the lowest p99."""
+    meeting = [p for p in points if slo_p99_ms is None or p.p99_ms <= slo_p99_ms]
+    if not meeting:
+        return min(points, key=lambda p: p.p99_ms)
+    return max(meeting, key=lambda p: _score(p, objective))
 
 
 class Measure(Protocol):
