@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from quiver.serving import IntegrityError, ModelVersion, Profile, StoreError, read_version
+from quiver.serving import IntegrityError, ModelVersion, Profile, StoreError, Variant, read_version
 from quiver.serving.store import MANIFEST_FILE
 from quiver.serving.tune import (
     SearchResult, Space, Trial, TuneError, check_writable, operating_point, profile, record, search, write_report,
@@ -77,7 +77,7 @@ def _names(version: ModelVersion, wanted: list[str] | None) -> list[str]:
     return wanted or version.manifest.variant_names
 
 
-def _tune(version: ModelVersion, variants: list, args: argparse.Namespace, console: Console) -> tuple[dict[str, SearchResult], dict[str, Profile]]:
+def _tune(version: ModelVersion, variants: list[Variant], args: argparse.Namespace, console: Console) -> tuple[dict[str, SearchResult], dict[str, Profile]]:
     from quiver.trials import ServePath
 
     share = args.budget_s / len(variants)
