@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import harness, models, report
+from benchmarks.targets import TARGETS
 
 QUICK = harness.BenchSettings(
     targets=("onnxruntime", "quiver"), models=("example",), concurrency=(2,), rates=(20.0,),
@@ -57,8 +58,6 @@ def test_a_short_run_against_the_example_model_returns_sane_numbers_and_no_error
 @pytest.mark.timeout(120)
 def test_the_http_transports_drive_quiver_serves_rest_door(tmp_path: Path) -> None:
     """v2 REST, JSON and Triton's binary tensor data extension, against one `quiver serve`; its ready line names the port."""
-    from benchmarks.targets import TARGETS
-
     model = models.prepare(["example"], tmp_path)[0]
     settings = harness.BenchSettings(concurrency=(2,), rates=(20.0,), seconds=1.0, warmup_s=0.3, rpc_timeout_s=30.0,
                                      ready_timeout_s=30.0)
