@@ -56,7 +56,7 @@ def _load(point: dict) -> str:
 
 def header(meta: dict) -> list[str]:
     v, m = meta["versions"], meta["machine"]
-    peers = [f"{name}: " + ", ".join(f"{k} {x}" for k, x in (v.get(f"{name}_venv") or {}).items()) for name in ("kserve", "mlserver", "pytriton")]
+    peers = [f"{name}: " + ", ".join(f"{k} {x}" for k, x in (v.get(f"{name}_venv") or {}).items()) for name in ("kserve", "mlserver", "pytriton") if f"{name}_venv" in v]
     s = meta["settings"]
     return [
         f"- date: {meta['date']} (finished {meta.get('finished', '?')}); quiver {v['quiver']} at {v['git_commit']}"
