@@ -1,5 +1,6 @@
 """Shared fixtures: a model store, one `quiver serve` process and, for the tests that ask for it,
-one real Kubernetes control plane (tests/k8s/control_plane.py) for the whole session."""
+one real Kubernetes control plane (tests/k8s/control_plane.py) for the whole session, with a
+real node (tests/k8s/node.py) that runs pods for the tests that ask for it too."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .serverproc import ServerProcess, quiver_serve
 
 if TYPE_CHECKING:
     from .k8s.control_plane import ControlPlane
+    from .k8s.node import Node
 
 # Small enough that a test can cross it cheaply, large enough for every regular request.
 MAX_REQUEST_MB = 1
@@ -48,3 +50,13 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
     with start(tmp_path_factory.mktemp("k8s")) as cp:
         yield cp
+
+
+@pytest.fixture(scope="session")
+def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """Once up, it runs every pod the session schedules: modules that play the kubelet instead
+    (tests/cluster.py) must not share a session with it before they finish (they sort before it)."""
+    from .k8s.node import node as start
+
+    with start(control_plane, tmp_path_factory.mktemp("node")) as ready:
+        yield ready

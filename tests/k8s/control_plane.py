@@ -4,7 +4,8 @@ ServiceAccount tokens), kube-controller-manager and kube-scheduler, on free port
 The binaries are Kubernetes v1.20.2, built once by tests/k8s/install.sh (`make k8s`, which
 `make test` runs) into ${XDG_CACHE_HOME:-~/.cache}/quiver/k8s-1.20.2/bin; QUIVER_K8S_BIN overrides.
 tests/conftest.py starts one per session (fixture `control_plane`); each module takes a
-namespace of its own. There is no node: nothing runs the pods the controllers create.
+namespace of its own. Pods run only where a test also asks for the `node` fixture
+(tests/k8s/node.py: containerd + a kubelet registered with this API server).
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ class ControlPlane:
     _commands: dict[str, list[str]] = field(default_factory=dict)
     _processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _admin_pem: Pem | None = None
+    _authority: Authority | None = None
+
+    def identity(self, user: str, organization: str | None = None) -> Path:
+        """A kubeconfig with a client certificate for `user` (and group `organization`) from the cluster's CA."""
+        pem = self._authority.issue(user, server=False, organization=organization)
+        return kubeconfig(self.workdir / f"{user.split(':')[-1]}.kubeconfig", self.url, self.ca,
+                          {"client-certificate": str(pem.cert), "client-key": str(pem.key)})
 
     def api(self) -> client.ApiClient:
         """A client as the cluster's administrator."""
@@ -78,7 +86,7 @@ class ControlPlane:
     def restart_apiserver(self, timeout_s: float = 90) -> None:
         """Stop kube-apiserver, compact etcd's history, start it again: every watch breaks, and one
         resumed from a resourceVersion before the restart is answered 410 Gone."""
-        _stop(self._processes.pop("kube-apiserver"))
+        stop_process(self._processes.pop("kube-apiserver"))
         revision = _etcd(self.etcd, "range", {"key": "AA=="})["header"]["revision"]  # any key: the header carries the revision
         _etcd(self.etcd, "compaction", {"revision": revision, "physical": True})
         self._start("kube-apiserver")
@@ -92,7 +100,7 @@ class ControlPlane:
 
     def _stop_all(self) -> None:
         for name in reversed(list(self._processes)):
-            _stop(self._processes.pop(name))
+            stop_process(self._processes.pop(name))
 
     def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount, with a token from the TokenRequest
@@ -132,12 +140,9 @@ def control_plane(workdir: Path, timeout_s: float = 90) -> Iterator[ControlPlane
     url = f"https://127.0.0.1:{api_port}"
     admin_kubeconfig = kubeconfig(workdir / "admin.kubeconfig", url, authority.pem,
                                   {"client-certificate": str(admin.cert), "client-key": str(admin.key)})
-    cp = ControlPlane(url, authority.pem, admin_kubeconfig, workdir, f"http://127.0.0.1:{etcd_port}", _admin_pem=admin)
-
-    def identity(user: str) -> Path:
-        pem = authority.issue(user, server=False)
-        return kubeconfig(workdir / f"{user.split(':')[-1]}.kubeconfig", url, authority.pem,
-                          {"client-certificate": str(pem.cert), "client-key": str(pem.key)})
+    cp = ControlPlane(url, authority.pem, admin_kubeconfig, workdir, f"http://127.0.0.1:{etcd_port}",
+                      _admin_pem=admin, _authority=authority)
+    identity = cp.identity
 
     commands = {
         "etcd": [
@@ -152,9 +157,9 @@ def control_plane(workdir: Path, timeout_s: float = 90) -> Iterator[ControlPlane
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}", f"--client-ca-file={authority.pem}",
             f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",  # Node: the test node's kubelet
             "--endpoint-reconciler-type=none",  # no node, no kube-proxy: nothing to reconcile for
-            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,LimitRanger,DefaultStorageClass,ResourceQuota,"
+            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,NodeRestriction,LimitRanger,DefaultStorageClass,ResourceQuota,"
             "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
         ],
     }
@@ -162,7 +167,7 @@ def control_plane(workdir: Path, timeout_s: float = 90) -> Iterator[ControlPlane
         f"--kubeconfig={identity('system:kube-controller-manager')}", "--port=0", "--secure-port=0",
         f"--service-account-private-key-file={sa_key}", f"--root-ca-file={authority.pem}",
         "--use-service-account-credentials=true", "--leader-elect=false",
-        "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route,-persistentvolume-binder",
+        "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service,-route",  # nodelifecycle: lifts a Ready node's not-ready taint
     ]
     commands["kube-scheduler"] = [f"--kubeconfig={identity('system:kube-scheduler')}", "--port=0", "--secure-port=0",
                                   "--leader-elect=false"]
@@ -188,7 +193,7 @@ def _service_account_keys(pki: Path) -> tuple[Path, Path]:
     return private, public
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(30)

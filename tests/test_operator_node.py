@@ -1,0 +1,161 @@
+"""The optimization Job as a real pod: the operator (real kopf, as the chart's ServiceAccount)
+creates the Job, the controller-manager's Job controller its pod, the scheduler puts it on the
+session's node, containerd and runc run `quiver optimize` in it, and the operator reads the
+Job's completion and deploys the version to a real Ray head.
+
+The Job's image is built here from the project's own files (tests/k8s/image.py): the files that
+`quiver optimize` opens on this machine — the interpreter, the venv's packages it imports and
+the checkout — at their own paths, so the code the pod runs is the code under test. The store
+is the chart's PersistentVolumeClaim, bound by the real PV controller to a hostPath volume.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kubernetes import client
+
+from tests.cluster import Operator, environment
+from tests.helm_chart import one, render
+from tests.k8s.control_plane import ControlPlane
+from tests.k8s.image import save, traced_rootfs
+from tests.k8s.node import Node
+from tests.kubeapi import CRD_FILE, established, operator_identity
+from tests.models import build_gemm
+from tests.raycluster import ray_head
+
+GROUP, VERSION, PLURAL = "serving.quiver.dev", "v1alpha1", "modeldeployments"
+NAMESPACE = "node-test"
+IMAGE = "quiver.local/quiver-optimize:test"
+
+
+@dataclass
+class Built:
+    size: int
+    seconds: float
+
+
+def optimize_image(node: Node, store: Path, inputs: Path, work: Path) -> Built:
+    """Trace `quiver optimize` on inputs like the test's into a scratch store; save and load an
+    image of what it opened. PATH finds the venv's `quiver` as the Job's command needs."""
+    started = time.monotonic()
+    scratch = work / "trace-store"
+    command = [str(Path(sys.executable).parent / "quiver"), "optimize", str(inputs / "digits-0.onnx"), "--name", "digits",
+               "--version", "0", "--store", str(scratch), "--eval", str(inputs / "eval.npz"), "--variants", "fp32"]
+    build_gemm(inputs / "digits-0.onnx", np.zeros((64, 10), np.float32))
+    # The pod's environment, with an empty home: what a first run in the pod reads (matplotlib, for
+    # one, builds its font list from the fonts it finds) is what the trace sees.
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    home = work / "home"
+    home.mkdir()
+    files = {str(path): path for path in traced_rootfs(command, work / "optimize.strace", {**env, "HOME": str(home)})
+             if not path.is_relative_to(store) and not path.is_relative_to(scratch) and not path.is_relative_to(home)}
+    size = save(files, IMAGE, work / "optimize.tar", env)
+    node.load_image(work / "optimize.tar")
+    return Built(size, time.monotonic() - started)
+
+
+def store_claim(api: client.ApiClient, claim: str, store: Path) -> None:
+    """The chart's claim, bound to a hostPath volume on the store (what a cluster's storage would provide)."""
+    core = client.CoreV1Api(api)
+    volume = f"{NAMESPACE}-{claim}"
+    core.create_persistent_volume({
+        "metadata": {"name": volume},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "hostPath": {"path": str(store), "type": "Directory"},
+                 "claimRef": {"namespace": NAMESPACE, "name": claim}},
+    })
+    core.create_namespaced_persistent_volume_claim(NAMESPACE, {
+        "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    })
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("operator-node")
+
+
+def test_the_optimization_job_runs_as_a_pod_on_the_node_and_its_version_is_deployed(
+    work: Path, control_plane: ControlPlane, node: Node
+) -> None:
+    store = work / "store"
+    inputs = store / "inputs"  # the spec's files sit on the shared volume, as in a cluster
+    inputs.mkdir(parents=True)
+    store.chmod(0o777)  # the Job runs as uid 1000 (the chart's securityContext); hostPath keeps the host's modes
+    np.savez(inputs / "eval.npz", x=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+    built = optimize_image(node, store, inputs, work)
+    print(f"image {IMAGE}: {built.size / 1e6:.0f} MB layer, traced and loaded in {built.seconds:.1f} s")
+
+    api = control_plane.api()
+    established(api, CRD_FILE)
+    control_plane.namespace(NAMESPACE)
+    # The operator's settings as the chart renders them for these values: the Jobs' image and claim.
+    repository, tag = IMAGE.rsplit(":", 1)
+    deployment = one(render(["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"],
+                            namespace=NAMESPACE), "Deployment", "-operator")
+    chart_args = [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+                  if a.startswith(("--image=", "--store-claim="))]
+    assert f"--image={IMAGE}" in chart_args
+    store_claim(api, next(a for a in chart_args if a.startswith("--store-claim=")).split("=", 1)[1], store)
+    kubeconfig = operator_identity(control_plane, NAMESPACE, work)
+    source = build_gemm(inputs / "digits-1.onnx", np.random.default_rng(1).standard_normal((64, 10)).astype(np.float32))
+    spec = {
+        "model": {"name": "digits", "version": "1", "source": f"file://{source}"},
+        "optimization": {"variants": ["fp32"], "evalData": str(inputs / "eval.npz"), "maxAccuracyDrop": 0.05},
+        "placement": [{"variant": "fp32", "pool": "cpu", "minReplicas": 1, "maxReplicas": 1, "numCpus": 0.5}],
+    }
+    custom, batch, core = client.CustomObjectsApi(api), client.BatchV1Api(api), client.CoreV1Api(api)
+    with ray_head(num_cpus=2) as head:
+        operator = Operator(["--namespace", NAMESPACE, "--store", str(store), *chart_args, "--ray-dashboard", head.dashboard_url,
+                             "--pools", "cpu", "--tick-s", "0.5"],
+                            environment({**head.env, "KUBECONFIG": str(kubeconfig)}), work / "operator.log")
+        operator.start()
+        try:
+            started = time.monotonic()
+            custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "digits"}, "spec": spec})
+            body = wait_status(custom, lambda s: s.get("currentVersion") == "1" or failed(s), operator, node, core, 200)
+            elapsed = time.monotonic() - started
+        finally:
+            operator.stop()
+        assert not failed(body["status"]), f"{body['status']}\n{node.pod_logs(NAMESPACE)}"
+        assert condition(body, "Optimized")["status"] == "True" and condition(body, "Deployed")["status"] == "True"
+        assert head.serve_applications()["digits.1.fp32"]["status"] == "RUNNING"
+    # The Job succeeded because its pod ran to completion on the node, not because anyone said so.
+    job = batch.read_namespaced_job("digits-optimize-1", NAMESPACE)
+    assert job.status.succeeded == 1 and job.spec.template.spec.containers[0].image == IMAGE
+    [pod] = core.list_namespaced_pod(NAMESPACE, label_selector="job-name=digits-optimize-1").items
+    assert pod.spec.node_name == node.name and pod.status.phase == "Succeeded"
+    [state] = pod.status.container_statuses
+    assert state.state.terminated.exit_code == 0 and state.container_id.startswith("containerd://")
+    assert (store / "digits" / "1").is_dir()  # written by uid 1000 in the pod, through the claim
+    print(f"ModelDeployment applied → version 1 deployed: {elapsed:.1f} s")
+
+
+def failed(status: dict) -> bool:
+    return any(c["type"] == "Degraded" and c["status"] == "True" for c in status.get("conditions", []))
+
+
+def condition(body: dict, kind: str) -> dict:
+    return next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def wait_status(custom: client.CustomObjectsApi, check: Callable[[dict], bool], operator: Operator, node: Node, core: client.CoreV1Api,
+                timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "digits")
+        if check(body.get("status", {})):
+            return body
+        time.sleep(0.5)
+    pods = [(p.metadata.name, p.status.phase, p.status.container_statuses) for p in core.list_namespaced_pod(NAMESPACE).items]
+    raise AssertionError(f"timed out; status {body.get('status')}\npods {pods}\noperator log:\n{operator.log()[-5000:]}\n"
+                         f"kubelet log:\n{node.log('kubelet')}")
