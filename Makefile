@@ -66,3 +66,10 @@ prometheus:
 
 clean:
 	rm -rf $(VENV) $(KSERVE_VENV) quiver/_proto build *.egg-info
+
+# The documentation site (mkdocs.yml, docs/) into build/site/: open build/site/index.html.
+# --strict fails on a broken link or a page missing from the nav, as tests/test_docs.py does.
+# NO_MKDOCS_2_WARNING: Material's banner about its successor, not a problem with the site.
+.PHONY: docs
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
