@@ -1,4 +1,4 @@
-"""The documentation site (mkdocs.yml, docs/) builds with --strict.
+"""The documentation site (mkdocs.yml, docs/) builds with --strict, and the README stays short.
 
 --strict turns MkDocs' warnings into a failed build: a link to a page or anchor that does not
 exist, a page left out of the nav or a nav entry without a page. The reference pages are
@@ -72,3 +72,19 @@ def test_the_metrics_page_shows_every_dashboard_row(site: Path) -> None:
         assert f"images/dashboard/{picture.name}" in page, picture.name
         assert (site / "images/dashboard" / picture.name).is_file()
 
+
+
+def test_the_readme_is_short_and_points_at_pages_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) < 8 * 1024, f"README.md is {len(readme.encode())} bytes; move detail into docs/"
+    links = re.findall(r"\]\((docs/[^)#]+)", readme)
+    assert links, "the README links to no docs page"
+    for link in links:
+        assert (ROOT / link).is_file(), link
+
+
+def test_the_site_takes_the_readmes_first_steps_from_the_readme(site: Path) -> None:
+    start = page_text(site, "getting-started")
+    assert "make serve" in start and "ready: 127.0.0.1:8001 models=example:1" in start
+    assert 'c.infer("example", [inp])' in start and "curl -s localhost:8000/v2/models/example/infer" in start
+    assert "Open Inference Protocol" in page_text(site, "")
