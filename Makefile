@@ -49,7 +49,7 @@ perf-analyzer: $(VENV)/.installed-test
 K8S_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/quiver/k8s-1.20.2
 k8s:
 	@tests/k8s/install.sh $(K8S_HOME)
-	@command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/loopback ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd runc containernetworking-plugins; }
+	@command -v containerd >/dev/null && command -v runc >/dev/null && command -v strace >/dev/null && [ -x /usr/lib/cni/loopback ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd runc containernetworking-plugins strace; }
 
 $(KSERVE_VENV)/.installed: tests/clients/kserve-requirements.txt
 	$(PYTHON) -m venv $(KSERVE_VENV)
