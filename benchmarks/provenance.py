@@ -9,7 +9,7 @@ the date (UTC), the exact command line, the git commit and which files of the tr
 from it, the CPU model, logical CPUs and the CPU's instruction-set flags (ONNX Runtime's int8
 kernels run 1.5× fp32 on an AVX2-only host and 2.1× on an AVX-512 VNNI host of the same machine
 kind, so a number without them cannot be compared), the load average at start and end (this
-machine is shared), and the versions of what ran. The README's tables are pasted from these
+machine is shared), and the versions of what ran. The docs' tables are pasted from these
 Markdown files; tests/test_published_numbers.py checks that they still are.
 
 Used by soak, variants, routing, tracing_cost, faults, process_cpu, hop_cost and grpc_stop_race;

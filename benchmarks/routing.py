@@ -68,7 +68,7 @@ class Tally:
 
 
 def build_store(scratch: Path, max_drop: float) -> Path:
-    """The digits example and `quiver optimize` on it, as the README runs them (kept if SCRATCH has them)."""
+    """The digits example and `quiver optimize` on it, as docs/optimizing.md runs them (kept if SCRATCH has them)."""
     build, store = scratch / "digits", scratch / "store"
     if (store / "digits/1/manifest.json").exists():
         return store
