@@ -7,12 +7,11 @@ import urllib.error
 import urllib.request
 
 import gevent.ssl
-import numpy as np
 import pytest
 import tritonclient.http as triton
 
 from .certs import Pem
-from .test_security import EVERYTHING, PAIR_ONLY, Secured, secured  # noqa: F401 (the fixture)
+from .test_security import EVERYTHING, PAIR_ONLY, Secured, request_tensors, secured  # noqa: F401 (the fixture)
 
 # geventhttpclient checks the server's name with it; not ours to change.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.match_hostname:DeprecationWarning")
@@ -33,13 +32,7 @@ def client(secured: Secured, pem: Pem | None) -> triton.InferenceServerClient:
 
 def infer(connection: triton.InferenceServerClient, token: str | None, model: str = "example") -> str:
     """"200" or the HTTP status of one inference."""
-    if model == "example":
-        tensors = [triton.InferInput("input", [1, 64], "FP32")]
-        tensors[0].set_data_from_numpy(np.ones((1, 64), np.float32))
-    else:
-        tensors = [triton.InferInput("x", [1, 3], "FP32"), triton.InferInput("k", [1, 2], "INT64")]
-        tensors[0].set_data_from_numpy(np.ones((1, 3), np.float32))
-        tensors[1].set_data_from_numpy(np.zeros((1, 2), np.int64))
+    tensors = request_tensors(triton, model)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         connection.infer(model, tensors, headers=headers)

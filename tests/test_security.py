@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import grpc
 import numpy as np
@@ -60,15 +61,21 @@ def client(secured: Secured, pem: Pem | None) -> triton.InferenceServerClient:
     )
 
 
-def infer(connection: triton.InferenceServerClient, token: str | None, model: str = "example") -> str:
-    """"OK" or the status of one inference."""
+def request_tensors(client_module: ModuleType, model: str) -> list:
+    """One row for `example` or the pair model, as `client_module`'s (tritonclient.grpc or .http) InferInputs."""
     if model == "example":
-        tensors = [triton.InferInput("input", [1, 64], "FP32")]
+        tensors = [client_module.InferInput("input", [1, 64], "FP32")]
         tensors[0].set_data_from_numpy(np.ones((1, 64), np.float32))
     else:
-        tensors = [triton.InferInput("x", [1, 3], "FP32"), triton.InferInput("k", [1, 2], "INT64")]
+        tensors = [client_module.InferInput("x", [1, 3], "FP32"), client_module.InferInput("k", [1, 2], "INT64")]
         tensors[0].set_data_from_numpy(np.ones((1, 3), np.float32))
         tensors[1].set_data_from_numpy(np.zeros((1, 2), np.int64))
+    return tensors
+
+
+def infer(connection: triton.InferenceServerClient, token: str | None, model: str = "example") -> str:
+    """"OK" or the status of one inference."""
+    tensors = request_tensors(triton, model)
     headers = {"authorization": f"Bearer {token}"} if token else None
     try:
         connection.infer(model, tensors, headers=headers, client_timeout=60)
