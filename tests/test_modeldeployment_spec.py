@@ -13,6 +13,8 @@ import yaml
 
 from quiver.operator import OperatorSettings, SpecError, parse_spec
 from quiver.operator.jobs import optimize_command
+from quiver.operator.spec import VariantPlacement
+from quiver.serving.manifest import Batching, Replicas, Threads, Variant
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("modeldeployment*.yaml"))
@@ -83,14 +85,55 @@ def test_the_operator_refuses_what_the_schema_cannot_see(change, message) -> Non
     assert message in str(refused.value)
 
 
+def variant(name: str, **fields: object) -> Variant:
+    return Variant(name=name, file=f"{name}.onnx", sha256="0" * 64, **fields)
+
+
 def test_a_placement_becomes_serve_replicas_and_autoscaling() -> None:
     spec = parse_spec(yaml.safe_load(DIGITS.read_text())["spec"])
-    placed = spec.placement_of("int8-static").serve_placement()
+    placed = spec.placement_of("int8-static").serve_placement(variant("int8-static"))
     assert placed.pool == "cpu" and placed.replicas.count == 2
     assert placed.replicas.autoscaling.min_replicas == 2 and placed.replicas.autoscaling.max_replicas == 8
     assert placed.batching.max_wait_ms == 2
-    fixed = spec.placement_of("fp32").serve_placement()
+    fixed = spec.placement_of("fp32").serve_placement(variant("fp32"))
     assert fixed.replicas.autoscaling.max_replicas == 2
+
+
+TUNED = variant(
+    "fp32", batching=Batching(max_batch_size=16, max_wait_ms=1.0), threads=Threads(intra_op=2, inter_op=1),
+    replicas=Replicas(count=2, num_cpus=2.0, max_queued_requests=64),
+)
+
+
+def test_a_placement_without_serving_settings_keeps_what_quiver_tune_recorded() -> None:
+    placed = VariantPlacement.model_validate({"variant": "fp32", "pool": "big"}).serve_placement(TUNED)
+    assert placed.pool == "big"
+    assert (placed.batching.max_batch_size, placed.batching.max_wait_ms) == (16, 1.0)
+    assert (placed.threads.intra_op, placed.threads.inter_op) == (2, 1)
+    assert (placed.replicas.count, placed.replicas.num_cpus, placed.replicas.max_queued_requests) == (2, 2.0, 64)
+    assert placed.replicas.autoscaling is None
+    untuned = VariantPlacement.model_validate({"variant": "fp32", "pool": "cpu"}).serve_placement(variant("fp32"))
+    assert (untuned.batching.max_batch_size, untuned.replicas.count, untuned.replicas.num_cpus) == (64, 1, 1.0)
+
+
+def test_what_a_placement_sets_overrides_the_tuned_value_and_nothing_else() -> None:
+    body = {"variant": "fp32", "pool": "cpu", "batching": {"maxWaitMs": 0}, "intraOpThreads": 4, "maxReplicas": 6}
+    placed = VariantPlacement.model_validate(body).serve_placement(TUNED)
+    assert (placed.batching.max_batch_size, placed.batching.max_wait_ms) == (16, 0.0)
+    assert (placed.threads.intra_op, placed.replicas.num_cpus) == (4, 2.0)
+    # A bound given alone: the tuned count is where the replicas start and the lower bound.
+    assert placed.replicas.count == 2
+    assert (placed.replicas.autoscaling.min_replicas, placed.replicas.autoscaling.max_replicas) == (2, 6)
+    lower = VariantPlacement.model_validate({"variant": "fp32", "pool": "cpu", "minReplicas": 3}).serve_placement(TUNED)
+    assert (lower.replicas.count, lower.replicas.autoscaling) == (3, None)
+
+
+def test_the_crd_defaults_no_serving_setting_so_the_tuned_ones_stand() -> None:
+    """An API server fills in a schema's defaults: any default here would override quiver tune's value."""
+    items = SCHEMA["properties"]["spec"]["properties"]["placement"]["items"]["properties"]
+    settings = {**items, **items["batching"]["properties"]}
+    assert {"intraOpThreads", "interOpThreads", "maxBatchSize", "numCpus"} <= set(settings)
+    assert [name for name, field in settings.items() if "default" in field] == []
 
 
 @pytest.mark.parametrize("gate", [None, "p5"])

@@ -16,7 +16,7 @@ from quiver.operator.rollout import Reconciler
 from quiver.operator.settings import OperatorSettings
 from quiver.operator.spec import parse_spec
 from quiver.operator.status import ConditionType, Phase, Status
-from quiver.serving import build_example, from_onnx_file, signing, write_version
+from quiver.serving import ServingSettings, build_example, from_onnx_file, read_version, signing, write_version
 
 from .test_model_security import signing_keys
 
@@ -137,3 +137,21 @@ def test_only_versions_signed_by_a_trusted_key_deploy(tmp_path: Path, signed_by:
         assert deployed[:2] == ("False", "NotDeployable")
         assert ("not signed" if signed_by == "nobody" else "signature not verified") in deployed[2]
         assert not serve.apps and status.condition(ConditionType.READY).status == "False"
+
+
+def test_a_tuned_version_deploys_with_its_tuned_settings_where_the_placement_sets_none(tmp_path: Path) -> None:
+    directory = publish(tmp_path)
+    manifest = read_version(directory).manifest
+    tuned = ServingSettings(intra_op_threads=2, max_batch_size=16, max_wait_ms=1.0, replicas=2, cpus_per_replica=1.0)
+    write_version(tmp_path, manifest.model_copy(update={"variants": [tuned.apply(v) for v in manifest.variants]}))
+    kube, serve = FakeKube(JobState(JobPhase.SUCCEEDED)), FakeServe()
+    reconciler = Reconciler(OperatorSettings("test", tmp_path, "img", "http://ray"), kube, serve)
+    status = Status()
+    for _ in range(3):  # the placement sets the wait only: the rest is the manifest's
+        status = reconciler.look("digits", None, spec(batching={"maxWaitMs": 0}), status)
+    assert status.phase is Phase.SERVING
+    placed = serve.apps["digits.1.fp32"]["args"]["placement"]
+    assert placed["batching"] == {"max_batch_size": 16}  # max_wait_ms 0 is the default, left out of the args
+    assert placed["threads"] == {"intra_op": 2} and placed["replicas"]["count"] == 2
+    routed = kube.routes["placement"]["digits"]["1"]["fp32"]
+    assert routed["batching"] == {"max_batch_size": 16, "max_wait_ms": 0.0} and routed["threads"]["intra_op"] == 2

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from quiver.serving.apps import VariantApp, app_prefix
-from quiver.serving.manifest import Manifest, Placement
+from quiver.serving.manifest import Manifest, Placement, Variant
 from quiver.serving import signing
 from quiver.serving.integrity import IntegrityError
 from quiver.serving.store import StoreError, read_version
@@ -286,19 +286,20 @@ class Reconciler:
                 model=manifest.name,
                 version=manifest.version,
                 variant=name,
-                placement=self._placement(spec, name),
+                placement=self._placement(spec, manifest.variant(name)),
                 key_file=self.settings.model_key,
                 verify_keys=list(self.settings.verify_keys),
             )
             for name in manifest.variant_names
         ]
 
-    def _placement(self, spec: ModelDeploymentSpec, variant: str) -> Placement:
-        placed = spec.placement_of(variant)
-        return placed.serve_placement() if placed else Placement()
+    def _placement(self, spec: ModelDeploymentSpec, variant: Variant) -> Placement:
+        """The spec's placement of `variant` over its manifest's settings (quiver tune's, when tuned)."""
+        placed = spec.placement_of(variant.name)
+        return placed.serve_placement(variant) if placed else Placement()
 
     def _variant_status(self, spec: ModelDeploymentSpec, manifest: Manifest, name: str) -> dict:
-        variant = self._placement(spec, name).apply(manifest.variant(name))
+        variant = self._placement(spec, manifest.variant(name)).apply(manifest.variant(name))
         scaling = variant.replicas.autoscaling
         return {
             "name": name,
@@ -315,6 +316,10 @@ class Reconciler:
         """Weights for the model's versions, with the placement and default of a version new to the table."""
         model = spec.model.name
         target = status.target_version
+        placements = {}
+        if target in weights and spec.placement:
+            manifest = read_version(self.settings.store / model / target).manifest
+            placements = {p.variant: self._placement(spec, manifest.variant(p.variant)) for p in spec.placement}
 
         def edit(routes: dict) -> dict:
             routes.setdefault("models", {})[model] = weights
@@ -324,7 +329,7 @@ class Reconciler:
                     if version not in weights:
                         del entries[version]
             if target in weights:
-                placement = {p.variant: p.serve_placement().model_dump(mode="json", exclude_none=True) for p in spec.placement}
+                placement = {name: placed.model_dump(mode="json", exclude_none=True) for name, placed in placements.items()}
                 if placement:
                     routes["placement"][model][target] = placement
                 if spec.routing.default_variant:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from quiver.serving.manifest import Autoscaling, Batching, Name, Replicas, VariantKind
+from quiver.serving.manifest import Autoscaling, Batching, Name, Threads, Variant, VariantKind
 from quiver.serving.manifest import Placement as ServePlacement
 
 Uri = Annotated[str, Field(pattern=r"^(file://)?/\S+$")]
@@ -59,48 +59,60 @@ class Optimization(_Spec):
 
 
 class BatchingSpec(_Spec):
-    max_batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
-    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+    max_batch_size: Annotated[int, Field(ge=1, le=65536)] | None = None
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] | None = None
 
 
 class VariantPlacement(_Spec):
+    """Where a variant runs and, for each serving setting given, its value. A setting left out
+    is the manifest's: what `quiver tune` chose when the version was tuned, else the defaults."""
+
     variant: Name
     pool: Name
-    min_replicas: Annotated[int, Field(ge=0, le=1024)] = 1
-    max_replicas: Annotated[int, Field(ge=1, le=1024)] = 1
-    target_ongoing_requests: Annotated[float, Field(gt=0)] = 32
-    num_cpus: Annotated[float, Field(gt=0, le=256)] = 1.0
-    num_gpus: Annotated[float, Field(ge=0, le=16)] = 0.0
-    max_queued_requests: Annotated[int, Field(ge=1, le=100_000)] = 256
+    min_replicas: Annotated[int, Field(ge=0, le=1024)] | None = None
+    max_replicas: Annotated[int, Field(ge=1, le=1024)] | None = None
+    target_ongoing_requests: Annotated[float, Field(gt=0)] | None = None
+    num_cpus: Annotated[float, Field(gt=0, le=256)] | None = None
+    num_gpus: Annotated[float, Field(ge=0, le=16)] | None = None
+    max_queued_requests: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    intra_op_threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    inter_op_threads: Annotated[int, Field(ge=1, le=256)] | None = None
     batching: BatchingSpec = BatchingSpec()
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> VariantPlacement:
-        if self.min_replicas > self.max_replicas:
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(f"minReplicas ({self.min_replicas}) is above maxReplicas ({self.max_replicas})")
         return self
 
-    def serve_placement(self) -> ServePlacement:
-        """What the Serve application and the router use: replicas, autoscaling when the bounds differ."""
-        scaling = (
-            Autoscaling(
-                min_replicas=self.min_replicas,
-                max_replicas=self.max_replicas,
-                target_ongoing_requests=self.target_ongoing_requests,
-            )
-            if self.max_replicas > self.min_replicas
-            else None
-        )
+    def serve_placement(self, variant: Variant) -> ServePlacement:
+        """What the Serve application and the router use for `variant` (as its manifest has it):
+        the settings given here over the manifest's; autoscaling when the replica bounds differ."""
+        replicas, scaling = variant.replicas, variant.replicas.autoscaling
+        low = self.min_replicas if self.min_replicas is not None else scaling.min_replicas if scaling else None
+        high = self.max_replicas if self.max_replicas is not None else scaling.max_replicas if scaling else None
+        # A bound given alone moves the manifest's count only as far as it must.
+        low = min(replicas.count, high) if low is None and high is not None else low
+        low = replicas.count if low is None else low
+        high = max(replicas.count, low) if high is None else high
+        target = self.target_ongoing_requests or (scaling.target_ongoing_requests if scaling else Autoscaling().target_ongoing_requests)
+        given = {k: v for k, v in (("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus),
+                                    ("max_queued_requests", self.max_queued_requests)) if v is not None}
         return ServePlacement(
             pool=self.pool,
-            replicas=Replicas(
-                count=max(self.min_replicas, 1),
-                num_cpus=self.num_cpus,
-                num_gpus=self.num_gpus,
-                max_queued_requests=self.max_queued_requests,
-                autoscaling=scaling,
+            replicas=replicas.model_copy(update={
+                **given,
+                "count": min(max(replicas.count, low, 1), high),
+                "autoscaling": Autoscaling(min_replicas=low, max_replicas=high, target_ongoing_requests=target) if high > low else None,
+            }),
+            batching=Batching(
+                max_batch_size=self.batching.max_batch_size or variant.batching.max_batch_size,
+                max_wait_ms=variant.batching.max_wait_ms if self.batching.max_wait_ms is None else self.batching.max_wait_ms,
             ),
-            batching=Batching(max_batch_size=self.batching.max_batch_size, max_wait_ms=self.batching.max_wait_ms),
+            threads=Threads(
+                intra_op=self.intra_op_threads or variant.threads.intra_op,
+                inter_op=self.inter_op_threads or variant.threads.inter_op,
+            ),
         )
 
 
