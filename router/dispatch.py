@@ -36,6 +36,7 @@ from .replacement import ReplacementWait
 from .replicas import ReplicaLost, VariantReplicas
 from .routes import VariantRoute, VersionRoutes
 from .shadow import Shadow, ShadowSettings
+from .prediction import ProfileLatency
 from .stats import VariantStats
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Dispatcher:
                 replicas=replicas.count,
                 batch_size=route.variant.batching.max_batch_size,
                 prior_ms=measured.p50_ms if measured else 1.0,
+                profile=ProfileLatency.of(route.variant.profile, route.variant.batching.max_batch_size, replicas.count),
                 queue_limit=replicas.count * replicas.max_queued_requests,
                 clock=self._clock,
             )
@@ -119,33 +121,35 @@ class Dispatcher:
             for name, route in version.variants.items()
         ]
 
-    def choose(self, version: VersionRoutes, hints: RoutingHints, excluded: frozenset[str] = frozenset()) -> policy.Decision:
-        """The policy's pick; variants that just failed are passed over while any other can serve."""
+    def choose(
+        self, version: VersionRoutes, hints: RoutingHints, excluded: frozenset[str] = frozenset(), rows: int = 1
+    ) -> policy.Decision:
+        """The policy's pick for a request of `rows` rows; variants that just failed are passed over while any other can serve."""
         default = version.manifest.default.name
         try:
-            return policy.choose(self.candidates(version), default, hints, excluded)
+            return policy.choose(self.candidates(version), default, hints, excluded, rows)
         except Unavailable:
-            return policy.choose(self.candidates(version, skip_cooling=False), default, hints, excluded)
+            return policy.choose(self.candidates(version, skip_cooling=False), default, hints, excluded, rows)
 
-    def admit(self, version: VersionRoutes, hints: RoutingHints) -> policy.Decision:
+    def admit(self, version: VersionRoutes, hints: RoutingHints, rows: int = 1) -> policy.Decision:
         """The policy's pick if its queue has room for the request's priority; else the next
         allowed variant that has room ("spill-over"); else the request is shed."""
-        decision = self.choose(version, hints)
+        decision = self.choose(version, hints, rows=rows)
         full: set[str] = set()
         while not self.stats(version.variants[decision.variant]).admits(hints.priority):
             full.add(decision.variant)
-            spill = None if hints.variant is not None else self._spill(version, hints, frozenset(full))
+            spill = None if hints.variant is not None else self._spill(version, hints, frozenset(full), rows)
             if spill is None:
                 raise ResourceExhausted(
                     f"model {version.manifest.name!r}: every variant that may serve this request is at its queue limit",
-                    retry_after_ms=max(1, round(self.stats(version.variants[decision.variant]).predicted_ms())),
+                    retry_after_ms=max(1, round(self.stats(version.variants[decision.variant]).predicted_ms(rows))),
                 )
             decision = spill
         return decision
 
-    def _spill(self, version: VersionRoutes, hints: RoutingHints, full: frozenset[str]) -> policy.Decision | None:
+    def _spill(self, version: VersionRoutes, hints: RoutingHints, full: frozenset[str], rows: int) -> policy.Decision | None:
         try:
-            return policy.Decision(self.choose(version, hints, full).variant, "spill-over")
+            return policy.Decision(self.choose(version, hints, full, rows).variant, "spill-over")
         except (policy.NoVariantFits, Unavailable):
             return None
 
@@ -174,14 +178,14 @@ class Dispatcher:
     async def _shadow_call(self, route: VariantRoute, inputs: dict[str, np.ndarray]) -> InferenceResult:
         """One call for router/shadow.py: in the variant's statistics (it is load), not in the clients' metrics; never retried."""
         stats = self.stats(route)
-        stats.started()
+        ticket = stats.started(_rows(inputs))
         start, elapsed_ms = self._clock(), None
         try:
             result = await self.replicas(route).submit(InferenceRequest(inputs, time.time() + self._timeout_s), self._timeout_s)
             elapsed_ms = 1000 * (self._clock() - start)
             return result
         finally:
-            stats.finished(elapsed_ms)
+            stats.finished(elapsed_ms, ticket=ticket)
 
     async def _replaced(self, version: VersionRoutes, hints: RoutingHints, expires: float | None) -> bool:
         """Whether a variant that may serve the request can answer again after waiting for its replacement."""
@@ -199,7 +203,8 @@ class Dispatcher:
     async def _serve(
         self, version: VersionRoutes, hints: RoutingHints, inputs: dict[str, np.ndarray], expires: float | None
     ) -> Served:
-        decision = self.admit(version, hints)
+        rows = _rows(inputs)
+        decision = self.admit(version, hints, rows)
         route = version.variants[decision.variant]
         try:
             return Served(await self._call(route, inputs, decision.reason, expires), route, decision.reason)
@@ -208,7 +213,7 @@ class Dispatcher:
                 raise
         # One retry: on another allowed variant if there is one, else on the same (Serve picks a live replica).
         try:
-            retry = self.choose(version, hints, excluded=frozenset({decision.variant}))
+            retry = self.choose(version, hints, excluded=frozenset({decision.variant}), rows=rows)
         except (policy.NoVariantFits, Unavailable):
             retry = decision
         route = version.variants[retry.variant]
@@ -226,7 +231,7 @@ class Dispatcher:
         stats = self.stats(route)
         logger.debug("dispatching to %s variant %s (%s)", route.version.key, route.variant.name, reason)
         metrics.decisions(reason).inc()
-        stats.started()
+        ticket = stats.started(_rows(inputs))
         metrics.in_flight.inc()
         code, elapsed_ms, failed_at = grpc.StatusCode.INTERNAL, None, None
         # The replica learns the deadline in wall-clock time: it runs in another process, maybe on another node.
@@ -237,6 +242,7 @@ class Dispatcher:
             result = await pending
             code, elapsed_ms = grpc.StatusCode.OK, 1000 * (self._clock() - start)
             metrics.latency.observe(elapsed_ms / 1000)
+            metrics.prediction_error.observe(abs(ticket.predicted_ms - elapsed_ms) / max(elapsed_ms, 1e-6))
             metrics.replica_queue.observe(result.queue_s)
             metrics.replica_compute.observe(result.compute_s)
             metrics.batch_requests.observe(result.batch_requests)
@@ -270,12 +276,18 @@ class Dispatcher:
         finally:
             for watcher, token in zip(self._watchers, watched):
                 watcher.finished(token, code)
-            stats.finished(elapsed_ms, failed_at)
+            stats.finished(elapsed_ms, failed_at, ticket)
             metrics.in_flight.dec()
             metrics.requests(code).inc()
             # Triton's statistics (router/statistics.py); `result` is bound whenever `code` is OK.
             ok = code is grpc.StatusCode.OK
             self._metrics.statistics.finished(route.manifest, code, self._clock() - start, request, result if ok else None)
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    """Rows along the batch axis: the first input's leading dimension (1 for a scalar or no input)."""
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def _cause(exc: InferenceError) -> str:

@@ -110,6 +110,14 @@ class RouterMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+        # How far the policy's prediction (router/stats.py) was from what came back, per answered request.
+        self.prediction_error = Histogram(
+            "quiver_prediction_error",
+            "|predicted - observed| / observed latency of each answered request, as predicted when it was dispatched",
+            VARIANT_LABELS,
+            buckets=(0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 1.5, 2, 3, 5, 10),
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "quiver_rejected_requests",
             "Requests refused before dispatch, by gRPC status and protocol",
@@ -187,6 +195,7 @@ class VariantMetrics:
         self.replica_compute = metrics.replica_compute.labels(*labels)
         self.batch_requests = metrics.batch_requests.labels(*labels)
         self.call_requests = metrics.call_requests.labels(*labels)
+        self.prediction_error = metrics.prediction_error.labels(*labels)
         self._requests: dict[tuple[grpc.StatusCode, str], Counter] = {}
         self._decisions: dict[str, Counter] = {}
         self._calls: dict[str, Counter] = {}

@@ -7,7 +7,7 @@
    no nodes yet) are routed around; if none is ready: UNAVAILABLE.
 2. With a latency budget (`quiver.latency_budget_ms`, tightened by the gRPC deadline): the most
    accurate candidate whose predicted latency fits ("budget"); if none fits, the fastest
-   ("best-effort").
+   ("best-effort"). Predictions are for the request's rows (router/stats.py).
 3. Without one: the manifest's default variant ("default"), unless it is saturated and another
    candidate is not: then the most accurate of those ("spill-over"). A deadline alone only
    moves a request off a default predicted to miss it, as a budget would ("budget").
@@ -50,7 +50,9 @@ class Decision:
     reason: str
 
 
-def choose(candidates: Sequence[Candidate], default: str, hints: RoutingHints, excluded: frozenset[str] = frozenset()) -> Decision:
+def choose(
+    candidates: Sequence[Candidate], default: str, hints: RoutingHints, excluded: frozenset[str] = frozenset(), rows: int = 1
+) -> Decision:
     if hints.variant is not None:
         return _pinned(candidates, hints.variant)
     allowed = constrained(candidates, hints, excluded)
@@ -59,15 +61,15 @@ def choose(candidates: Sequence[Candidate], default: str, hints: RoutingHints, e
         raise Unavailable(f"no variant that fits the request can answer now (not ready: {[c.name for c in allowed]})")
 
     if hints.latency_budget_ms is not None:
-        return _within(ready, hints.latency_budget_ms)
+        return _within(ready, hints.latency_budget_ms, rows)
 
-    preferred = next((c for c in ready if c.name == default), None) or max(ready, key=_accuracy_then_speed)
-    if hints.deadline_ms is not None and preferred.stats.predicted_ms() > hints.deadline_ms:
-        return _within(ready, hints.deadline_ms)
+    preferred = next((c for c in ready if c.name == default), None) or max(ready, key=lambda c: _accuracy_then_speed(c, rows))
+    if hints.deadline_ms is not None and preferred.stats.predicted_ms(rows) > hints.deadline_ms:
+        return _within(ready, hints.deadline_ms, rows)
     if preferred.stats.saturated:
         others = [c for c in ready if c is not preferred and not c.stats.saturated]
         if others:
-            return Decision(max(others, key=_accuracy_then_speed).name, "spill-over")
+            return Decision(max(others, key=lambda c: _accuracy_then_speed(c, rows)).name, "spill-over")
     return Decision(preferred.name, "default" if preferred.name == default else "most-accurate")
 
 
@@ -92,11 +94,11 @@ def constrained(candidates: Sequence[Candidate], hints: RoutingHints, excluded: 
     return allowed
 
 
-def _within(ready: Sequence[Candidate], budget_ms: float) -> Decision:
-    fitting = [c for c in ready if c.stats.predicted_ms() <= budget_ms]
+def _within(ready: Sequence[Candidate], budget_ms: float, rows: int) -> Decision:
+    fitting = [c for c in ready if c.stats.predicted_ms(rows) <= budget_ms]
     if fitting:
-        return Decision(max(fitting, key=_accuracy_then_speed).name, "budget")
-    return Decision(min(ready, key=lambda c: c.stats.predicted_ms()).name, "best-effort")
+        return Decision(max(fitting, key=lambda c: _accuracy_then_speed(c, rows)).name, "budget")
+    return Decision(min(ready, key=lambda c: c.stats.predicted_ms(rows)).name, "best-effort")
 
 
 def _pinned(candidates: Sequence[Candidate], name: str) -> Decision:
@@ -108,6 +110,6 @@ def _pinned(candidates: Sequence[Candidate], name: str) -> Decision:
     return Decision(name, "pinned")
 
 
-def _accuracy_then_speed(candidate: Candidate) -> tuple[float, float]:
+def _accuracy_then_speed(candidate: Candidate, rows: int) -> tuple[float, float]:
     accuracy = candidate.accuracy if candidate.accuracy is not None else float("-inf")
-    return accuracy, -candidate.stats.predicted_ms()
+    return accuracy, -candidate.stats.predicted_ms(rows)

@@ -3,7 +3,9 @@
 Latency is an exponentially weighted moving average (EWMA) of the router's own measurements
 of each call (queueing and batching included), seeded from the optimization report's p50 until
 the first call returns. The prediction for one more request adds the work already in flight,
-spread over the variant's replicas and batches.
+spread over the variant's replicas and batches. A variant whose manifest holds a profile from
+`quiver tune` is predicted from it instead (router/prediction.py): from the rows in flight and
+the request's own, batch by batch, with a correction learned from the same measurements.
 
 An estimate nobody refreshes drifts back to the prior (half of the way every `forget_s`): a
 variant measured slow while it took the whole load is then sent requests again once the policy
@@ -17,6 +19,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from .prediction import Correction, ProfileLatency
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One call as predicted when it started: what `finished` learns from, and the metrics report."""
+
+    rows: int
+    predicted_ms: float
+    modelled_ms: float | None  # the profile's prediction before the correction; None without a profile
 
 
 @dataclass
@@ -34,21 +47,32 @@ class VariantStats:
     # An unrefreshed estimate moves half of the way back to the prior every this many seconds.
     forget_s: float = 1.0
     clock: Callable[[], float] = time.monotonic
+    profile: ProfileLatency | None = None  # from the manifest's profile: predictions come from it
+    correction: Correction = field(default_factory=Correction)
     in_flight: int = 0
+    in_flight_rows: int = 0
     ewma_ms: float | None = field(default=None)  # as of `sampled_at`
     sampled_at: float = 0.0
     failed_at: float | None = field(default=None)  # the last call that found no replica
     down_since: float | None = field(default=None)  # the first such call since one last answered (None if none ever did)
 
-    def started(self) -> None:
+    def started(self, rows: int = 1) -> Ticket:
+        """One call of `rows` rows leaves: its prediction, for `finished`."""
+        modelled = self.profile.predict_ms(self.in_flight_rows, rows) if self.profile else None
+        ticket = Ticket(rows, self.predicted_ms(rows), modelled)
         self.in_flight += 1
+        self.in_flight_rows += rows
+        return ticket
 
-    def finished(self, latency_ms: float | None, now: float | None = None) -> None:
+    def finished(self, latency_ms: float | None, now: float | None = None, ticket: Ticket | None = None) -> None:
         """One call ended: with its latency, or with `now` when no replica answered.
 
         A failure teaches nothing of speed; it starts the cool-down.
         """
         self.in_flight -= 1
+        self.in_flight_rows -= ticket.rows if ticket else 1
+        if latency_ms is not None and ticket is not None and ticket.modelled_ms is not None:
+            self.correction.observe(latency_ms, ticket.modelled_ms, self.clock())
         if now is not None:
             self.failed_at = now
             if self.down_since is None and self.ewma_ms is not None:  # it answered before: down, not never up
@@ -70,8 +94,11 @@ class VariantStats:
         """Requests the replicas take in one round of batches."""
         return max(1, self.replicas * self.batch_size)
 
-    def predicted_ms(self) -> float:
-        """Latency for one more request: one round per full capacity already queued ahead of it."""
+    def predicted_ms(self, rows: int = 1) -> float:
+        """Latency for one more request (of `rows` rows): from the profile, corrected, where there
+        is one; else the measured latency, one round per full capacity already queued ahead of it."""
+        if self.profile is not None:
+            return self.correction.factor(self.clock()) * self.profile.predict_ms(self.in_flight_rows, rows)
         return self.latency_ms * (1 + self.in_flight // self.capacity)
 
     def cooling(self, now: float) -> bool:

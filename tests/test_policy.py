@@ -13,10 +13,11 @@ from quiver.router.errors import InvalidArgument, NotFound, ResourceExhausted, U
 from quiver.router.hints import RoutingHints
 from quiver.router.metrics import RouterMetrics
 from quiver.router.policy import Candidate, Decision, NoVariantFits, choose
+from quiver.router.prediction import Correction, ProfileLatency
 from quiver.router.readiness import Readiness
 from quiver.router.routes import RouteTable, VariantRoute
 from quiver.router.stats import VariantStats
-from quiver.serving import AppState, Manifest, ModelVersion, Precision, app_name
+from quiver.serving import AppState, BatchLatency, Manifest, ModelVersion, Precision, Profile, ServingSettings, app_name
 
 
 def stats(latency_ms: float, in_flight: int = 0, replicas: int = 1, batch: int = 4) -> VariantStats:
@@ -262,3 +263,109 @@ def test_priority_must_be_an_integer() -> None:
     assert RoutingHints.from_parameters({"quiver.priority": "-2"}).priority == -2
     with pytest.raises(InvalidArgument, match="'quiver.priority' must be an integer"):
         RoutingHints.from_parameters({"quiver.priority": "urgent"})
+
+
+# p50 of one batch through an idle replica, per batch size: what `quiver tune` records.
+MEASURED = {1: 2.0, 4: 3.0, 8: 4.0, 16: 6.0}
+
+
+def tuned_profile(measured: dict[int, float] = MEASURED) -> Profile:
+    settings = ServingSettings(intra_op_threads=1, max_batch_size=max(measured))
+    return Profile(
+        pool="cpu", settings=settings, objective="throughput", concurrency=4, p50_ms=3.0, p99_ms=5.0, throughput=1000.0,
+        throughput_per_replica=500.0,
+        latency=[BatchLatency(batch_size=size, p50_ms=ms, p99_ms=2 * ms) for size, ms in measured.items()],
+    )
+
+
+def test_a_batchs_latency_is_interpolated_between_the_measured_sizes() -> None:
+    latency = ProfileLatency.of(tuned_profile(), max_batch_size=16, replicas=1)
+    assert [latency.batch_ms(rows) for rows in (1, 4, 6, 12, 16)] == [2.0, 3.0, 3.5, 5.0, 6.0]
+    assert latency.batch_ms(32) == 10.0  # above the largest: along the last segment
+    assert ProfileLatency.of(None, 16, 1) is None
+    assert ProfileLatency.of(tuned_profile().model_copy(update={"latency": []}), 16, 1) is None
+
+
+@pytest.mark.parametrize(
+    ("rows_ahead", "rows", "expected_ms"),
+    [
+        (0, 4, 3.0),  # idle: its own batch of 4
+        (0, 12, 5.0),  # 12 rows split across the two replicas: batches of 6
+        (8, 1, 5.0),  # waits for the running batches (4 rows each), then runs alone: 3 + 2
+        (32, 1, 8.0),  # a full round running (16 rows per replica): 6 + 2
+        (32 + 32 + 10, 4, 15.75),  # a full round running, one full round queued, then 10 + 4 rows over two replicas: 6 + 6 + 3.75
+    ],
+)
+def test_the_profile_predicts_the_batch_a_request_joins_and_the_rounds_ahead(rows_ahead: int, rows: int, expected_ms: float) -> None:
+    latency = ProfileLatency.of(tuned_profile(), max_batch_size=16, replicas=2)
+    assert latency.predict_ms(rows_ahead, rows) == pytest.approx(expected_ms)
+
+
+def test_the_rows_in_flight_decide_whether_a_profiled_variant_fits_the_budget() -> None:
+    profiled = VariantStats(replicas=1, batch_size=16, profile=ProfileLatency.of(tuned_profile(), 16, 1), clock=lambda: 0.0)
+    candidates = variants(fp32=profiled)
+    assert profiled.predicted_ms(rows=16) == 6.0
+    assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0)).variant == "fp32"  # one row: 2 ms
+    assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0), rows=16).variant == "pruned"  # 16 rows: 6 ms
+    profiled.started(rows=16)
+    assert profiled.in_flight_rows == 16 and profiled.predicted_ms() == 8.0  # the running batch, then its own
+    assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0)).variant == "pruned"
+
+
+def test_the_correction_converges_to_what_is_observed_and_fades_unrefreshed() -> None:
+    now = [0.0]
+    profiled = VariantStats(profile=ProfileLatency.of(tuned_profile(), 16, 1), correction=Correction(alpha=0.2, forget_s=10.0),
+                            clock=lambda: now[0])
+    for _ in range(40):  # this machine runs everything 1.5 times slower than the profile's
+        ticket = profiled.started(rows=4)
+        profiled.finished(1.5 * ticket.modelled_ms, ticket=ticket)
+    assert profiled.in_flight == profiled.in_flight_rows == 0
+    assert profiled.predicted_ms(rows=4) == pytest.approx(1.5 * 3.0, rel=1e-3)
+    now[0] = 10.0
+    assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)  # half of the log-ratio forgotten
+    ticket = profiled.started()
+    profiled.finished(None, now=now[0], ticket=ticket)  # a failure says nothing about speed
+    assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)
+
+
+def test_without_a_profile_the_request_rows_do_not_change_the_prediction() -> None:
+    measured = stats(10.0, in_flight=5, batch=4)  # 5 requests in flight: one full round of 4 ahead
+    assert measured.profile is None
+    assert measured.predicted_ms() == measured.predicted_ms(rows=64) == 20.0
+
+
+def _measured(accuracy: float, p50_ms: float) -> dict:
+    return {"metric": "top1", "accuracy": accuracy, "accuracy_drop": 0.99 - accuracy, "p50_ms": p50_ms,
+            "p99_ms": p50_ms, "throughput": 1000 / p50_ms, "throughput_batch": 1, "max_abs_error": 0.0}
+
+
+def _profiled_dispatcher(profile: Profile | None) -> tuple[Dispatcher, object]:
+    """Variant a (the most accurate, default) carries `profile`; b is measured at 3 ms by `quiver optimize`."""
+    manifest = Manifest.model_validate({
+        "name": "m", "version": "1", "default_variant": "a",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+        "variants": [
+            {"name": "a", "file": "m.onnx", "sha256": "0" * 64, "batching": {"max_batch_size": 16}, "profile": profile,
+             "metrics": _measured(0.99, 2.0)},
+            {"name": "b", "file": "m.onnx", "sha256": "0" * 64, "metrics": _measured(0.9, 3.0)},
+        ],
+    })
+    version = ModelVersion(manifest, Path("."))
+    routes = RouteTable(VariantRoute(version, variant, handle=None) for variant in manifest.variants)
+    readiness = Readiness(routes, poll=lambda: {app_name(version, v): AppState("RUNNING", 1) for v in manifest.variants})
+    asyncio.run(readiness.refresh())
+    return Dispatcher(RouterMetrics(), readiness), routes.lookup("m")
+
+
+def test_the_dispatcher_predicts_a_variant_from_its_manifests_profile() -> None:
+    dispatcher, target = _profiled_dispatcher(tuned_profile().model_dump())
+    assert dispatcher.stats(target.variants["a"]).profile == ProfileLatency.of(tuned_profile(), 16, 1)
+    assert dispatcher.stats(target.variants["b"]).profile is None
+    budget = RoutingHints(latency_budget_ms=5.0)
+    # a's profile: 2 ms for one row, 6 ms for 16: the request's rows decide.
+    assert dispatcher.admit(target, budget, rows=1) == Decision("a", "budget")
+    assert dispatcher.admit(target, budget, rows=16) == Decision("b", "budget")
+    # Without the profile, a's prediction is its measured p50 whatever the rows.
+    dispatcher, target = _profiled_dispatcher(None)
+    assert dispatcher.admit(target, budget, rows=16) == Decision("a", "budget")
