@@ -15,9 +15,8 @@ from collections import deque
 
 import numpy as np
 
+from quiver.serving.confidence import Z_95, wilson_lower
 from quiver.serving.manifest import ShadowMetric
-
-Z_95 = 1.959964  # two-sided 95 %
 
 
 def row_scores(metric: ShadowMetric, outputs: np.ndarray, reference: np.ndarray, tolerance: float) -> np.ndarray:
@@ -30,16 +29,6 @@ def row_scores(metric: ShadowMetric, outputs: np.ndarray, reference: np.ndarray,
         return (np.abs(a - b) <= tolerance).all(1).astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return np.clip((a * b).sum(1) / np.maximum(norms, 1e-12), 0.0, 1.0)
-
-
-def wilson_lower(successes: float, n: int, z: float = Z_95) -> float:
-    """Wilson's score interval's lower end for `successes` of `n` (0 when n is 0)."""
-    if n == 0:
-        return 0.0
-    p = successes / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - spread) / (1 + z * z / n))
 
 
 class Window:

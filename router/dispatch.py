@@ -38,6 +38,7 @@ from .routes import VariantRoute, VersionRoutes
 from .shadow import Shadow, ShadowSettings
 from .prediction import ProfileLatency
 from .stats import VariantStats
+from .traffic import TrafficSplit
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,10 @@ class Dispatcher:
         replacement: ReplacementWait | None = None,
         shadow: ShadowSettings = ShadowSettings(),
         capture: CaptureSettings | None = None,
+        split: Callable[[], TrafficSplit] = TrafficSplit,
+        lookup: Callable[[str, str], VersionRoutes] | None = None,
     ) -> None:
+        """`split` and `lookup`: the route table's weights and versions, for the Shadow steps it names."""
         self._metrics = metrics
         self._watchers = tuple(watchers)  # see router/calls.py
         self._readiness = readiness
@@ -79,7 +83,10 @@ class Dispatcher:
         self._stats: dict[tuple[str, str, str], VariantStats] = {}
         self._replicas: dict[str, VariantReplicas] = {}
         self._serving = 0  # client requests in flight, dispatched or waiting
-        self.shadow = Shadow(shadow, metrics, self._shadow_call, self._admits_shadow, lambda: self._serving > 0, capture)
+        self.shadow = Shadow(
+            shadow, metrics, self._shadow_call, self._admits_shadow, lambda: self._serving > 0, capture,
+            split=split, lookup=lookup, pick=lambda version: version.variants[self.choose(version, RoutingHints()).variant],
+        )
 
     def replicas(self, route: VariantRoute) -> VariantReplicas:
         """The variant's replicas, for this route (a new route table brings new ones; calls in flight keep theirs)."""

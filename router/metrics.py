@@ -15,6 +15,9 @@ Triton's per-version inference statistics (router/statistics.py), which the prot
 Shadow comparisons (router/shadow.py) are per model, version and variant (the one compared with
 its reference): rows compared, the windowed agreement with its lower bound and sample count,
 whether it drifted, and shadow calls shed by reason; the capture's rows per model version.
+A rollout's Shadow step counts per model, version, variant and the `reference_version` whose
+answers it is compared with: rows compared and their summed agreement, calls by outcome and
+their latency (counters: the operator's gates read their difference over the step).
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from .statistics import InferenceStatistics
 
 VARIANT_LABELS = ("model", "version", "variant", "pool")
 SHADOW_LABELS = ("model", "version", "variant")
+SHADOW_STEP_LABELS = (*SHADOW_LABELS, "reference_version")
 GRPC, HTTP = "grpc", "http"
 # The protocol of the request the current task serves (router/operations.py sets it).
 PROTOCOL: contextvars.ContextVar[str] = contextvars.ContextVar("quiver_protocol", default=GRPC)
+_LATENCY_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # From a small model's run (0.1 ms) to a replica that stalls.
 _REPLICA_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -49,7 +54,7 @@ class RouterMetrics:
             "quiver_request_latency_seconds",
             "Time from dispatch to answer",
             VARIANT_LABELS,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=_LATENCY_SECONDS,
             registry=self.registry,
         )
         # What the latency above spent in the replica (Triton's queue and compute durations): the
@@ -145,6 +150,22 @@ class RouterMetrics:
         self.shadow_shed = Counter(
             "quiver_shadow_shed", "Shadow calls not made: queue full, reference loaded, or the call failed (never retried)",
             [*SHADOW_LABELS, "reason"], registry=self.registry,
+        )
+        self.shadow_step_rows = Counter(
+            "quiver_shadow_step_rows", "Rows of a version in its Shadow step compared with the serving version's answers",
+            SHADOW_STEP_LABELS, registry=self.registry,
+        )
+        self.shadow_step_agreed = Counter(
+            "quiver_shadow_step_agreed", "Those rows' summed agreement scores (top1: rows with the same class)",
+            SHADOW_STEP_LABELS, registry=self.registry,
+        )
+        self.shadow_step_calls = Counter(
+            "quiver_shadow_step_calls", "Mirrored calls to a version in its Shadow step, by outcome (ok or error)",
+            [*SHADOW_STEP_LABELS, "outcome"], registry=self.registry,
+        )
+        self.shadow_step_latency = Histogram(
+            "quiver_shadow_step_latency_seconds", "Time the answered mirrored calls took",
+            SHADOW_STEP_LABELS, buckets=_LATENCY_SECONDS, registry=self.registry,
         )
         self.capture_rows = Counter("quiver_capture_rows", "Rows captured for recalibration", ["model", "version"], registry=self.registry)
         self.capture_dropped = Gauge(

@@ -154,6 +154,8 @@ class Operations:
             request = await read()
             begin_request(request.id)
             chosen = request.version or self._traffic.pick(model)
+            if self._traffic.split.in_shadow(model, chosen):
+                raise NotFound(f"model {model!r} version {chosen!r} is in its rollout's Shadow step: it answers no requests yet")
             version = self._routes.lookup(model, chosen)
             remaining_s = schedule.time_remaining_s(request.parameters, request.time_remaining_s)
             if remaining_s is not None and remaining_s <= 0:

@@ -139,6 +139,7 @@ class Router:
         self.dispatcher = dispatcher = Dispatcher(
             self.metrics, self.readiness, settings.dispatch_timeout_s, watchers=watchers, endpoints=self.endpoints,
             replacement=ReplacementWait(settings.replacement_wait_s, changes), shadow=settings.shadow, capture=settings.capture,
+            split=lambda: self.traffic.split, lookup=routes.lookup,
         )
         if self.catalog is not None:
             repository = Repository(routes, self.readiness, ON_CLUSTER)

@@ -22,16 +22,28 @@ of that and the offline number. A variant whose live accuracy (point estimate) f
 `quiver_shadow_drifted` gauge, and the live accuracy that `quiver.min_accuracy`'s refusals
 list; with `shadow.exclude` it is passed over while another variant can serve (`excluded`).
 
+A rollout's Shadow step uses the same queue, shedding and workers the other way round: the
+route table names a version that takes no traffic yet and the serving version it mirrors
+(router/traffic.py, `shadow`); a `sample_rate` share of the serving version's answered requests
+is sent to the new version's variant the policy would pick, and its outputs compared with the
+answer the client got, which is the reference here. Counters per (model, version, variant,
+reference_version) say how many rows were compared and how far they agreed, how many calls
+failed and how long they took: the operator's Shadow gates read their difference over the step
+(operator/controller/gates.py). The new version answers no client meanwhile (router/operations.py).
+
 The same workers write the capture (serving/capture.py): a `--capture-rate` share of the
 requests whose token allows it (router/auth.py), with the reference's outputs (asked of the
-reference for requests another variant answered).
+reference for requests another variant answered). The route table may set a model's own rate
+and bound (`capture`, from its ModelDeployment's spec.capture).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -45,6 +57,7 @@ from quiver.serving.manifest import ShadowMetric, shadow_metric
 from .agreement import Window, row_scores
 from .metrics import RouterMetrics
 from .routes import VariantRoute, VersionRoutes
+from .traffic import TrafficSplit
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +88,7 @@ class _Job:
     outputs: Tensors
     compare: bool
     capture: bool
+    mirror: VersionRoutes | None = None  # a version in its Shadow step, asked instead of the reference
 
 
 class _Tracked:
@@ -97,13 +111,20 @@ class Shadow:
         busy: Callable[[], bool] = lambda: True,
         capture: CaptureSettings | None = None,
         rng: random.Random | None = None,
+        split: Callable[[], TrafficSplit] = TrafficSplit,
+        lookup: Callable[[str, str], VersionRoutes] | None = None,
+        pick: Callable[[VersionRoutes], VariantRoute] | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._call = call  # to the reference, without retry
-        self._admits = admits  # whether the reference takes a shadow call now
+        self._call = call  # to the reference (or a version in its Shadow step), without retry
+        self._admits = admits  # whether the variant takes a shadow call now
         self._busy = busy  # whether client requests are in flight
         self._capture = capture
+        self._split = split  # the route table's shadow and capture sections
+        self._lookup = lookup  # a version's routes (None: no Shadow steps here)
+        self._pick = pick  # the variant of a version the policy would pick for a request without hints
+        self._model_captures: dict[str, CaptureSettings] = {}
         self._rng = rng or random.Random()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(settings.queue)
         self._workers: list[asyncio.Task] = []
@@ -113,25 +134,44 @@ class Shadow:
         self._writing = asyncio.Lock()
 
     def offer(self, version: VersionRoutes, route: VariantRoute, inputs: Tensors, outputs: Tensors, may_capture: bool) -> None:
-        """A request `route` answered: sample it for comparison and capture (cheap; on the client's path)."""
+        """A request `route` answered: sample it for comparison, capture and Shadow steps (cheap; on the client's path)."""
+        split = self._split()
+        model = version.manifest.name
+        for name, mirror in split.shadow.get(model, {}).items():
+            if mirror.of == version.manifest.version and self._lookup is not None and self._rng.random() < mirror.sample_rate:
+                self._enqueue(_Job(version, route, inputs, outputs, True, False, self._lookup(model, name)), (model, name, ""))
         reference = version.manifest.reference
         if reference is None:
             return
         tracked = self._track(route) if route.variant.name != reference.name else None
         compare = tracked is not None and self._rng.random() < tracked.spec.sample_rate
-        capture = self._capture is not None and may_capture and self._rng.random() < self._capture.sample_rate
-        if not (compare or capture):
-            return
+        capture = self._capture_settings(model, split)
+        capture_this = capture is not None and may_capture and self._rng.random() < capture.sample_rate
+        if compare or capture_this:
+            self._enqueue(_Job(version, route, inputs, outputs, compare, capture_this), route.key)
+
+    def _enqueue(self, job: _Job, labels: tuple[str, str, str]) -> None:
         if not self._workers:
             self._workers = [asyncio.create_task(self._work(), name=f"quiver-shadow-{i}") for i in range(self._settings.workers)]
             self._workers.append(asyncio.create_task(self._watch_lag(), name="quiver-shadow-lag"))
         if self._lagging and self._busy():
-            self._metrics.shadow_shed.labels(*route.key, "load").inc()
+            self._metrics.shadow_shed.labels(*labels, "load").inc()
             return
         try:
-            self._queue.put_nowait(_Job(version, route, inputs, outputs, compare, capture))
+            self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self._metrics.shadow_shed.labels(*route.key, "queue").inc()
+            self._metrics.shadow_shed.labels(*labels, "queue").inc()
+
+    def _capture_settings(self, model: str, split: TrafficSplit) -> CaptureSettings | None:
+        """The router's capture settings, or the model's own where the route table sets them."""
+        own = split.capture.get(model)
+        if self._capture is None or own is None:
+            return self._capture
+        found = self._model_captures.get(model)
+        max_bytes = self._capture.max_bytes if own.max_mb is None else int(own.max_mb * (1 << 20))
+        if found is None or (found.sample_rate, found.max_bytes) != (own.rate, max_bytes):
+            found = self._model_captures[model] = dataclasses.replace(self._capture, sample_rate=own.rate, max_bytes=max_bytes)
+        return found
 
     def accuracy(self, version: VersionRoutes, route: VariantRoute) -> float | None:
         """The variant's accuracy for routing: the offline one, or lower where live traffic says so."""
@@ -194,6 +234,9 @@ class Shadow:
                 logger.exception("%s: shadow work for variant %s failed", job.version.version.key, job.route.variant.name)
 
     async def _run(self, job: _Job) -> None:
+        if job.mirror is not None:
+            await self._mirror(job, job.mirror)
+            return
         reference = job.version.variants.get(job.version.manifest.reference.name)
         if reference is None:
             return
@@ -249,12 +292,42 @@ class Shadow:
         else:
             logger.warning("%s variant %s agrees with its reference again: %s", key, name, numbers)
 
+    async def _mirror(self, job: _Job, target: VersionRoutes) -> None:
+        """One mirrored request of a Shadow step: the new version's answer against the one the client got."""
+        assert self._pick is not None
+        route = self._pick(target)
+        labels = (*route.key, job.version.manifest.version)
+        if not self._admits(route):
+            self._metrics.shadow_shed.labels(*route.key, "load").inc()
+            return
+        start = time.perf_counter()
+        try:
+            outputs = (await self._call(route, job.inputs)).outputs
+        except Exception as exc:  # noqa: BLE001 - the serving version answered these inputs: any failure counts against the new one
+            logger.debug("%s: mirrored call to %s failed: %s", target.version.key, route.variant.name, exc)
+            self._metrics.shadow_step_calls.labels(*labels, "error").inc()
+            return
+        self._metrics.shadow_step_calls.labels(*labels, "ok").inc()
+        self._metrics.shadow_step_latency.labels(*labels).observe(time.perf_counter() - start)
+        try:
+            output, metric = shadow_metric(route.manifest, route.variant)
+            scores = row_scores(metric, outputs[output.name], job.outputs[output.name], (route.variant.shadow or ShadowSpec()).tolerance)
+        except (KeyError, ValueError) as exc:  # the versions' outputs differ: nothing to compare, every row disagrees
+            logger.warning("%s variant %s cannot be compared with version %s: %s", target.version.key, route.variant.name,
+                           job.version.manifest.version, exc)
+            scores = np.zeros(len(next(iter(job.inputs.values()))))
+        self._metrics.shadow_step_rows.labels(*labels).inc(len(scores))
+        self._metrics.shadow_step_agreed.labels(*labels).inc(float(scores.sum()))
+
     async def _store(self, job: _Job, expected: Tensors) -> None:
-        assert self._capture is not None
         manifest = job.version.manifest
+        settings = self._capture_settings(manifest.name, self._split())
+        assert settings is not None
         capture = self._captures.get(job.version.version.key)
-        if capture is None:
-            capture = self._captures[job.version.version.key] = VersionCapture(self._capture, manifest.name, manifest.version)
+        if capture is None or capture.settings is not settings:  # new settings from the route table
+            if capture is not None:
+                await self._write(capture)  # what it holds, under the settings it was sampled with
+            capture = self._captures[job.version.version.key] = VersionCapture(settings, manifest.name, manifest.version)
         first = manifest.outputs[0]
         classes = len(first.shape) >= 2 and first.shape[-1] != 1
         labels = expected[first.name].reshape(len(expected[first.name]), -1).argmax(1) if classes else None

@@ -13,7 +13,14 @@ variant when that differs from its manifest:
      "default_variant": {"digits": {"2": "int8-static"}}}
 
 Weights are relative (they need not sum to 100); a version at 0 gets no unpinned traffic but
-still answers requests that name it. The router re-reads the file when it changes and swaps the
+still answers requests that name it, unless it is in its rollout's Shadow step: `shadow` names
+it, the serving version it mirrors and the share of that version's requests it is sent again
+(router/shadow.py), and it answers no client at all. `capture` sets a model's capture rate and
+bound over the router's own (router/shadow.py, serving/capture.py):
+
+    {"models": {"digits": {"1": 100, "2": 0}}, "shadow": {"digits": {"2": {"of": "1", "sample_rate": 0.5}}},
+     "capture": {"digits": {"rate": 0.05, "max_mb": 64}}}
+ The router re-reads the file when it changes and swaps the
 table in one assignment, so requests in flight are untouched; a file that does not parse or
 names a version that is not deployed is refused with a logged error and the old table stays.
 """
@@ -32,21 +39,51 @@ from quiver.serving.manifest import Name, Placement
 from .watched import WatchedFile
 
 Weight = Annotated[int, Field(ge=0, le=1_000_000)]
+Rate = Annotated[float, Field(ge=0, le=1)]
 
 
-class TrafficSplit(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class Mirror(_Section):
+    """A version in its Shadow step: a `sample_rate` share of version `of`'s answered requests is sent to it too."""
+
+    of: str
+    sample_rate: Rate
+
+
+class ModelCapture(_Section):
+    """One model's capture, over the router's --capture-rate and --capture-max-mb."""
+
+    rate: Rate
+    max_mb: Annotated[float, Field(gt=0)] | None = None
+
+
+class TrafficSplit(_Section):
     models: dict[str, dict[str, Weight]] = {}
     placement: dict[str, dict[str, dict[str, Placement]]] = {}  # model → version → variant
     default_variant: dict[str, dict[str, Name]] = {}  # model → version → variant, over the manifest's
+    shadow: dict[str, dict[str, Mirror]] = {}  # model → version in its Shadow step
+    capture: dict[str, ModelCapture] = {}
 
     @model_validator(mode="after")
     def _some_traffic(self) -> TrafficSplit:
         for model, weights in self.models.items():
             if not weights or sum(weights.values()) == 0:
                 raise ValueError(f"models.{model}: at least one version needs a weight above 0")
+        for model, mirrors in self.shadow.items():
+            weights = self.models.get(model, {})
+            for version, mirror in mirrors.items():
+                if weights.get(version) != 0:
+                    raise ValueError(f"shadow.{model}.{version}: a version in its Shadow step needs weight 0 in models.{model}")
+                if not weights.get(mirror.of):
+                    raise ValueError(f"shadow.{model}.{version}.of: version {mirror.of!r} takes no traffic in models.{model}")
         return self
+
+    def in_shadow(self, model: str, version: str) -> bool:
+        """Whether the version is in its Shadow step: it answers no client request."""
+        return version in self.shadow.get(model, {})
 
     def check_against(self, deployed: Mapping[str, list[str]]) -> None:
         """Refuse versions that are not deployed (`deployed`: model → versions)."""

@@ -62,7 +62,7 @@ class VersionCapture:
     """One model version's rotating capture: rows buffered here, segments written by `flush`."""
 
     def __init__(self, settings: CaptureSettings, model: str, version: str) -> None:
-        self._settings = settings
+        self.settings = settings
         self._model, self._version = model, version
         self.directory = settings.directory / model / version
         self._rows: list[dict[str, np.ndarray]] = []
@@ -74,7 +74,7 @@ class VersionCapture:
         if labels is not None:
             row[LABELS] = labels
         self._rows.append(row)
-        return sum(len(next(iter(r.values()))) for r in self._rows) >= self._settings.segment_rows
+        return sum(len(next(iter(r.values()))) for r in self._rows) >= self.settings.segment_rows
 
     def take(self) -> dict[str, np.ndarray] | None:
         """The buffered rows as one segment's arrays (None if none), leaving the buffer empty."""
@@ -88,21 +88,21 @@ class VersionCapture:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         content = buffer.getvalue()
-        if self._settings.key is not None:
-            content = crypto.encrypt(content, self._settings.key, associated_data(self._model, self._version))
-        if len(content) > self._settings.max_bytes:
+        if self.settings.key is not None:
+            content = crypto.encrypt(content, self.settings.key, associated_data(self._model, self._version))
+        if len(content) > self.settings.max_bytes:
             self.dropped += 1
             return 0
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             segments = _segments(self.directory)
             used = sum(path.stat().st_size for path in segments)
-            while segments and used + len(content) > self._settings.max_bytes:
+            while segments and used + len(content) > self.settings.max_bytes:
                 oldest = segments.pop(0)
                 used -= oldest.stat().st_size
                 oldest.unlink()
             number = int(_SEGMENT.match(segments[-1].name)[1]) + 1 if segments else 1
-            name = f"{number:012d}.npz" + (".enc" if self._settings.key is not None else "")
+            name = f"{number:012d}.npz" + (".enc" if self.settings.key is not None else "")
             partial = self.directory / f".{name}.partial"
             partial.write_bytes(content)
             partial.rename(self.directory / name)  # readers never see half a segment

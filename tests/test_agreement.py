@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from quiver.router.agreement import Window, row_scores, wilson_lower
+from quiver.router.agreement import Window, row_scores
+from quiver.serving.confidence import wilson_lower
 from quiver.router.auth import CAPTURE, Authenticator, parse_tokens
 from quiver.router.stats import VariantStats
 from quiver.serving import Manifest

@@ -10,6 +10,7 @@ must restore the agreement.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -25,7 +26,8 @@ from quiver.router.metrics import RouterMetrics
 from quiver.router.routes import VariantRoute, VersionRoutes
 from quiver.router.shadow import Shadow as ShadowRouter
 from quiver.router.shadow import ShadowSettings
-from quiver.serving import Manifest, ModelVersion
+from quiver.router.traffic import TrafficSplit
+from quiver.serving import InferenceResult, Manifest, ModelVersion
 from quiver.serving.manifest import Shadow
 from quiver.serving.optimize import OptimizeSettings, SpeedBudget, VariantKind, load_dataset, optimize
 
@@ -178,3 +180,58 @@ def test_a_compared_variant_shows_drifted_0_from_its_first_request() -> None:
     # The reference itself is not compared.
     shadow.offer(routes, routes.variants["fp32"], {"x": x}, {"y": np.zeros((1, CLASSES), np.float32)}, may_capture=False)
     assert metrics.registry.get_sample_value("quiver_shadow_drifted", {**labels, "variant": "fp32"}) is None
+
+
+def test_a_shadow_step_compares_the_new_versions_answers_with_the_ones_clients_got(tmp_path: Path) -> None:
+    """The route table names version 2 in its Shadow step: a sample of version 1's answered requests
+    is sent to version 2 (ONNX Runtime on its model, where a router would reach its replicas) and
+    counted against version 1's answers, per (model, version, variant, reference_version)."""
+    def manifest(version: str) -> Manifest:
+        return Manifest.model_validate({
+            "name": "m", "version": version,
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, FEATURES]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, CLASSES]}],
+            "variants": [{"name": "fp32", "file": "fp32.onnx", "sha256": "0" * 64}],
+        })
+
+    w = np.random.default_rng(0).standard_normal((FEATURES, CLASSES))
+    models = {"1": build_gemm(tmp_path / "1.onnx", w), "2": build_gemm(tmp_path / "2.onnx", w * [1, 1, 1, 1, -1, -1, -1, -1])}
+    table = {v: ModelVersion(manifest(v), tmp_path) for v in models}
+    routes = {v: VersionRoutes(table[v], {"fp32": VariantRoute(table[v], table[v].manifest.variants[0], handle=None)}) for v in models}
+    split = TrafficSplit.model_validate({"models": {"m": {"1": 100, "2": 0}}, "shadow": {"m": {"2": {"of": "1", "sample_rate": 1.0}}}})
+    metrics, asked = RouterMetrics(), []
+
+    async def call(route: VariantRoute, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        asked.append(route.key)
+        return InferenceResult(reference(models[route.manifest.version], inputs), batch_requests=1, batch_rows=len(inputs["x"]))
+
+    async def run(batches: list[np.ndarray]) -> None:
+        shadow = ShadowRouter(
+            ShadowSettings(), metrics, call, admits=lambda route: True, split=lambda: split,
+            lookup=lambda model, version: routes[version], pick=lambda version: version.variants["fp32"],
+        )
+        for x in batches:
+            shadow.offer(routes["1"], routes["1"].variants["fp32"], {"x": x}, reference(models["1"], {"x": x}), may_capture=False)
+            await asyncio.sleep(0)
+        while metrics.registry.get_sample_value("quiver_shadow_step_rows_total", labels) != len(rows):
+            await asyncio.sleep(0.01)
+        await shadow.close()
+
+    labels = {"model": "m", "version": "2", "variant": "fp32", "reference_version": "1"}
+    rows = calibration_rows(120, 5)
+    asyncio.run(asyncio.wait_for(run(np.split(rows, 40)), 30))
+    direct = (reference(models["1"], {"x": rows})["y"].argmax(1) == reference(models["2"], {"x": rows})["y"].argmax(1)).sum()
+    assert 0 < direct < len(rows) / 2  # half the classes negated: most rows disagree
+    assert metrics.registry.get_sample_value("quiver_shadow_step_agreed_total", labels) == direct
+    assert metrics.registry.get_sample_value("quiver_shadow_step_calls_total", {**labels, "outcome": "ok"}) == 40
+    assert metrics.registry.get_sample_value("quiver_shadow_step_latency_seconds_count", labels) == 40
+    assert set(asked) == {("m", "2", "fp32")}  # version 1's own answers are the reference: never asked again
+
+
+def test_the_route_table_refuses_a_shadow_version_with_traffic() -> None:
+    with pytest.raises(ValueError, match="shadow.m.2: a version in its Shadow step needs weight 0"):
+        TrafficSplit.model_validate({"models": {"m": {"1": 90, "2": 10}}, "shadow": {"m": {"2": {"of": "1", "sample_rate": 0.5}}}})
+    with pytest.raises(ValueError, match="shadow.m.2.of: version '3' takes no traffic"):
+        TrafficSplit.model_validate({"models": {"m": {"1": 100, "2": 0}}, "shadow": {"m": {"2": {"of": "3", "sample_rate": 0.5}}}})
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        TrafficSplit.model_validate({"models": {"m": {"1": 100, "2": 0}}, "shadow": {"m": {"2": {"of": "1", "sample_rate": 1.5}}}})
