@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from pathlib import Path
 from types import TracebackType
 
 import numpy as np
@@ -38,10 +39,11 @@ _WAIT_S = 60.0  # a request's wait limit in the router's queue: far above any tr
 
 class ServePath:
     """A local Ray instance whose one node, of `cpus` CPUs, belongs to every pool of the variants
-    tuned; a context manager. One variant is deployed at a time (`release` takes it down)."""
+    tuned; a context manager. One variant is deployed at a time (`release` takes it down).
+    `key_file` decrypts variants encrypted at rest."""
 
-    def __init__(self, version: ModelVersion, pools: list[str], cpus: int) -> None:
-        self.version, self.pools, self.cpus = version, pools, cpus
+    def __init__(self, version: ModelVersion, pools: list[str], cpus: int, key_file: Path | None = None) -> None:
+        self.version, self.pools, self.cpus, self.key_file = version, pools, cpus, key_file
         self._loop = asyncio.new_event_loop()
         from quiver.router.metrics import RouterMetrics
 
@@ -119,7 +121,7 @@ class ServePath:
             return self._current  # deployed as asked already: a redeployment would start new replicas
         manifest = self.version.manifest
         metrics = self._metrics.variant(manifest.name, manifest.version, variant.name, variant.pool)
-        self._current = VariantReplicas(VariantRoute(self.version, variant, deploy(self.version, variant)), None, metrics)
+        self._current = VariantReplicas(VariantRoute(self.version, variant, deploy(self.version, variant, self.key_file)), None, metrics)
         return self._current
 
     def _inputs(self, rows: int) -> dict[str, np.ndarray]:

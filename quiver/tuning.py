@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="closed loops of this many clients each point is measured under (default: 1,4,16,64)",
     )
     parser.add_argument("--cpus", type=int, help="CPUs of a pool node to tune for (default: this machine's)")
+    parser.add_argument("--model-key", type=Path, help="32-byte key file that decrypts variants encrypted at rest")
     parser.add_argument("--sign-key", type=Path, metavar="KEY.pem", help="EC private key to sign the version again with (required if it is signed)")
 
 
@@ -85,7 +86,7 @@ def _tune(version: ModelVersion, variants: list[Variant], args: argparse.Namespa
     results: dict[str, SearchResult] = {}
     profiles: dict[str, Profile] = {}
     columns = (TextColumn("{task.description:<12}"), BarColumn(), TimeRemainingColumn(), TextColumn("{task.fields[now]}"))
-    with ServePath(version, sorted({v.pool for v in variants}), cpus) as path, \
+    with ServePath(version, sorted({v.pool for v in variants}), cpus, args.model_key) as path, \
             Progress(*columns, console=console) as bars:
         for variant in variants:
             bar = bars.add_task(variant.name, total=share, now="starting")

@@ -51,6 +51,8 @@ BROKEN = [
     (lambda s: s["placement"][0].update(minReplicas=-1), "spec.placement.0.minReplicas", "less than the minimum"),
     (lambda s: s["rollout"].update(strategy="BlueGreen"), "spec.rollout.strategy", "is not one of"),
     (lambda s: s["rollout"]["gates"].update(maxErrorRate=2), "spec.rollout.gates.maxErrorRate", "greater than the maximum"),
+    (lambda s: s.update(tuning={"objective": "cost"}), "spec.tuning.objective", "is not one of"),
+    (lambda s: s.update(tuning={"budgetSeconds": 1}), "spec.tuning.budgetSeconds", "less than the minimum"),
 ]
 
 
@@ -72,6 +74,7 @@ CROSS_FIELD = [
     (lambda s: s["routing"].update(defaultVariant="fp16"), "routing.defaultVariant 'fp16' is not one of optimization.variants"),
     (lambda s: s["optimization"].pop("calibrationData"), "int8-static, which needs calibrationData"),
     (lambda s: s["placement"].append(copy.deepcopy(s["placement"][0])), "placement: each variant at most once"),
+    (lambda s: s.update(tuning={"variants": ["distilled"]}), "tuning.variants 'distilled' is not one of optimization.variants"),
 ]
 
 

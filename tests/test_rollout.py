@@ -16,7 +16,8 @@ from quiver.operator.rollout import Reconciler
 from quiver.operator.settings import OperatorSettings
 from quiver.operator.spec import parse_spec
 from quiver.operator.status import ConditionType, Phase, Status
-from quiver.serving import ServingSettings, build_example, from_onnx_file, read_version, signing, write_version
+from quiver.serving import Profile, ServingSettings, build_example, from_onnx_file, read_version, signing, write_version
+from quiver.serving.tune import record
 
 from .test_model_security import signing_keys
 
@@ -155,3 +156,85 @@ def test_a_tuned_version_deploys_with_its_tuned_settings_where_the_placement_set
     assert placed["threads"] == {"intra_op": 2} and placed["replicas"]["count"] == 2
     routed = kube.routes["placement"]["digits"]["1"]["fp32"]
     assert routed["batching"] == {"max_batch_size": 16, "max_wait_ms": 0.0} and routed["threads"]["intra_op"] == 2
+
+
+class JobsKube(FakeKube):
+    """Each Job's state by its component (optimize, tune): what a real API server's Jobs would report."""
+
+    def __init__(self, **states: JobState) -> None:
+        super().__init__(JobState(JobPhase.RUNNING))
+        self.states = states
+
+    def job_state(self, name: str) -> JobState:
+        return next((state for part, state in self.states.items() if f"-{part}-" in name), JobState(JobPhase.MISSING))
+
+
+TUNING = {"sloP99Ms": 50, "budgetSeconds": 30, "cpus": 2, "nodeSelector": {"quiver.dev/pool": "cpu"}}
+
+
+def tuned_spec(version: str = "1") -> Any:
+    body = spec().model_dump(mode="json", by_alias=True, exclude_none=True)
+    body["model"]["version"], body["tuning"] = version, TUNING
+    return parse_spec(body)
+
+
+def tune_records(store: Path, meets_slo: bool) -> None:
+    """What the tuning Job's `quiver tune` leaves in the store (its own tests: tests/test_tune.py)."""
+    settings = ServingSettings(intra_op_threads=2, max_batch_size=8, max_wait_ms=1.0, replicas=1, cpus_per_replica=2.0)
+    found = Profile(pool="cpu", settings=settings, objective="throughput", slo_p99_ms=50.0, meets_slo=meets_slo, concurrency=4,
+                    p50_ms=3.0, p99_ms=9.0 if meets_slo else 70.0, throughput=1200.0, throughput_per_replica=1200.0)
+    record(store, read_version(store / "digits" / "1"), {"fp32": found})
+
+
+def test_tuning_runs_as_a_job_between_optimizing_and_deploying_with_the_tuned_settings(tmp_path: Path) -> None:
+    kube, serve = JobsKube(optimize=JobState(JobPhase.RUNNING)), FakeServe()
+    settings = OperatorSettings("test", tmp_path, "img:1", "http://ray", store_claim="models", sign_key_secret="signer")
+    reconciler = Reconciler(settings, kube, serve)
+    status = reconciler.look("digits", "uid-1", tuned_spec(), Status())
+    assert status.phase is Phase.OPTIMIZING and len(kube.jobs) == 1
+    publish(tmp_path)
+    kube.states["optimize"], kube.states["tune"] = JobState(JobPhase.SUCCEEDED), JobState(JobPhase.RUNNING)
+    for _ in range(2):  # the Job once, however many looks
+        status = reconciler.look("digits", "uid-1", tuned_spec(), status)
+    assert status.phase is Phase.TUNING and not serve.apps and len(kube.jobs) == 2
+    assert reasons(status)["Tuned"] == ("Unknown", "JobRunning", "job digits-tune-1 tunes fp32")
+    optimize, tune = (job["spec"]["template"]["spec"] for job in kube.jobs)
+    assert kube.jobs[1]["metadata"]["name"] == "digits-tune-1" and kube.jobs[1]["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert tune["containers"][0]["command"] == [
+        "quiver", "tune", str(tmp_path), "--model", "digits", "--version", "1", "--variants", "fp32", "--objective", "throughput",
+        "--budget-s", "30", "--slo-p99-ms", "50", "--cpus", "2", "--sign-key", "/etc/quiver/sign-key/key.pem",
+    ]
+    for same in ("securityContext", "serviceAccountName"):  # as the optimization Job runs
+        assert tune.get(same) == optimize.get(same)
+    assert tune["containers"][0]["image"] == "img:1"
+    assert tune["containers"][0]["securityContext"] == optimize["containers"][0]["securityContext"]
+    assert all(volume in tune["volumes"] for volume in optimize["volumes"])  # the store's claim and the signing key
+    assert tune["containers"][0]["resources"]["limits"] == {"cpu": "2"} and tune["nodeSelector"] == {"quiver.dev/pool": "cpu"}
+    tune_records(tmp_path, meets_slo=True)
+    kube.states["tune"] = JobState(JobPhase.SUCCEEDED)
+    status = reconciler.look("digits", "uid-1", tuned_spec(), status)
+    assert status.phase is Phase.SERVING and status.current_version == "1"
+    assert reasons(status)["Tuned"][:2] == ("True", "Tuned") and "fp32: 1200 rows/s at p99 9.0 ms" in reasons(status)["Tuned"][2]
+    placed = serve.apps["digits.1.fp32"]["args"]["placement"]
+    assert placed["batching"] == {"max_batch_size": 8, "max_wait_ms": 1.0} and placed["threads"] == {"intra_op": 2}
+
+
+def test_a_failed_tuning_job_fails_the_version_and_the_serving_one_keeps_serving(tmp_path: Path) -> None:
+    publish(tmp_path)
+    tune_records(tmp_path, meets_slo=False)  # quiver tune exits 1: no setting met the SLO
+    kube = JobsKube(optimize=JobState(JobPhase.SUCCEEDED), tune=JobState(JobPhase.FAILED, "BackoffLimitExceeded", "exit 1"))
+    kube.routes = {"models": {"digits": {"0": 100}}}
+    serve = FakeServe()
+    serve.apps["digits.0.fp32"] = {"name": "digits.0.fp32"}
+    serving = Status(phase=Phase.SERVING, current_version="0", traffic={"0": 100})
+    reconciler = Reconciler(OperatorSettings("test", tmp_path, "img", "http://ray"), kube, serve)
+    status = serving
+    for _ in range(3):
+        status = reconciler.look("digits", None, tuned_spec(), status)
+    assert status.phase is Phase.FAILED and status.failed_version == "1" and status.current_version == "0"
+    tuned, degraded = reasons(status)["Tuned"], reasons(status)["Degraded"]
+    assert tuned[:2] == ("False", "JobFailed") and degraded[:2] == ("True", "TuningFailed")
+    assert tuned[2] == ("job digits-tune-1: BackoffLimitExceeded: exit 1; no setting meets the SLO for "
+                        "fp32 (p99 ≤ 50 ms asked, 70.0 ms at best)")
+    assert list(serve.apps) == ["digits.0.fp32"] and kube.routes["models"] == {"digits": {"0": 100}}
+    assert [job["metadata"]["name"] for job in kube.jobs] == ["digits-optimize-1", "digits-tune-1"]  # however many looks

@@ -1,4 +1,6 @@
-"""The optimization Job: `quiver optimize` in the chart's image, writing into the shared store."""
+"""The operator's Jobs, in the chart's image, writing into the shared store: `quiver optimize`
+makes a version's variants; `quiver tune` (spec.tuning) then measures and records their serving
+settings. Both run with the same volumes, keys and security context."""
 
 from __future__ import annotations
 
@@ -6,16 +8,16 @@ import re
 from typing import Any
 
 from .settings import OperatorSettings
-from .spec import ModelDeploymentSpec, local_path
+from .spec import ModelDeploymentSpec, ModelSource, Tuning, local_path
 
 MANAGED_BY = "quiver-operator"
 SECRETS = "/etc/quiver"  # where a Job mounts the keys it needs
 
 
-def job_name(deployment: str, version: str) -> str:
-    """A DNS-1123 name, unique per (ModelDeployment, version)."""
+def job_name(deployment: str, version: str, component: str = "optimize") -> str:
+    """A DNS-1123 name, unique per (ModelDeployment, version, component)."""
     safe = re.sub(r"[^a-z0-9-]", "-", version.lower()).strip("-") or "v"
-    return f"{deployment}-optimize-{safe}"[:63].rstrip("-")
+    return f"{deployment}-{component}-{safe}"[:63].rstrip("-")
 
 
 def optimize_command(spec: ModelDeploymentSpec, settings: OperatorSettings) -> list[str]:
@@ -45,10 +47,51 @@ def optimize_command(spec: ModelDeploymentSpec, settings: OperatorSettings) -> l
     return command
 
 
+def tune_command(model: ModelSource, tuning: Tuning, variants: list[str], settings: OperatorSettings) -> list[str]:
+    """`quiver tune` over `variants` (the published ones spec.tuning names), each given its budget."""
+    command = [
+        "quiver", "tune", str(settings.store),
+        "--model", model.name,
+        "--version", model.version,
+        "--variants", ",".join(variants),
+        "--objective", tuning.objective,
+        "--budget-s", str(tuning.budget_seconds * len(variants)),
+    ]
+    if tuning.slo_p99_ms is not None:
+        command += ["--slo-p99-ms", f"{tuning.slo_p99_ms:g}"]
+    if tuning.cpus is not None:
+        command += ["--cpus", str(tuning.cpus)]
+    if settings.encrypt_key_secret:  # the variants it deploys are encrypted with it
+        command += ["--model-key", f"{SECRETS}/encrypt-key/key"]
+    if settings.sign_key_secret:  # a changed manifest is signed again
+        command += ["--sign-key", f"{SECRETS}/sign-key/key.pem"]
+    return command
+
+
 def optimize_job(deployment: str, uid: str | None, spec: ModelDeploymentSpec, settings: OperatorSettings) -> dict[str, Any]:
+    return _job(deployment, uid, "optimize", spec.model.version, optimize_command(spec, settings), settings)
+
+
+def tune_job(
+    deployment: str, uid: str | None, model: ModelSource, tuning: Tuning, variants: list[str], settings: OperatorSettings
+) -> dict[str, Any]:
+    job = _job(deployment, uid, "tune", model.version, tune_command(model, tuning, variants, settings), settings)
+    pod = job["spec"]["template"]["spec"]
+    # Ray's object store lives in /dev/shm; a container's default is 64 MiB.
+    pod["volumes"].append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+    pod["containers"][0]["volumeMounts"].append({"name": "shm", "mountPath": "/dev/shm"})
+    if tuning.cpus is not None:  # the CPUs it tunes for are the pod's own, not shared with others'
+        cpus = str(tuning.cpus)
+        pod["containers"][0]["resources"] = {"requests": {"cpu": cpus}, "limits": {"cpu": cpus}}
+    if tuning.node_selector:  # on a node of the pool it tunes for
+        pod["nodeSelector"] = dict(tuning.node_selector)
+    return job
+
+
+def _job(deployment: str, uid: str | None, component: str, version: str, command: list[str], settings: OperatorSettings) -> dict[str, Any]:
     labels = {
         "app.kubernetes.io/name": "quiver",
-        "app.kubernetes.io/component": "optimize",
+        "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "serving.quiver.dev/model-deployment": deployment,
     }
@@ -57,9 +100,9 @@ def optimize_job(deployment: str, uid: str | None, spec: ModelDeploymentSpec, se
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
         "containers": [
             {
-                "name": "optimize",
+                "name": component,
                 "image": settings.image,
-                "command": optimize_command(spec, settings),
+                "command": command,
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
                     "readOnlyRootFilesystem": True,
@@ -79,7 +122,7 @@ def optimize_job(deployment: str, uid: str | None, spec: ModelDeploymentSpec, se
             pod["containers"][0]["volumeMounts"].append({"name": mount, "mountPath": f"{SECRETS}/{mount}", "readOnly": True})
     if settings.job_service_account:
         pod["serviceAccountName"] = settings.job_service_account
-    metadata: dict[str, Any] = {"name": job_name(deployment, spec.model.version), "labels": labels}
+    metadata: dict[str, Any] = {"name": job_name(deployment, version, component), "labels": labels}
     if uid:  # deleting the ModelDeployment deletes its Jobs
         metadata["ownerReferences"] = [
             {"apiVersion": "serving.quiver.dev/v1alpha1", "kind": "ModelDeployment", "name": deployment, "uid": uid, "controller": True}
@@ -88,6 +131,6 @@ def optimize_job(deployment: str, uid: str | None, spec: ModelDeploymentSpec, se
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata,
-        # One try: a failure is a fact about the model or the data, reported in the status.
+        # One try: a failure is a fact about the model, the data or the SLO, reported in the status.
         "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": pod}},
     }
