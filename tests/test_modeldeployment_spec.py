@@ -51,8 +51,11 @@ BROKEN = [
     (lambda s: s["placement"][0].update(minReplicas=-1), "spec.placement.0.minReplicas", "less than the minimum"),
     (lambda s: s["rollout"].update(strategy="BlueGreen"), "spec.rollout.strategy", "is not one of"),
     (lambda s: s["rollout"]["gates"].update(maxErrorRate=2), "spec.rollout.gates.maxErrorRate", "greater than the maximum"),
-    (lambda s: s.update(tuning={"objective": "cost"}), "spec.tuning.objective", "is not one of"),
-    (lambda s: s.update(tuning={"budgetSeconds": 1}), "spec.tuning.budgetSeconds", "less than the minimum"),
+    (lambda s: s["rollout"]["gates"].update(minAgreement=1.5), "spec.rollout.gates.minAgreement", "greater than the maximum"),
+    (lambda s: s["rollout"]["shadow"].update(sampleRate=-0.1), "spec.rollout.shadow.sampleRate", "less than"),
+    (lambda s: s["rollout"]["shadow"].update(sampleRate=0), "spec.rollout.shadow.sampleRate", "less than or equal to the minimum"),
+    (lambda s: s["capture"].update(rate=1.01), "spec.capture.rate", "greater than the maximum"),
+    (lambda s: s["capture"].update(maxMB=0), "spec.capture.maxMB", "less than or equal to the minimum"),
 ]
 
 
@@ -74,7 +77,7 @@ CROSS_FIELD = [
     (lambda s: s["routing"].update(defaultVariant="fp16"), "routing.defaultVariant 'fp16' is not one of optimization.variants"),
     (lambda s: s["optimization"].pop("calibrationData"), "int8-static, which needs calibrationData"),
     (lambda s: s["placement"].append(copy.deepcopy(s["placement"][0])), "placement: each variant at most once"),
-    (lambda s: s.update(tuning={"variants": ["distilled"]}), "tuning.variants 'distilled' is not one of optimization.variants"),
+    (lambda s: s["rollout"].pop("shadow"), "spec.rollout: Value error, gates.minAgreement is judged in the Shadow step: it needs rollout.shadow"),
 ]
 
 
@@ -86,6 +89,21 @@ def test_the_operator_refuses_what_the_schema_cannot_see(change, message) -> Non
     with pytest.raises(SpecError, match=".*") as refused:
         parse_spec(body["spec"])
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [("rollout.shadow", "sampleRate", 1.5), ("rollout.gates", "minAgreement", -0.2), ("capture", "rate", 2.0)],
+)
+def test_rates_outside_0_1_are_refused_by_the_operator_naming_the_field(section: str, field: str, value: float) -> None:
+    """Where an old CRD or an emulator lets them through, the typed spec still refuses them."""
+    body = yaml.safe_load(DIGITS.read_text())
+    parent = body["spec"]
+    for key in section.split("."):
+        parent = parent[key]
+    parent[field] = value
+    with pytest.raises(SpecError, match=f"spec.{section}.{field}: Input should be"):
+        parse_spec(body["spec"])
 
 
 def variant(name: str, **fields: object) -> Variant:

@@ -1,11 +1,13 @@
-"""Rollout gates on their own: a step's verdict from two samples of the routers' counters."""
+"""Rollout gates on their own: a step's verdict from two samples of the routers' counters (the
+Shadow step's among them)."""
 
 from __future__ import annotations
 
 import math
 
-from quiver.operator.gates import Outcome, Sample, judge
-from quiver.operator.spec import Gates
+from quiver.operator.gates import Outcome, Sample, ShadowSample, judge, judge_shadow
+from quiver.operator.spec import Gates, ShadowStep
+from quiver.serving.confidence import wilson_lower
 
 BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, math.inf)
 
@@ -38,3 +40,46 @@ def test_too_few_requests_wait_and_a_restarted_router_is_not_a_breach() -> None:
 def test_a_sample_survives_the_status_round_trip() -> None:
     original = sample(10, 1, [0.003] * 9 + [1.0])
     assert Sample.from_status(original.to_status()) == original
+
+
+def shadow_sample(calls: float, errors: float, rows: float, agreed: float, latencies_s: list[float]) -> ShadowSample:
+    return ShadowSample(calls, errors, rows, agreed, {le: float(sum(t <= le for t in latencies_s)) for le in BOUNDS})
+
+
+SHADOW = ShadowStep(sample_rate=0.5, min_samples=200)
+
+
+def test_the_shadow_step_breaches_on_agreement_with_the_numbers_in_the_message() -> None:
+    before = shadow_sample(50, 0, 50, 50, [0.004] * 50)  # the step counts from its baseline
+    after = shadow_sample(350, 0, 350, 110, [0.004] * 350)
+    verdict = judge_shadow(before, after, Gates(min_agreement=0.95), SHADOW)
+    assert verdict.outcome is Outcome.BREACH
+    assert verdict.rows == 300 and verdict.agreement == 0.2
+    assert verdict.lower_bound == wilson_lower(60, 300) and 0.15 < verdict.lower_bound < 0.2
+    assert "agreement 0.2000, 95% lower bound 0.1587, over 300 rows: below minAgreement 0.95 (300 mirrored calls" in verdict.message, verdict.message
+
+
+def test_the_shadow_step_passes_on_its_lower_bound_and_waits_for_enough_rows() -> None:
+    gates = Gates(min_agreement=0.97, min_requests=10)
+    # 200 of 200 agree: the lower bound is 0.981, above 0.97.
+    assert judge_shadow(ShadowSample(), shadow_sample(200, 0, 200, 200, [0.004] * 200), gates, SHADOW).outcome is Outcome.PASS
+    # 199 rows: too few to judge, however well they agree.
+    waiting = judge_shadow(ShadowSample(), shadow_sample(199, 0, 199, 199, [0.004] * 199), gates, SHADOW)
+    assert waiting.outcome is Outcome.WAIT and "199 rows compared" in waiting.message
+    # 99 % agreement on 200 rows is not enough evidence for 0.97: the lower bound is 0.964.
+    assert judge_shadow(ShadowSample(), shadow_sample(200, 0, 200, 198, [0.004] * 200), gates, SHADOW).outcome is Outcome.BREACH
+    # Without minAgreement the agreement is reported, not judged.
+    free = judge_shadow(ShadowSample(), shadow_sample(200, 0, 200, 10, [0.004] * 200), Gates(min_requests=10), SHADOW)
+    assert free.outcome is Outcome.PASS and "agreement 0.0500" in free.message
+
+
+def test_the_shadow_steps_mirrored_calls_are_gated_on_errors_and_p99() -> None:
+    errors = judge_shadow(ShadowSample(), shadow_sample(200, 20, 180, 180, [0.004] * 180), Gates(), SHADOW.model_copy(update={"min_samples": 100}))
+    assert errors.outcome is Outcome.BREACH and "error rate 10.00% above 1.00% (200 mirrored calls" in errors.message
+    slow = judge_shadow(ShadowSample(), shadow_sample(200, 0, 200, 200, [0.2] * 200), Gates(max_p99_latency_ms=50), SHADOW)
+    assert slow.outcome is Outcome.BREACH and "above 50 ms" in slow.message
+
+
+def test_a_shadow_sample_survives_the_status_round_trip() -> None:
+    original = shadow_sample(10, 1, 30, 29.5, [0.003] * 9)
+    assert ShadowSample.from_status(original.to_status()) == original

@@ -5,13 +5,13 @@ a restart takes the same step, and a step already taken is not taken again. The 
 transition keeps the serving version safe: a new version's applications run before any traffic
 moves to it; a version leaves the route table before its applications are removed (at the
 next look, so that routers have re-read the table); on any failure the weights go back first.
+With spec.rollout.shadow, a new version first answers only mirrored copies of the serving
+version's requests (Shadowing, at 0 %), and its gates, agreement among them, are judged before
+any canary weight is given.
 
-    (new version) → Optimizing → [Tuning] → Deploying → Shifting (step by step, gates read) → Serving
-                         ↘            ↘           ↘             ↘ breach: weights back, applications removed
+    (new version) → Optimizing → Deploying → Shifting (step by step, gates read) → Serving
+                         ↘            ↘             ↘ breach: weights back, applications removed
                           Failed (the version before keeps serving; a new spec.model.version retries)
-
-Tuning runs only where spec.tuning asks for it: `quiver tune` records each variant's serving
-settings in the manifest, which the deployment then runs with (spec.placement overrides them).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from quiver.serving.integrity import IntegrityError
 from quiver.serving.store import StoreError, read_version
 
 from . import gates
-from .jobs import job_name, optimize_job, tune_job
-from .kube import JobPhase, JobState, Kube
+from .jobs import job_name, optimize_job
+from .kube import JobPhase, Kube
 from .serve_api import ServeApi
 from .settings import OperatorSettings
-from .spec import ModelDeploymentSpec
+from .spec import ModelDeploymentSpec, ShadowStep
 from .status import ConditionType as C
 from .status import Phase, Status
 
@@ -41,10 +41,6 @@ logger = logging.getLogger(__name__)
 
 class NotDeployable(Exception):
     """The spec passed the schema but cannot work with what the optimization produced."""
-
-
-def _failure(job: str, state: JobState) -> str:
-    return f"job {job}: {state.reason or state.phase.value}" + (f": {state.message}" if state.message else "")
 
 
 @dataclass
@@ -58,18 +54,18 @@ class Reconciler:
         status = status.model_copy(deep=True)
         self._retire(spec.model.name, status)
         wanted = spec.model.version
-        busy = status.phase in (Phase.OPTIMIZING, Phase.TUNING, Phase.DEPLOYING, Phase.SHIFTING)
+        busy = status.phase in (Phase.OPTIMIZING, Phase.DEPLOYING, Phase.SHADOWING, Phase.SHIFTING)
         if busy and status.target_version != wanted:
             self._abandon(spec, status, f"spec.model.version changed to {wanted!r}")
             busy = False
         if not busy and wanted not in (status.current_version, status.failed_version):
             self._start(name, uid, spec, status)
         if status.phase is Phase.OPTIMIZING:
-            self._optimizing(name, uid, spec, status)
-        if status.phase is Phase.TUNING:
-            self._tuning(name, spec, status)
+            self._optimizing(name, spec, status)
         if status.phase is Phase.DEPLOYING:
             self._deploying(spec, status)
+        if status.phase is Phase.SHADOWING:
+            self._shadowing(spec, status)
         if status.phase is Phase.SHIFTING:
             self._shifting(spec, status)
         self._count_replicas(spec.model.name, status)
@@ -91,14 +87,14 @@ class Reconciler:
         status.set(C.ROLLOUT_PROGRESSING, True, "Optimizing", f"version {version}: optimizing")
         logger.info("%s: version %s: optimization job started", name, version)
 
-    def _optimizing(self, name: str, uid: str | None, spec: ModelDeploymentSpec, status: Status) -> None:
+    def _optimizing(self, name: str, spec: ModelDeploymentSpec, status: Status) -> None:
         version = status.target_version
         job = job_name(name, version)
         state = self.kube.job_state(job)
         if state.phase is JobPhase.RUNNING:
             return
         if state.phase is not JobPhase.SUCCEEDED:
-            why = _failure(job, state)
+            why = f"job {job}: {state.reason or state.phase.value}" + (f": {state.message}" if state.message else "")
             status.set(C.OPTIMIZED, False, "JobFailed", why)
             self._fail(spec, status, "OptimizationFailed", why)
             return
@@ -110,53 +106,6 @@ class Reconciler:
             self._fail(spec, status, "NotDeployable", str(exc))
             return
         status.set(C.OPTIMIZED, True, "Published", f"version {version}: published {', '.join(manifest.variant_names)}")
-        if spec.tuning is not None:
-            tuned = [v for v in manifest.variant_names if spec.tuning.variants is None or v in spec.tuning.variants]
-            if tuned:
-                self.kube.create_job(tune_job(name, uid, spec.model, spec.tuning, tuned, self.settings))
-                status.phase = Phase.TUNING
-                status.set(C.TUNED, None, "JobRunning", f"job {job_name(name, version, 'tune')} tunes {', '.join(tuned)}")
-                status.set(C.ROLLOUT_PROGRESSING, True, "Tuning", f"version {version}: tuning")
-                return
-        self._deploy(spec, status, manifest)
-
-    def _tuning(self, name: str, spec: ModelDeploymentSpec, status: Status) -> None:
-        """The tuning Job's outcome: a failure fails the version (its settings were asked to be
-        measured, and a miss of the SLO says the version would miss it serving too)."""
-        version = status.target_version
-        job = job_name(name, version, "tune")
-        state = self.kube.job_state(job)
-        if state.phase is JobPhase.RUNNING:
-            return
-        if state.phase is not JobPhase.SUCCEEDED:
-            why = _failure(job, state) + self._missed_slo(spec, version)
-            status.set(C.TUNED, False, "JobFailed", why)
-            self._fail(spec, status, "TuningFailed", why)
-            return
-        try:
-            manifest = self._published(spec, version)  # signed again by the Job, where versions are signed
-        except NotDeployable as exc:
-            status.set(C.TUNED, False, "NotDeployable", str(exc))
-            self._fail(spec, status, "NotDeployable", str(exc))
-            return
-        chosen = [f"{v.name}: {v.profile.throughput:.0f} rows/s at p99 {v.profile.p99_ms:.1f} ms"
-                  for v in manifest.variants if v.profile is not None and v.profile.meets_slo]
-        status.set(C.TUNED, True, "Tuned", f"version {version}: {'; '.join(chosen) or 'tuned'}")
-        self._deploy(spec, status, manifest)
-
-    def _missed_slo(self, spec: ModelDeploymentSpec, version: str) -> str:
-        """Why `quiver tune` exited 1, where it did: the variants none of whose settings met the SLO."""
-        try:
-            manifest = read_version(self.settings.store / spec.model.name / version).manifest
-        except StoreError:
-            return ""
-        missed = [f"{v.name} (p99 ≤ {v.profile.slo_p99_ms:g} ms asked, {v.profile.p99_ms:.1f} ms at best)"
-                  for v in manifest.variants if v.profile and not v.profile.meets_slo]
-        return f"; no setting meets the SLO for {', '.join(missed)}" if missed else ""
-
-    def _deploy(self, spec: ModelDeploymentSpec, status: Status, manifest: Manifest) -> None:
-        """Start the version's Serve applications."""
-        version = manifest.version
         self.serve.put_apps([app.config() for app in self._apps(spec, manifest)])
         status.phase, status.deploy_started_at = Phase.DEPLOYING, self.clock()
         status.variants = [self._variant_status(spec, manifest, v) for v in manifest.variant_names]
@@ -183,6 +132,42 @@ class Reconciler:
         if status.current_version is None:  # nothing to compare with: the first version takes all traffic
             self._complete(spec, status)
             return
+        if spec.rollout.shadow is not None:
+            status.phase, status.step = Phase.SHADOWING, 0
+            self._route(spec, status, {status.current_version: 100, status.target_version: 0}, mirror=True)
+            self._take_baseline(spec, status)
+            status.set(
+                C.ROLLOUT_PROGRESSING, True, "Shadowing",
+                f"version {status.target_version}: Shadow step, {spec.rollout.shadow.sample_rate:.0%} of version "
+                f"{status.current_version}'s requests mirrored",
+            )
+            return
+        status.phase, status.step = Phase.SHIFTING, 0
+        self._begin_step(spec, status)
+
+    def _shadowing(self, spec: ModelDeploymentSpec, status: Status) -> None:
+        """The Shadow step: judged on the mirrored calls of the step; a pass begins the canary steps."""
+        if status.baseline is None:
+            self._take_baseline(spec, status)
+            return
+        if self.clock() - (status.step_started_at or 0) < spec.rollout.interval_seconds:
+            return
+        try:
+            sample = gates.scrape_shadow(self._router_metrics(), spec.model.name, status.target_version, status.current_version)
+        except OSError as exc:
+            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForMetrics", f"cannot read the routers' metrics: {exc}")
+            return
+        shadow = spec.rollout.shadow or ShadowStep()  # a spec edited mid-step: the step ends by its defaults
+        verdict = gates.judge_shadow(gates.ShadowSample.from_status(status.baseline), sample, spec.rollout.gates, shadow)
+        if verdict.outcome is gates.Outcome.WAIT:
+            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForTraffic", f"Shadow step: {verdict.message}")
+            return
+        if verdict.outcome is gates.Outcome.BREACH:
+            why = f"version {status.target_version} in its Shadow step against version {status.current_version}: {verdict.message}"
+            self._fail(spec, status, "ShadowGateBreached", why, remove_target=True)
+            return
+        logger.info("version %s passed its Shadow step: %s", status.target_version, verdict.message)
+        status.set(C.ROLLOUT_PROGRESSING, True, "ShadowPassed", f"version {status.target_version}: Shadow step passed: {verdict.message}")
         status.phase, status.step = Phase.SHIFTING, 0
         self._begin_step(spec, status)
 
@@ -229,7 +214,11 @@ class Reconciler:
     def _take_baseline(self, spec: ModelDeploymentSpec, status: Status) -> None:
         """The step's gates count from here; unreadable routers leave it to the next look."""
         try:
-            sample = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
+            if status.phase is Phase.SHADOWING:
+                urls, model = self._router_metrics(), spec.model.name
+                sample = gates.scrape_shadow(urls, model, status.target_version, status.current_version)
+            else:
+                sample = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
         except OSError as exc:
             status.baseline = None
             status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForMetrics", f"cannot read the routers' metrics: {exc}")
@@ -368,8 +357,9 @@ class Reconciler:
             "accuracyDrop": variant.metrics.accuracy_drop if variant.metrics else None,
         }
 
-    def _route(self, spec: ModelDeploymentSpec, status: Status, weights: dict[str, int]) -> None:
-        """Weights for the model's versions, with the placement and default of a version new to the table."""
+    def _route(self, spec: ModelDeploymentSpec, status: Status, weights: dict[str, int], mirror: bool = False) -> None:
+        """Weights for the model's versions, with the placement and default of a version new to the table;
+        with `mirror`, the target version (at 0) is in its Shadow step, mirroring the serving one."""
         model = spec.model.name
         target = status.target_version
         placements = {}
@@ -379,6 +369,13 @@ class Reconciler:
 
         def edit(routes: dict) -> dict:
             routes.setdefault("models", {})[model] = weights
+            shadow, capture = routes.setdefault("shadow", {}), routes.setdefault("capture", {})
+            shadow.pop(model, None)
+            if mirror and spec.rollout.shadow is not None:
+                shadow[model] = {target: {"of": status.current_version, "sample_rate": spec.rollout.shadow.sample_rate}}
+            capture.pop(model, None)
+            if spec.capture is not None:
+                capture[model] = spec.capture.model_dump(exclude_none=True)
             for key in ("placement", "default_variant"):
                 entries = routes.setdefault(key, {}).setdefault(model, {})
                 for version in list(entries):
@@ -393,11 +390,11 @@ class Reconciler:
             return routes
 
         self.kube.edit_routes(self.settings.routes_configmap, edit)
-        self._record_traffic(status, weights)
+        self._record_traffic(status, weights, target if mirror else None)
 
-    def _record_traffic(self, status: Status, weights: dict[str, int]) -> None:
+    def _record_traffic(self, status: Status, weights: dict[str, int], shadowing: str | None = None) -> None:
         status.traffic = dict(weights)
-        status.traffic_summary = " ".join(f"{v}:{w}%" for v, w in weights.items())
+        status.traffic_summary = " ".join(f"{v}:shadow" if v == shadowing else f"{v}:{w}%" for v, w in weights.items())
 
     def _router_metrics(self) -> list[str]:
         urls = list(self.settings.router_metrics)
@@ -410,7 +407,7 @@ class Reconciler:
         """The ModelDeployment is gone: its routes first, then its applications."""
 
         def edit(routes: dict) -> dict:
-            for key in ("models", "placement", "default_variant"):
+            for key in ("models", "placement", "default_variant", "shadow", "capture"):
                 routes.get(key, {}).pop(model, None)
             return routes
 

@@ -125,12 +125,23 @@ class Gates(_Spec):
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     max_p99_latency_ms: Annotated[float, Field(gt=0)] | None = None
     min_requests: Annotated[int, Field(ge=1)] = 20
+    # The Shadow step's: the 95 % lower bound of the new version's agreement with the serving one.
+    min_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class ShadowStep(_Spec):
+    """A first step at 0 % (operator/controller/gates.py): the new version answers mirrored copies
+    of a `sample_rate` share of the serving version's requests, compared with what clients got."""
+
+    sample_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 200  # rows compared before the agreement is judged
 
 
 class Rollout(_Spec):
     strategy: Strategy = Strategy.CANARY
     steps: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=20)] = [10, 50, 100]
     interval_seconds: Annotated[int, Field(ge=1, le=86400)] = 60
+    shadow: ShadowStep | None = None  # None: no Shadow step
     gates: Gates = Gates()
     on_breach: Annotated[str, Field(pattern="^Rollback$")] = "Rollback"
 
@@ -138,6 +149,8 @@ class Rollout(_Spec):
     def _steps_climb_to_100(self) -> Rollout:
         if any(b <= a for a, b in zip(self.steps, self.steps[1:])) or self.steps[-1] != 100:
             raise ValueError(f"steps {self.steps} must rise and end at 100")
+        if self.gates.min_agreement is not None and self.shadow is None:
+            raise ValueError("gates.minAgreement is judged in the Shadow step: it needs rollout.shadow")
         return self
 
     @property
@@ -146,20 +159,16 @@ class Rollout(_Spec):
         return [100] if self.strategy is Strategy.IMMEDIATE else list(self.steps)
 
 
-class Tuning(_Spec):
-    """`quiver tune` as a Job after the optimization, before deploying: the manifest it records
-    is what the variants then run with, where spec.placement sets nothing (docs/tuning.md)."""
-
-    slo_p99_ms: Annotated[float, Field(gt=0)] | None = None
-    objective: Annotated[str, Field(pattern="^(throughput|latency)$")] = "throughput"
-    budget_seconds: Annotated[int, Field(ge=10, le=86400)] = 120  # per variant
-    variants: list[Name] | None = None  # None: every published variant
-    cpus: Annotated[int, Field(ge=1, le=256)] | None = None  # the pod's CPUs, tuned for; None: its node's
-    node_selector: dict[str, str] = {}  # a node of the pool the variants run on
-
-
 class Routing(_Spec):
     default_variant: Name | None = None
+
+
+class Capture(_Spec):
+    """The model's share of live requests the routers capture for recalibration, and its disk
+    per version (serving/capture.py); it takes effect where the routers capture (the chart's router.capture)."""
+
+    rate: Annotated[float, Field(ge=0, le=1)]
+    max_mb: Annotated[float | None, Field(gt=0, le=1_000_000, alias="maxMB")] = None  # None: the routers' --capture-max-mb
 
 
 class ModelDeploymentSpec(_Spec):
@@ -168,7 +177,7 @@ class ModelDeploymentSpec(_Spec):
     placement: list[VariantPlacement] = []
     rollout: Rollout = Rollout()
     routing: Routing = Routing()
-    tuning: Tuning | None = None
+    capture: Capture | None = None
 
     @model_validator(mode="after")
     def _names_refer_to_variants(self) -> ModelDeploymentSpec:
@@ -179,9 +188,6 @@ class ModelDeploymentSpec(_Spec):
         names = [placed.variant for placed in self.placement]
         if len(names) != len(set(names)):
             raise ValueError(f"placement: each variant at most once, got {names}")
-        for name in (self.tuning.variants or []) if self.tuning else []:
-            if name not in wanted:
-                raise ValueError(f"tuning.variants {name!r} is not one of optimization.variants {sorted(wanted)}")
         if self.routing.default_variant and self.routing.default_variant not in wanted:
             raise ValueError(
                 f"routing.defaultVariant {self.routing.default_variant!r} is not one of optimization.variants {sorted(wanted)}"

@@ -16,8 +16,8 @@ from pydantic.alias_generators import to_camel
 
 class Phase(str, enum.Enum):
     OPTIMIZING = "Optimizing"  # the optimization Job runs
-    TUNING = "Tuning"  # the tuning Job runs (spec.tuning)
     DEPLOYING = "Deploying"  # the new version's Serve applications start
+    SHADOWING = "Shadowing"  # the new version answers mirrored requests only (spec.rollout.shadow)
     SHIFTING = "Shifting"  # traffic moves step by step
     SERVING = "Serving"  # one version takes all traffic
     FAILED = "Failed"  # the last rollout failed; the version before it serves
@@ -25,7 +25,6 @@ class Phase(str, enum.Enum):
 
 class ConditionType(str, enum.Enum):
     OPTIMIZED = "Optimized"
-    TUNED = "Tuned"
     DEPLOYED = "Deployed"
     ROLLOUT_PROGRESSING = "RolloutProgressing"
     READY = "Ready"
@@ -54,7 +53,7 @@ class Status(_Camel):
     step: int = 0  # index into the rollout's weights
     step_started_at: float | None = None  # epoch seconds
     deploy_started_at: float | None = None
-    baseline: dict[str, Any] | None = None  # gates.Sample at the step's start
+    baseline: dict[str, Any] | None = None  # gates.Sample (gates.ShadowSample while shadowing) at the step's start
     retiring: list[str] = []  # versions out of the routes whose applications go at the next look
     traffic: dict[str, int] = {}
     traffic_summary: str = ""
