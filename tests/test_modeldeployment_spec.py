@@ -56,6 +56,8 @@ BROKEN = [
     (lambda s: s["rollout"]["shadow"].update(sampleRate=0), "spec.rollout.shadow.sampleRate", "less than or equal to the minimum"),
     (lambda s: s["capture"].update(rate=1.01), "spec.capture.rate", "greater than the maximum"),
     (lambda s: s["capture"].update(maxMB=0), "spec.capture.maxMB", "less than or equal to the minimum"),
+    (lambda s: s.update(tuning={"objective": "cost"}), "spec.tuning.objective", "is not one of"),
+    (lambda s: s.update(tuning={"budgetSeconds": 1}), "spec.tuning.budgetSeconds", "less than the minimum"),
 ]
 
 
@@ -78,6 +80,7 @@ CROSS_FIELD = [
     (lambda s: s["optimization"].pop("calibrationData"), "int8-static, which needs calibrationData"),
     (lambda s: s["placement"].append(copy.deepcopy(s["placement"][0])), "placement: each variant at most once"),
     (lambda s: s["rollout"].pop("shadow"), "spec.rollout: Value error, gates.minAgreement is judged in the Shadow step: it needs rollout.shadow"),
+    (lambda s: s.update(tuning={"variants": ["distilled"]}), "tuning.variants 'distilled' is not one of optimization.variants"),
 ]
 
 

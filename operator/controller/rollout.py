@@ -9,9 +9,12 @@ With spec.rollout.shadow, a new version first answers only mirrored copies of th
 version's requests (Shadowing, at 0 %), and its gates, agreement among them, are judged before
 any canary weight is given.
 
-    (new version) → Optimizing → Deploying → Shifting (step by step, gates read) → Serving
-                         ↘            ↘             ↘ breach: weights back, applications removed
+    (new version) → Optimizing → [Tuning] → Deploying → Shifting (step by step, gates read) → Serving
+                         ↘            ↘           ↘             ↘ breach: weights back, applications removed
                           Failed (the version before keeps serving; a new spec.model.version retries)
+
+Tuning runs only where spec.tuning asks for it: `quiver tune` records each variant's serving
+settings in the manifest, which the deployment then runs with (spec.placement overrides them).
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from quiver.serving.integrity import IntegrityError
 from quiver.serving.store import StoreError, read_version
 
 from . import gates
-from .jobs import job_name, optimize_job
-from .kube import JobPhase, Kube
+from .jobs import job_name, optimize_job, tune_job
+from .kube import JobPhase, JobState, Kube
 from .serve_api import ServeApi
 from .settings import OperatorSettings
 from .spec import ModelDeploymentSpec, ShadowStep
@@ -43,6 +46,10 @@ class NotDeployable(Exception):
     """The spec passed the schema but cannot work with what the optimization produced."""
 
 
+def _failure(job: str, state: JobState) -> str:
+    return f"job {job}: {state.reason or state.phase.value}" + (f": {state.message}" if state.message else "")
+
+
 @dataclass
 class Reconciler:
     settings: OperatorSettings
@@ -54,14 +61,16 @@ class Reconciler:
         status = status.model_copy(deep=True)
         self._retire(spec.model.name, status)
         wanted = spec.model.version
-        busy = status.phase in (Phase.OPTIMIZING, Phase.DEPLOYING, Phase.SHADOWING, Phase.SHIFTING)
+        busy = status.phase in (Phase.OPTIMIZING, Phase.TUNING, Phase.DEPLOYING, Phase.SHADOWING, Phase.SHIFTING)
         if busy and status.target_version != wanted:
             self._abandon(spec, status, f"spec.model.version changed to {wanted!r}")
             busy = False
         if not busy and wanted not in (status.current_version, status.failed_version):
             self._start(name, uid, spec, status)
         if status.phase is Phase.OPTIMIZING:
-            self._optimizing(name, spec, status)
+            self._optimizing(name, uid, spec, status)
+        if status.phase is Phase.TUNING:
+            self._tuning(name, spec, status)
         if status.phase is Phase.DEPLOYING:
             self._deploying(spec, status)
         if status.phase is Phase.SHADOWING:
@@ -87,14 +96,14 @@ class Reconciler:
         status.set(C.ROLLOUT_PROGRESSING, True, "Optimizing", f"version {version}: optimizing")
         logger.info("%s: version %s: optimization job started", name, version)
 
-    def _optimizing(self, name: str, spec: ModelDeploymentSpec, status: Status) -> None:
+    def _optimizing(self, name: str, uid: str | None, spec: ModelDeploymentSpec, status: Status) -> None:
         version = status.target_version
         job = job_name(name, version)
         state = self.kube.job_state(job)
         if state.phase is JobPhase.RUNNING:
             return
         if state.phase is not JobPhase.SUCCEEDED:
-            why = f"job {job}: {state.reason or state.phase.value}" + (f": {state.message}" if state.message else "")
+            why = _failure(job, state)
             status.set(C.OPTIMIZED, False, "JobFailed", why)
             self._fail(spec, status, "OptimizationFailed", why)
             return
@@ -106,6 +115,53 @@ class Reconciler:
             self._fail(spec, status, "NotDeployable", str(exc))
             return
         status.set(C.OPTIMIZED, True, "Published", f"version {version}: published {', '.join(manifest.variant_names)}")
+        if spec.tuning is not None:
+            tuned = [v for v in manifest.variant_names if spec.tuning.variants is None or v in spec.tuning.variants]
+            if tuned:
+                self.kube.create_job(tune_job(name, uid, spec.model, spec.tuning, tuned, self.settings))
+                status.phase = Phase.TUNING
+                status.set(C.TUNED, None, "JobRunning", f"job {job_name(name, version, 'tune')} tunes {', '.join(tuned)}")
+                status.set(C.ROLLOUT_PROGRESSING, True, "Tuning", f"version {version}: tuning")
+                return
+        self._deploy(spec, status, manifest)
+
+    def _tuning(self, name: str, spec: ModelDeploymentSpec, status: Status) -> None:
+        """The tuning Job's outcome: a failure fails the version (its settings were asked to be
+        measured, and a miss of the SLO says the version would miss it serving too)."""
+        version = status.target_version
+        job = job_name(name, version, "tune")
+        state = self.kube.job_state(job)
+        if state.phase is JobPhase.RUNNING:
+            return
+        if state.phase is not JobPhase.SUCCEEDED:
+            why = _failure(job, state) + self._missed_slo(spec, version)
+            status.set(C.TUNED, False, "JobFailed", why)
+            self._fail(spec, status, "TuningFailed", why)
+            return
+        try:
+            manifest = self._published(spec, version)  # signed again by the Job, where versions are signed
+        except NotDeployable as exc:
+            status.set(C.TUNED, False, "NotDeployable", str(exc))
+            self._fail(spec, status, "NotDeployable", str(exc))
+            return
+        chosen = [f"{v.name}: {v.profile.throughput:.0f} rows/s at p99 {v.profile.p99_ms:.1f} ms"
+                  for v in manifest.variants if v.profile is not None and v.profile.meets_slo]
+        status.set(C.TUNED, True, "Tuned", f"version {version}: {'; '.join(chosen) or 'tuned'}")
+        self._deploy(spec, status, manifest)
+
+    def _missed_slo(self, spec: ModelDeploymentSpec, version: str) -> str:
+        """Why `quiver tune` exited 1, where it did: the variants none of whose settings met the SLO."""
+        try:
+            manifest = read_version(self.settings.store / spec.model.name / version).manifest
+        except StoreError:
+            return ""
+        missed = [f"{v.name} (p99 ≤ {v.profile.slo_p99_ms:g} ms asked, {v.profile.p99_ms:.1f} ms at best)"
+                  for v in manifest.variants if v.profile and not v.profile.meets_slo]
+        return f"; no setting meets the SLO for {', '.join(missed)}" if missed else ""
+
+    def _deploy(self, spec: ModelDeploymentSpec, status: Status, manifest: Manifest) -> None:
+        """Start the version's Serve applications."""
+        version = manifest.version
         self.serve.put_apps([app.config() for app in self._apps(spec, manifest)])
         status.phase, status.deploy_started_at = Phase.DEPLOYING, self.clock()
         status.variants = [self._variant_status(spec, manifest, v) for v in manifest.variant_names]

@@ -159,6 +159,18 @@ class Rollout(_Spec):
         return [100] if self.strategy is Strategy.IMMEDIATE else list(self.steps)
 
 
+class Tuning(_Spec):
+    """`quiver tune` as a Job after the optimization, before deploying: the manifest it records
+    is what the variants then run with, where spec.placement sets nothing (docs/tuning.md)."""
+
+    slo_p99_ms: Annotated[float, Field(gt=0)] | None = None
+    objective: Annotated[str, Field(pattern="^(throughput|latency)$")] = "throughput"
+    budget_seconds: Annotated[int, Field(ge=10, le=86400)] = 120  # per variant
+    variants: list[Name] | None = None  # None: every published variant
+    cpus: Annotated[int, Field(ge=1, le=256)] | None = None  # the pod's CPUs, tuned for; None: its node's
+    node_selector: dict[str, str] = {}  # a node of the pool the variants run on
+
+
 class Routing(_Spec):
     default_variant: Name | None = None
 
@@ -178,6 +190,7 @@ class ModelDeploymentSpec(_Spec):
     rollout: Rollout = Rollout()
     routing: Routing = Routing()
     capture: Capture | None = None
+    tuning: Tuning | None = None
 
     @model_validator(mode="after")
     def _names_refer_to_variants(self) -> ModelDeploymentSpec:
@@ -188,6 +201,9 @@ class ModelDeploymentSpec(_Spec):
         names = [placed.variant for placed in self.placement]
         if len(names) != len(set(names)):
             raise ValueError(f"placement: each variant at most once, got {names}")
+        for name in (self.tuning.variants or []) if self.tuning else []:
+            if name not in wanted:
+                raise ValueError(f"tuning.variants {name!r} is not one of optimization.variants {sorted(wanted)}")
         if self.routing.default_variant and self.routing.default_variant not in wanted:
             raise ValueError(
                 f"routing.defaultVariant {self.routing.default_variant!r} is not one of optimization.variants {sorted(wanted)}"

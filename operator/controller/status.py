@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 
 class Phase(str, enum.Enum):
     OPTIMIZING = "Optimizing"  # the optimization Job runs
+    TUNING = "Tuning"  # the tuning Job runs (spec.tuning)
     DEPLOYING = "Deploying"  # the new version's Serve applications start
     SHADOWING = "Shadowing"  # the new version answers mirrored requests only (spec.rollout.shadow)
     SHIFTING = "Shifting"  # traffic moves step by step
@@ -25,6 +26,7 @@ class Phase(str, enum.Enum):
 
 class ConditionType(str, enum.Enum):
     OPTIMIZED = "Optimized"
+    TUNED = "Tuned"
     DEPLOYED = "Deployed"
     ROLLOUT_PROGRESSING = "RolloutProgressing"
     READY = "Ready"
