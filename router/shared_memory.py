@@ -4,11 +4,14 @@ A client creates a POSIX shared memory segment (`shm_open(key)`; tritonclient.ut
 does), registers a window of it under a name, and then names that region, an offset into it and a
 byte size in an input's or an output's parameters (`shared_memory_region`, `_offset`,
 `_byte_size`) instead of sending the tensor's bytes. The router maps the window once, at
-registration; inputs are read from it and outputs written into it on the router's event loop.
+registration; outputs are written into it on the router's event loop. An input is read from it
+as a view, never copied here: a replica on this host (serving/segments.py) is sent where its
+bytes lie and maps the segment itself; one on another node is sent the bytes.
 
 Both doors use one `SharedMemory` (router/operations.py calls it). A region unregistered while a
 request still uses it stays mapped until that request lets go of it: the mapping is released
-with its last reference, never closed under a reader.
+with its last reference, never closed under a reader. A segment the client shrank after
+registering it is refused per request: reading a mapping past a segment's end would kill the router.
 """
 
 from __future__ import annotations
@@ -19,11 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from quiver.serving import segments
+
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .tensors import RegionRef, WireTensor
-
-# Where Linux keeps shm_open's segments: `shm_open("/name")` is this folder's file `name`.
-SEGMENTS = Path("/dev/shm")
 
 REGION, BYTE_SIZE, OFFSET = "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"
 
@@ -40,6 +42,8 @@ class RegionStatus:
 class Region:
     status: RegionStatus
     window: memoryview  # the registered bytes of the segment, writable
+    fd: int  # the segment, kept open to see its size now
+    mapped: int  # its mapping's key in segments.MAPPED
 
 
 def reference(parameters: Mapping[str, object], tensor: str) -> RegionRef | None:
@@ -68,8 +72,8 @@ def _count(value: object, key: str, tensor: str) -> int:
 class SharedMemory:
     """The registered regions, by name."""
 
-    def __init__(self, segments: Path = SEGMENTS) -> None:
-        self._segments = segments
+    def __init__(self, folder: Path = segments.FOLDER) -> None:
+        self._folder = folder
         self._regions: dict[str, Region] = {}
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
@@ -77,33 +81,37 @@ class SharedMemory:
             raise InvalidArgument("a shared memory region needs a name")
         if name in self._regions:
             raise AlreadyExists(f"shared memory region {name!r} is already registered; unregister it first")
-        segment = key.removeprefix("/")
-        if not segment or "/" in segment or segment in (".", ".."):
-            raise InvalidArgument(f"{key!r} is not the name of a shared memory segment (one '/' then a name)")
+        try:
+            segment = segments.segment_name(key)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
         if byte_size <= 0:
             raise InvalidArgument(f"shared memory region {name!r}: byte_size must be positive, got {byte_size}")
         try:
-            fd = os.open(self._segments / segment, os.O_RDWR)
+            fd = os.open(self._folder / segment, os.O_RDWR)
         except OSError as exc:
             raise InvalidArgument(f"unable to open shared memory segment {key!r}: {exc.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
-            if offset + byte_size > size:
+            stat = os.fstat(fd)
+            if offset + byte_size > stat.st_size:
                 raise InvalidArgument(
                     f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} runs past the end of "
-                    f"segment {key!r} ({size} bytes)"
+                    f"segment {key!r} ({stat.st_size} bytes)"
                 )
             mapping = mmap.mmap(fd, offset + byte_size)
-        finally:
+        except BaseException:
             os.close(fd)
-        window = memoryview(mapping)[offset:]
-        self._regions[name] = Region(RegionStatus(name, key, offset, byte_size), window)
+            raise
+        mapped = segments.MAPPED.add(mapping, segment, stat.st_ino)
+        self._regions[name] = Region(RegionStatus(name, key, offset, byte_size), memoryview(mapping)[offset:], fd, mapped)
 
     def unregister(self, name: str) -> None:
         """Forget region `name` (every region when empty); an unknown name is no error, as in Triton."""
-        if name:
-            self._regions.pop(name, None)
-        else:
+        for region in [self._regions.pop(name, None)] if name else [*self._regions.values()]:
+            if region is not None:
+                segments.MAPPED.remove(region.mapped)
+                os.close(region.fd)
+        if not name:
             self._regions.clear()
 
     def status(self, name: str) -> list[RegionStatus]:
@@ -128,6 +136,14 @@ class SharedMemory:
                 f"{tensor}: offset {ref.offset} + byte_size {ref.byte_size} runs past the end of shared memory "
                 f"region {ref.region!r} ({region.status.byte_size} bytes)"
             )
+        segment, registered = os.fstat(region.fd), region.status.offset + region.status.byte_size
+        if segment.st_size < registered:
+            raise InvalidArgument(
+                f"{tensor}: shared memory segment {region.status.key!r} holds {segment.st_size} bytes now, fewer than the "
+                f"{registered} region {ref.region!r} was registered with: it was resized; register it again"
+            )
+        if not segment.st_nlink:  # unlinked by the client: no replica can open it by its name, its inputs travel as bytes
+            segments.MAPPED.remove(region.mapped)
         return region.window[ref.offset : ref.offset + ref.byte_size]
 
 

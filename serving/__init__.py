@@ -58,12 +58,14 @@ _PUBLIC = {
     "write_version": "store",
 }
 
-__all__ = sorted([*_PUBLIC, "signing"])
+_MODULES = ("signing", "segments")
+
+__all__ = sorted([*_PUBLIC, *_MODULES])
 
 
 def __getattr__(name: str) -> Any:
-    if name == "signing":
-        return importlib.import_module(".signing", __name__)
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name not in _PUBLIC:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)

@@ -10,11 +10,16 @@ directory, that is who can reach Ray, can call a replica. The traffic is plainte
 own is between nodes.
 
 The connection carries frames, each `length (4 bytes) | call id (4 bytes) | message`, big-endian:
-the caller's secret (call id 0, answered by an empty `InferManyResponse` or a refusal), then
+the caller's secret (call id 0, answered by an `InferManyResponse` that says who shares the
+replica's shared memory, or by a refusal), then
 `InferManyRequest`s, each answered by the `InferManyResponse` with its id
 (protos/quiver_replica.proto). Not gRPC: both ends are Quiver's, nothing outside the cluster
 speaks this, and a grpc.aio call costs each end more CPU than the replica's own work on a small
 model (benchmarks/NOTES.md, "The data plane without gRPC").
+
+An input a client put in system shared memory travels by reference when the replica shares the
+router's /dev/shm (serving/segments.py): the segment, offset and size, not its bytes; the replica
+maps it read-only. One it cannot read fails alone, as an `InferenceError`.
 
 `DataPlane` runs in the replica, on its event loop; `DataPlaneClient` is a router's persistent
 connection to one replica. The protocol lives here only, both ends of it.
@@ -23,6 +28,7 @@ connection to one replica. The protocol lives here only, both ends of it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import secrets
@@ -31,13 +37,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import DecodeError
 
 from quiver._proto import quiver_replica_pb2 as pb
 
+from . import segments
 from .datatypes import Datatype
 from .directory import Endpoint, Registration
 from .requests import DeadlinePassed, InferenceError, InferenceRequest, InferenceResult, Tensors
+from .segments import SegmentError, Segments, Slice
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +68,7 @@ class DataPlaneServer:
     def __init__(self, infer_many: InferMany) -> None:
         self.token = secrets.token_urlsafe(32)
         self._infer_many = infer_many
+        self._segments = Segments()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
         self._calls: set[asyncio.Task[None]] = set()
@@ -81,6 +91,7 @@ class DataPlaneServer:
             call.cancel()
         for connection in list(self._connections):
             connection.close()
+        self._segments.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _keep_alive(writer)
@@ -90,7 +101,7 @@ class DataPlaneServer:
             if not hmac.compare_digest(presented, self.token.encode()):
                 writer.write(_frame(_HELLO, _refusal("unknown caller")))
                 return
-            writer.write(_frame(_HELLO, b""))
+            writer.write(_frame(_HELLO, pb.InferManyResponse(host=_host()).SerializeToString()))
             while True:
                 call_id, message = await _read_frame(reader)
                 call = asyncio.create_task(self._answer(call_id, message, writer))
@@ -107,18 +118,30 @@ class DataPlaneServer:
             answer = _refusal("stopping")
         else:
             try:
-                requests = [decode_request(request) for request in pb.InferManyRequest.FromString(message).requests]
+                requests = [self._decode(request) for request in pb.InferManyRequest.FromString(message).requests]
             except (DecodeError, ValueError) as exc:
                 answer = _refusal(f"malformed call: {exc}")
             else:
                 try:
-                    answer = encode_results(await self._infer_many(requests)).SerializeToString()
+                    answer = encode_results(await self._run(requests)).SerializeToString()
                 except Exception as exc:  # noqa: BLE001 - the caller hears of it, as with any server
                     logger.exception("data plane call failed")
                     answer = _refusal(f"{type(exc).__name__}: {exc}")
         # Not drained: answers waiting to be sent are as many as the calls a router keeps in flight.
         if not writer.is_closing():
             writer.write(_frame(call_id, answer))
+
+    def _decode(self, message: pb.Request) -> InferenceRequest | InferenceError:
+        try:
+            return decode_request(message, self._segments)
+        except SegmentError as exc:
+            return InferenceError(str(exc))
+
+    async def _run(self, requests: list[InferenceRequest | InferenceError]) -> list[InferenceResult | Exception]:
+        """Each readable request's answer, and in its place the reason for each unreadable one."""
+        readable = [request for request in requests if isinstance(request, InferenceRequest)]
+        answers = iter(await self._infer_many(readable) if readable else ())
+        return [next(answers) if isinstance(request, InferenceRequest) else request for request in requests]
 
 
 class DataPlane:
@@ -159,7 +182,8 @@ class DataPlaneClient:
     async def infer_many(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult | Exception]:
         """One answer per request, in order; `ReplicaUnreachable` if the call itself failed."""
         connection = await self._connected()
-        response = pb.InferManyResponse.FromString(await connection.call(encode_requests(requests).SerializeToString()))
+        message = encode_requests(requests, connection.shares_memory).SerializeToString()
+        response = pb.InferManyResponse.FromString(await connection.call(message))
         if response.refused:
             raise ReplicaUnreachable(f"replica at {self.endpoint.address}: {response.refused}")
         if len(response.results) != len(requests):
@@ -181,8 +205,9 @@ class DataPlaneClient:
 class _Connection:
     """One TCP connection to a replica: calls go out as frames, answers come back by call id."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, shares_memory: bool) -> None:
         self.lost: str | None = None  # why the connection ended, once it has
+        self.shares_memory = shares_memory  # the replica sees this process's /dev/shm: inputs there go by reference
         self._writer = writer
         self._address = address
         self._pending: dict[int, asyncio.Future[bytes]] = {}
@@ -201,13 +226,14 @@ class _Connection:
             _keep_alive(writer)
             writer.write(_frame(_HELLO, endpoint.token.encode()))
             _, answer = await asyncio.wait_for(_read_frame(reader), _CONNECT_TIMEOUT_S)
-            refused = pb.InferManyResponse.FromString(answer).refused
+            greeting = pb.InferManyResponse.FromString(answer)
+            refused = greeting.refused
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
             refused = f"no greeting: {exc!r}"
         if refused:
             writer.close()
             raise ReplicaUnreachable(f"replica at {endpoint.address}: {refused}")
-        return cls(reader, writer, endpoint.address)
+        return cls(reader, writer, endpoint.address, bool(greeting.host) and greeting.host == _host())
 
     async def call(self, message: bytes) -> bytes:
         if self.lost is not None:
@@ -265,6 +291,11 @@ async def _read_frame(reader: asyncio.StreamReader, most: int = 2**32) -> tuple[
     return int.from_bytes(header[4:], "big"), await reader.readexactly(length)
 
 
+@functools.cache
+def _host() -> str:
+    return segments.host()
+
+
 def _refusal(reason: str) -> bytes:
     return pb.InferManyResponse(refused=reason).SerializeToString()
 
@@ -279,27 +310,30 @@ def _keep_alive(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-def encode_requests(requests: Sequence[InferenceRequest]) -> pb.InferManyRequest:
-    return pb.InferManyRequest(
-        requests=[pb.Request(inputs=_tensors(request.inputs), deadline=request.deadline or 0.0) for request in requests]
-    )
+def encode_requests(requests: Sequence[InferenceRequest], by_reference: bool = False) -> pb.InferManyRequest:
+    """With `by_reference`, inputs that lie in a segment this process mapped travel as where they lie."""
+    message = pb.InferManyRequest()
+    for request in requests:  # built in place: a message given to a constructor is copied, bytes and all
+        _add_tensors(message.requests.add(deadline=request.deadline or 0.0).inputs, request.inputs, by_reference)
+    return message
 
 
-def decode_request(message: pb.Request) -> InferenceRequest:
-    return InferenceRequest(_arrays(message.inputs), message.deadline or None)
+def decode_request(message: pb.Request, shared: Segments | None = None) -> InferenceRequest:
+    """`SegmentError` if an input sent by reference cannot be read (without `shared`, none can)."""
+    return InferenceRequest(_arrays(message.inputs, shared), message.deadline or None)
 
 
 def encode_results(results: Sequence[InferenceResult | Exception]) -> pb.InferManyResponse:
     response = pb.InferManyResponse()
     for result in results:
         if isinstance(result, InferenceResult):
-            response.results.add(
-                outputs=_tensors(result.outputs),
+            added = response.results.add(
                 batch_requests=result.batch_requests,
                 batch_rows=result.batch_rows,
                 queue_seconds=result.queue_s,
                 compute_seconds=result.compute_s,
             )
+            _add_tensors(added.outputs, result.outputs)
         elif isinstance(result, DeadlinePassed):
             response.results.add(failure=pb.Result.EXPIRED, message=str(result))
         elif isinstance(result, InferenceError):
@@ -319,19 +353,29 @@ def decode_result(message: pb.Result) -> InferenceResult | Exception:
     )
 
 
-def _tensors(arrays: Tensors) -> list[pb.Tensor]:
-    return [
-        pb.Tensor(name=name, datatype=Datatype.from_numpy(array.dtype).value, shape=array.shape, data=array.tobytes())
-        for name, array in arrays.items()
-    ]
+def _add_tensors(field: RepeatedCompositeFieldContainer[pb.Tensor], arrays: Tensors, by_reference: bool = False) -> None:
+    for name, array in arrays.items():
+        where = segments.MAPPED.find(array) if by_reference else None
+        datatype = Datatype.from_numpy(array.dtype).value
+        if where is None:
+            field.add(name=name, datatype=datatype, shape=array.shape, data=array.tobytes())
+        else:
+            segment = pb.Segment(name=where.name, offset=where.offset, byte_size=where.byte_size, inode=where.inode)
+            field.add(name=name, datatype=datatype, shape=array.shape, segment=segment)
 
 
-def _arrays(tensors: Sequence[pb.Tensor]) -> Tensors:
+def _arrays(tensors: Sequence[pb.Tensor], shared: Segments | None = None) -> Tensors:
     arrays: Tensors = {}
     for tensor in tensors:
+        data = tensor.data
+        if tensor.HasField("segment"):
+            if shared is None:
+                raise SegmentError(f"input {tensor.name!r}: sent in shared memory, which this process does not read")
+            where = tensor.segment
+            data = shared.read(Slice(where.name, where.offset, where.byte_size, where.inode))
         try:
             dtype = Datatype(tensor.datatype).numpy
-            arrays[tensor.name] = np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
+            arrays[tensor.name] = np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.shape))
         except ValueError as exc:
             raise ValueError(f"tensor {tensor.name!r}: {exc}") from exc
     return arrays

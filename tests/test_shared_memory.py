@@ -8,7 +8,9 @@ are refused alike through both doors (INVALID_ARGUMENT / 400) and the server kee
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,11 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
+
+from quiver.router.shared_memory import SharedMemory
+from quiver.router.tensors import RegionRef
+from quiver.serving import Endpoint, InferenceError, InferenceRequest, InferenceResult
+from quiver.serving.dataplane import DataPlaneClient, DataPlaneServer, encode_requests
 
 from .models import reference
 from .serverproc import ServerProcess
@@ -122,6 +129,115 @@ def test_one_input_in_shared_memory_the_other_in_the_message(door: tuple[str, ob
     expected = reference(store / "pair" / "1" / "model.onnx", {"x": x, "k": k})
     np.testing.assert_allclose(result.as_numpy("total"), expected["total"])
     np.testing.assert_array_equal(result.as_numpy("looked_up"), expected["looked_up"])
+
+
+def mapped_by(segment: str) -> dict[str, str]:
+    """The processes on this host that map the segment, by their titles (Ray names a replica's process
+    ray::ServeReplica:...), each with the mapping's permissions ('r--s': read-only, shared)."""
+    found = {}
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            lines = [line for line in maps.read_text().splitlines() if line.endswith(f"/dev/shm/{segment}")]
+            title = (maps.parent / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if lines:
+            found[title] = lines[0].split()[1]
+    return found
+
+
+def test_a_replica_on_the_routers_host_maps_the_input_itself(door: tuple[str, object], segments: callable, store: Path) -> None:
+    # quiver serve's replicas share the router's /dev/shm: they are sent where the input lies, not its bytes.
+    kind, client = door
+    features = np.random.default_rng(5).standard_normal((ROWS, FEATURES)).astype(np.float32)
+    key, handle = segments(features.nbytes + 4096)
+    shm.set_shared_memory_region(handle, [features], offset=512)
+    client.register_system_shared_memory("in", key, features.nbytes + 4096)
+    triton = module(kind)
+    tensor = triton.InferInput("input", [ROWS, FEATURES], "FP32")
+    tensor.set_shared_memory("in", features.nbytes, 512)
+
+    result = client.infer("example", [tensor])
+
+    expected = reference(store / "example" / "1" / "model.onnx", {"input": features})["output"]
+    np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=1e-5, atol=1e-6)
+    readers = mapped_by(key.lstrip("/"))
+    assert [permissions for title, permissions in readers.items() if title.startswith("ray::ServeReplica")] == ["r--s"], readers
+
+
+def test_a_region_resized_or_unregistered_meanwhile_is_refused_and_the_server_keeps_serving(
+    door: tuple[str, object], segments: callable
+) -> None:
+    kind, client = door
+    key, handle = segments(8192)
+    shm.set_shared_memory_region(handle, [np.ones((ROWS, FEATURES), np.float32)])
+    client.register_system_shared_memory("in", key, 8192)
+    client.infer("example", example_request(kind, "in", 0, "in", 4096)[0])
+
+    os.truncate(Path("/dev/shm") / key.lstrip("/"), 100)  # the client shrinks the segment under the registered region
+    error = refused(lambda: client.infer("example", example_request(kind, "in", 0, "in", 4096)[0]))
+    assert error.status() == STATUS[kind]["bad"] and "holds 100 bytes now" in error.message() and "resized" in error.message(), error
+
+    client.unregister_system_shared_memory("in")
+    error = refused(lambda: client.infer("example", example_request(kind, "in", 0, "in", 4096)[0]))
+    assert error.status() == STATUS[kind]["bad"] and "unable to find system shared memory region: 'in'" in error.message(), error
+
+    # Still serving, from a region registered again at the segment's new size.
+    os.truncate(Path("/dev/shm") / key.lstrip("/"), 8192)
+    shm.set_shared_memory_region(handle, [np.ones((ROWS, FEATURES), np.float32)])
+    client.register_system_shared_memory("in", key, 8192)
+    assert client.infer("example", example_request(kind, "in", 0, "in", 4096)[0]).as_numpy("output").shape == (ROWS, CLASSES)
+
+
+def test_the_data_plane_sends_a_replica_sharing_dev_shm_where_an_input_lies_and_it_refuses_what_it_cannot_read(
+    segments: callable,
+) -> None:
+    """Router and replica ends in this process (they share /dev/shm): an input viewed from a registered
+    region travels as its segment, offset and size; the replica answers a slice it cannot read, shrunk
+    or replaced since, with that request's own error, and the others in the call as usual."""
+    x = np.arange(24, dtype=np.float32).reshape(2, 12)
+    key, handle = segments(4096)
+    shm.set_shared_memory_region(handle, [x], offset=64)
+    regions = SharedMemory()
+    regions.register("in", key, 0, 4096)
+
+    def viewed() -> np.ndarray:  # as router/tensors.py decodes an input in shared memory: a view, no copy
+        return np.frombuffer(regions.window(RegionRef("in", x.nbytes, 64), "input 'x'"), np.float32).reshape(x.shape)
+
+    async def echo(requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
+        return [InferenceResult({"y": request.inputs["x"] * 2}, len(requests), len(request.inputs["x"])) for request in requests]
+
+    async def scenario() -> None:
+        server = DataPlaneServer(echo)
+        client = DataPlaneClient(Endpoint("m.1.a", "r1", await server.start("127.0.0.1"), server.token))
+        try:
+            [tensor] = encode_requests([InferenceRequest({"x": viewed()})], by_reference=True).requests[0].inputs
+            assert (tensor.data, tensor.segment.name, tensor.segment.offset, tensor.segment.byte_size) == (b"", key[1:], 64, x.nbytes)
+            assert encode_requests([InferenceRequest({"x": viewed().copy()})], by_reference=True).requests[0].inputs[0].data == x.tobytes()
+
+            [answer] = await client.infer_many([InferenceRequest({"x": viewed()})])
+            np.testing.assert_array_equal(answer.outputs["y"], x * 2)
+
+            view = viewed()
+            os.truncate(Path("/dev/shm") / key[1:], 100)  # shrunk after the router checked it
+            shrunk, fine = await client.infer_many([InferenceRequest({"x": view}), InferenceRequest({"x": x})])
+            assert isinstance(shrunk, InferenceError) and "holds 100 bytes now" in str(shrunk), shrunk
+            np.testing.assert_array_equal(fine.outputs["y"], x * 2)
+
+            # A region the replica has not read yet: its segment removed, and another made under its name.
+            other, _ = segments(4096)
+            regions.register("other", other, 0, 4096)
+            view = np.frombuffer(regions.window(RegionRef("other", x.nbytes), "input 'x'"), np.float32).reshape(x.shape)
+            os.unlink(Path("/dev/shm") / other[1:])
+            os.close(os.open(Path("/dev/shm") / other[1:], os.O_CREAT | os.O_RDWR))  # the fixture's cleanup unlinks this one
+            [replaced] = await client.infer_many([InferenceRequest({"x": view})])
+            assert isinstance(replaced, InferenceError) and "removed or replaced" in str(replaced), replaced
+        finally:
+            regions.unregister("")
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(scenario())
 
 
 def refused(call: callable) -> InferenceServerException:
