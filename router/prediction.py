@@ -7,16 +7,20 @@ replica), then for every full round of batches queued behind it, then runs in it
 with the queued rows left over; each round costs the profile's p50 at its batch size
 (interpolated between the measured sizes, extended along the last segment above them).
 
-What is not modelled (another machine than the profile's, other threads than it was measured
-with, the router's own load) is a factor learned from each answer: observed ÷ modelled, a
-moving average of its logarithm, which drifts back to 1 when no answer refreshes it.
+Two factors correct that, each learned from the answers as observed ÷ modelled (a moving
+average of its logarithm, drifting back to 1 when no answer refreshes it): one for a request's
+own batch, from the requests that found nothing in flight (another machine than the profile's,
+other threads), and one for the rounds ahead, from the others. The second is needed: an idle
+replica's latency is mostly the hop to it and back, which under load overlaps the batches
+ahead (the router keeps two calls per replica out), so a round queued ahead costs a fraction of
+it, and how large a fraction depends on the machine.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quiver.serving import Profile
 
@@ -53,7 +57,7 @@ class ProfileLatency:
         slope = max(0.0, (ms[i] - ms[i - 1]) / (sizes[i] - sizes[i - 1]))
         return ms[i - 1] + slope * (rows - sizes[i - 1])
 
-    def predict_ms(self, rows_ahead: int, rows: int) -> float:
+    def predict(self, rows_ahead: int, rows: int) -> Modelled:
         """Latency of a request of `rows` rows sent with `rows_ahead` rows in flight before it."""
         batch, replicas = self.max_batch_size, self.replicas
         round_rows = batch * replicas
@@ -62,28 +66,57 @@ class ProfileLatency:
         full_rounds = math.ceil(behind / round_rows) - 1
         own = behind - full_rounds * round_rows
         waited = self.batch_ms(math.ceil(running / replicas)) if running else 0.0
-        return waited + full_rounds * self.batch_ms(batch) + self.batch_ms(max(rows, min(batch, math.ceil(own / replicas))))
+        return Modelled(self.batch_ms(max(rows, min(batch, math.ceil(own / replicas)))), waited + full_rounds * self.batch_ms(batch))
+
+
+@dataclass(frozen=True)
+class Modelled:
+    """A request's latency as the profile has it: its own batch, and the rounds ahead of it."""
+
+    own_ms: float
+    wait_ms: float
 
 
 @dataclass
-class Correction:
-    """observed ÷ modelled latency, learned: a moving average of its logarithm (one slow outlier
-    weighs as much as one equally fast one), half of it forgotten every `forget_s` unrefreshed."""
+class Factor:
+    """A ratio learned as a moving average of its logarithm (one slow outlier weighs as much as
+    one equally fast one), half of it forgotten every `forget_s` unrefreshed."""
 
     alpha: float = 0.2
     forget_s: float = 10.0
     log_ratio: float = 0.0  # as of `sampled_at`
     sampled_at: float = 0.0
 
-    def factor(self, now: float) -> float:
+    def value(self, now: float) -> float:
         return math.exp(self._log_ratio(now))
 
-    def observe(self, observed_ms: float, modelled_ms: float, now: float) -> None:
-        if observed_ms <= 0 or modelled_ms <= 0:
-            return
-        sample = math.log(observed_ms / modelled_ms)
-        self.log_ratio = self.alpha * sample + (1 - self.alpha) * self._log_ratio(now)
+    def observe(self, ratio: float, now: float) -> None:
+        self.log_ratio = self.alpha * math.log(ratio) + (1 - self.alpha) * self._log_ratio(now)
         self.sampled_at = now
 
     def _log_ratio(self, now: float) -> float:
         return self.log_ratio * 0.5 ** (max(0.0, now - self.sampled_at) / self.forget_s)
+
+
+# A round ahead costs between this share of the profile's figure and this many times it.
+_WAIT_BOUNDS = (0.05, 20.0)
+
+
+@dataclass
+class Correction:
+    """The two factors: a request's own batch, and the rounds ahead of it."""
+
+    own: Factor = field(default_factory=Factor)
+    wait: Factor = field(default_factory=Factor)
+
+    def predicted_ms(self, modelled: Modelled, now: float) -> float:
+        return self.own.value(now) * modelled.own_ms + self.wait.value(now) * modelled.wait_ms
+
+    def observe(self, observed_ms: float, modelled: Modelled, now: float) -> None:
+        if observed_ms <= 0 or modelled.own_ms <= 0:
+            return
+        if modelled.wait_ms == 0:
+            self.own.observe(observed_ms / modelled.own_ms, now)
+        else:  # what the rounds ahead took, with its own batch as learned
+            waited = observed_ms - self.own.value(now) * modelled.own_ms
+            self.wait.observe(min(max(waited / modelled.wait_ms, _WAIT_BOUNDS[0]), _WAIT_BOUNDS[1]), now)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .prediction import Correction, ProfileLatency
+from .prediction import Correction, Modelled, ProfileLatency
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Ticket:
 
     rows: int
     predicted_ms: float
-    modelled_ms: float | None  # the profile's prediction before the correction; None without a profile
+    modelled: Modelled | None  # the profile's prediction before the correction; None without a profile
 
 
 @dataclass
@@ -58,8 +58,9 @@ class VariantStats:
 
     def started(self, rows: int = 1) -> Ticket:
         """One call of `rows` rows leaves: its prediction, for `finished`."""
-        modelled = self.profile.predict_ms(self.in_flight_rows, rows) if self.profile else None
-        ticket = Ticket(rows, self.predicted_ms(rows), modelled)
+        modelled = self.profile.predict(self.in_flight_rows, rows) if self.profile else None
+        predicted = self.correction.predicted_ms(modelled, self.clock()) if modelled else self.predicted_ms(rows)
+        ticket = Ticket(rows, predicted, modelled)
         self.in_flight += 1
         self.in_flight_rows += rows
         return ticket
@@ -71,8 +72,8 @@ class VariantStats:
         """
         self.in_flight -= 1
         self.in_flight_rows -= ticket.rows if ticket else 1
-        if latency_ms is not None and ticket is not None and ticket.modelled_ms is not None:
-            self.correction.observe(latency_ms, ticket.modelled_ms, self.clock())
+        if latency_ms is not None and ticket is not None and ticket.modelled is not None:
+            self.correction.observe(latency_ms, ticket.modelled, self.clock())
         if now is not None:
             self.failed_at = now
             if self.down_since is None and self.ewma_ms is not None:  # it answered before: down, not never up
@@ -98,7 +99,7 @@ class VariantStats:
         """Latency for one more request (of `rows` rows): from the profile, corrected, where there
         is one; else the measured latency, one round per full capacity already queued ahead of it."""
         if self.profile is not None:
-            return self.correction.factor(self.clock()) * self.profile.predict_ms(self.in_flight_rows, rows)
+            return self.correction.predicted_ms(self.profile.predict(self.in_flight_rows, rows), self.clock())
         return self.latency_ms * (1 + self.in_flight // self.capacity)
 
     def cooling(self, now: float) -> bool:

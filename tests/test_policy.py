@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,7 @@ from quiver.router.errors import InvalidArgument, NotFound, ResourceExhausted, U
 from quiver.router.hints import RoutingHints
 from quiver.router.metrics import RouterMetrics
 from quiver.router.policy import Candidate, Decision, NoVariantFits, choose
-from quiver.router.prediction import Correction, ProfileLatency
+from quiver.router.prediction import Correction, Factor, Modelled, ProfileLatency
 from quiver.router.readiness import Readiness
 from quiver.router.routes import RouteTable, VariantRoute
 from quiver.router.stats import VariantStats
@@ -287,18 +288,20 @@ def test_a_batchs_latency_is_interpolated_between_the_measured_sizes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rows_ahead", "rows", "expected_ms"),
+    ("rows_ahead", "rows", "own_ms", "wait_ms"),
     [
-        (0, 4, 3.0),  # idle: its own batch of 4
-        (0, 12, 5.0),  # 12 rows split across the two replicas: batches of 6
-        (8, 1, 5.0),  # waits for the running batches (4 rows each), then runs alone: 3 + 2
-        (32, 1, 8.0),  # a full round running (16 rows per replica): 6 + 2
-        (32 + 32 + 10, 4, 15.75),  # a full round running, one full round queued, then 10 + 4 rows over two replicas: 6 + 6 + 3.75
+        (0, 4, 3.0, 0.0),  # idle: its own batch of 4
+        (0, 12, 5.0, 0.0),  # 12 rows split across the two replicas: batches of 6
+        (8, 1, 2.0, 3.0),  # waits for the running batches (4 rows each), then runs alone
+        (32, 1, 2.0, 6.0),  # a full round running (16 rows per replica)
+        (32 + 32 + 10, 4, 3.75, 12.0),  # a full round running, one full round queued, then 10 + 4 rows over two replicas
     ],
 )
-def test_the_profile_predicts_the_batch_a_request_joins_and_the_rounds_ahead(rows_ahead: int, rows: int, expected_ms: float) -> None:
+def test_the_profile_predicts_the_batch_a_request_joins_and_the_rounds_ahead(
+    rows_ahead: int, rows: int, own_ms: float, wait_ms: float
+) -> None:
     latency = ProfileLatency.of(tuned_profile(), max_batch_size=16, replicas=2)
-    assert latency.predict_ms(rows_ahead, rows) == pytest.approx(expected_ms)
+    assert latency.predict(rows_ahead, rows) == Modelled(pytest.approx(own_ms), pytest.approx(wait_ms))
 
 
 def test_the_rows_in_flight_decide_whether_a_profiled_variant_fits_the_budget() -> None:
@@ -308,23 +311,38 @@ def test_the_rows_in_flight_decide_whether_a_profiled_variant_fits_the_budget() 
     assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0)).variant == "fp32"  # one row: 2 ms
     assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0), rows=16).variant == "pruned"  # 16 rows: 6 ms
     profiled.started(rows=16)
-    assert profiled.in_flight_rows == 16 and profiled.predicted_ms() == 8.0  # the running batch, then its own
+    assert profiled.in_flight_rows == 16 and profiled.predicted_ms() == 8.0  # the running batch (6 ms), then its own (2 ms)
     assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0)).variant == "pruned"
 
 
 def test_the_correction_converges_to_what_is_observed_and_fades_unrefreshed() -> None:
     now = [0.0]
-    profiled = VariantStats(profile=ProfileLatency.of(tuned_profile(), 16, 1), correction=Correction(alpha=0.2, forget_s=10.0),
+    profiled = VariantStats(profile=ProfileLatency.of(tuned_profile(), 16, 1),
+                            correction=Correction(Factor(alpha=0.2, forget_s=10.0), Factor(alpha=0.2, forget_s=10.0)),
                             clock=lambda: now[0])
-    for _ in range(40):  # this machine runs everything 1.5 times slower than the profile's
-        ticket = profiled.started(rows=4)
-        profiled.finished(1.5 * ticket.modelled_ms, ticket=ticket)
-    assert profiled.in_flight == profiled.in_flight_rows == 0
+
+    def observe(observed: Callable[[Modelled], float], rows_ahead: int, calls: int = 40) -> None:
+        for _ in range(calls):
+            profiled.in_flight_rows = rows_ahead  # as if that many rows were out
+            ticket = profiled.started(rows=4)
+            profiled.finished(observed(ticket.modelled), ticket=ticket)
+        profiled.in_flight_rows = 0
+
+    # This machine runs a batch 1.5 times slower than the profile's, and overlaps a round ahead
+    # with the next one so that it costs 0.4 of the profile's figure.
+    slower = lambda modelled: 1.5 * modelled.own_ms + 0.4 * modelled.wait_ms  # noqa: E731
+    observe(slower, rows_ahead=0)
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5 * 3.0, rel=1e-3)
+    # 40 rows ahead: a round of 16 running, one of 16 queued (6 ms each), then its own batch of 8 + 4 rows (5 ms).
+    observe(slower, rows_ahead=40)
+    profiled.in_flight_rows = 40
+    assert profiled.predicted_ms(rows=4) == pytest.approx(1.5 * 5.0 + 0.4 * 12.0, rel=1e-3)
+    profiled.in_flight_rows = 0
     now[0] = 10.0
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)  # half of the log-ratio forgotten
     ticket = profiled.started()
     profiled.finished(None, now=now[0], ticket=ticket)  # a failure says nothing about speed
+    assert profiled.in_flight == profiled.in_flight_rows == 0
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)
 
 
