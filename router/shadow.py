@@ -55,6 +55,7 @@ from quiver.serving.manifest import Shadow as ShadowSpec
 from quiver.serving.manifest import ShadowMetric, shadow_metric
 
 from .agreement import Window, row_scores
+from .errors import RouterError
 from .metrics import RouterMetrics
 from .routes import VariantRoute, VersionRoutes
 from .traffic import TrafficSplit
@@ -139,7 +140,11 @@ class Shadow:
         model = version.manifest.name
         for name, mirror in split.shadow.get(model, {}).items():
             if mirror.of == version.manifest.version and self._lookup is not None and self._rng.random() < mirror.sample_rate:
-                self._enqueue(_Job(version, route, inputs, outputs, True, False, self._lookup(model, name)), (model, name, ""))
+                try:
+                    target = self._lookup(model, name)
+                except RouterError:  # not deployed here (any more): nothing to mirror to
+                    continue
+                self._enqueue(_Job(version, route, inputs, outputs, True, False, target), (model, name, ""))
         reference = version.manifest.reference
         if reference is None:
             return
@@ -295,7 +300,11 @@ class Shadow:
     async def _mirror(self, job: _Job, target: VersionRoutes) -> None:
         """One mirrored request of a Shadow step: the new version's answer against the one the client got."""
         assert self._pick is not None
-        route = self._pick(target)
+        try:
+            route = self._pick(target)
+        except RouterError:  # none of its variants can answer now: shed like a loaded one
+            self._metrics.shadow_shed.labels(target.manifest.name, target.manifest.version, "", "load").inc()
+            return
         labels = (*route.key, job.version.manifest.version)
         if not self._admits(route):
             self._metrics.shadow_shed.labels(*route.key, "load").inc()

@@ -7,15 +7,18 @@ that router all along.
 What a node would do (run a Job's pod, mount a ConfigMap) is played by tests/cluster.py through
 the same API; the Job controller and the garbage collector are the real ones. One module-scoped
 stack; the tests build on each other in order: first version, a canary rollout, a rollback on a
-breached gate, an operator killed mid-rollout, specs the API server refuses, a spec that cannot
-work, deletion.
+breached gate, a rollback in the Shadow step of a version that disagrees with the serving one, an
+operator killed mid-rollout, a copy that passes its Shadow step, specs the API server refuses, a
+spec that cannot work, deletion.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 from quiver.operator.kube import ROUTES_KEY, Kube
 from tests.cluster import NAMESPACE, JobRunner, Kubelet, Operator, environment, routes
@@ -149,8 +153,20 @@ def condition(body: dict, kind: str) -> dict:
     return next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
-def spec_for(stack: Stack, version: int, **rollout: Any) -> dict[str, Any]:
-    source = build_gemm(stack.inputs / f"digits-{version}.onnx", weights(version))
+def router_counter(stack: Stack, name: str, **labels: str) -> float:
+    """The sum of the router's `name` samples whose labels include these."""
+    text = urllib.request.urlopen(stack.router.metrics_url, timeout=10).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def spec_for(stack: Stack, version: int, w: np.ndarray | None = None, **rollout: Any) -> dict[str, Any]:
+    """Version `version` of the digits model, with its own weights unless `w` says otherwise."""
+    source = build_gemm(stack.inputs / f"digits-{version}.onnx", weights(version) if w is None else w)
     return {
         "model": {"name": MODEL, "version": str(version), "source": f"file://{source}"},
         "optimization": {"variants": ["fp32"], "evalData": str(stack.inputs / "eval.npz"), "maxAccuracyDrop": 0.05},
@@ -239,9 +255,9 @@ def test_kubectl_get_shows_the_printer_columns(stack: Stack) -> None:
                             header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
     table = json.loads(response.read())
     columns = [c["name"] for c in table["columnDefinitions"]]
-    assert columns == ["Name", "Version", "Serving", "Traffic", "Ready", "Age"]
+    assert columns == ["Name", "Version", "Phase", "Serving", "Traffic", "Ready", "Age"]
     [row] = table["rows"]
-    assert row["cells"][:5] == [MODEL, "1", "1", "1:100%", "True"]
+    assert row["cells"][:6] == [MODEL, "1", "Serving", "1", "1:100%", "True"]
 
 
 def test_the_api_server_refuses_specs_the_crd_schema_forbids(stack: Stack) -> None:
@@ -250,6 +266,9 @@ def test_the_api_server_refuses_specs_the_crd_schema_forbids(stack: Stack) -> No
         "spec.model.version": lambda spec: spec["model"].update(version="-bad"),
         "spec.rollout.steps": lambda spec: spec["rollout"].update(steps=[0, 100]),
         "spec.placement[0].pool": lambda spec: spec["placement"][0].update(pool="-tpu"),
+        "spec.rollout.shadow.sampleRate": lambda spec: spec["rollout"].update(shadow={"sampleRate": 1.5}),
+        "spec.rollout.gates.minAgreement": lambda spec: spec["rollout"]["gates"].update(minAgreement=-0.1),
+        "spec.capture.rate": lambda spec: spec.update(capture={"rate": 2}),
         "spec.model": lambda spec: spec.pop("model"),
     }
     for field_path, breaks in broken.items():
@@ -315,6 +334,53 @@ def test_breached_latency_gate_rolls_back_and_the_serving_version_keeps_serving(
     assert outcomes["ok:3"] > 0  # it did take its share before the gate closed
 
 
+def test_a_version_that_disagrees_is_rolled_back_in_its_shadow_step_having_served_no_client(stack: Stack) -> None:
+    """Version 5 is version 2 with its logits negated: it never picks version 2's class. It answers
+    mirrored copies of every request version 2 answers, and is rolled back before any weight."""
+    stack.load.outcomes.clear()
+    stack.load.start()
+    stack.load.wait_for_more(10, "ok:2")
+    spec = spec_for(stack, 5, -weights(2), shadow={"sampleRate": 1.0, "minSamples": 100})
+    spec["rollout"]["gates"]["minAgreement"] = 0.9
+    stack.apply(MODEL, spec)
+    phases, traffic = [], []
+
+    def track(body: dict) -> bool:
+        status = body.get("status", {})
+        if status.get("phase") and phases[-1:] != [status["phase"]]:
+            phases.append(status["phase"])
+        if status.get("traffic") and status["traffic"] not in traffic:
+            traffic.append(status["traffic"])
+        return status.get("failedVersion") == "5"  # Degraded is still True from version 3's breach
+
+    body = stack.wait("version 5 rolled back in its Shadow step", track)
+    degraded = condition(body, "Degraded")
+    assert degraded["reason"] == "ShadowGateBreached", degraded
+    numbers = re.search(r"agreement (\S+), 95% lower bound (\S+), over (\d+) rows: below minAgreement 0.9", degraded["message"])
+    assert numbers, degraded["message"]
+    agreement, lower, rows = float(numbers[1]), float(numbers[2]), int(numbers[3])
+    assert agreement == 0 and lower == 0 and rows >= 100
+    shadow = body["status"]["shadow"]
+    assert (shadow["version"], shadow["against"], shadow["passed"], shadow["agreement"], shadow["rows"]) == ("5", "2", False, 0, rows)
+    assert shadow["lowerBound"] < 1e-9
+    assert phases[-2:] == ["Shadowing", "Failed"] and {"2": 100, "5": 0} in traffic and "5" not in body["status"]["traffic"]
+    assert body["status"]["currentVersion"] == "2" and body["status"]["failedVersion"] == "5"
+    # The router compared at least those rows with version 2's answers, and served version 5 to no client.
+    compared = router_counter(stack, "quiver_shadow_step_rows_total", version="5", reference_version="2")
+    assert compared >= rows and router_counter(stack, "quiver_shadow_step_agreed_total", version="5") == 0
+    assert router_counter(stack, "quiver_requests_total", model=MODEL, version="5") == 0
+    stack.wait("version 5's applications removed", lambda b: not b["status"].get("retiring"))
+    assert removed(stack, "digits.5.fp32")
+    stack.load.wait_for_more(20)  # version 2 goes on serving every request
+    outcomes = stack.load.stop()
+    assert not stack.load.failures() and set(outcomes) == {"ok:2"}, outcomes
+    print(f"Shadow step rollback: {degraded['message']}; rows compared at the router {compared:.0f}; outcomes {dict(outcomes)}")
+    # The next rollouts have no Shadow step (a merge patch keeps what it does not name).
+    stack.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, PLURAL, MODEL, {"spec": {"rollout": {"shadow": None, "gates": {"minAgreement": None}}}}
+    )
+
+
 def resumed_watch(stack: Stack, resource_version: str) -> dict:
     """The first event of a watch of the ModelDeployments resumed at `resource_version`."""
     api = stack.custom.api_client
@@ -361,6 +427,32 @@ def test_api_server_restart_and_operator_kill_mid_rollout_neither_repeat_nor_ski
     # server away is a condition the next look retries, not an exception.
     assert "failed with an exception" not in stack.operator.log()
     assert {"2": 0, "4": 100} in [traffic for traffic, _ in seen] or seen[-1][0] == {"4": 100}
+    outcomes = stack.load.stop()
+    assert not stack.load.failures(), outcomes
+
+
+def test_a_copy_of_the_serving_version_passes_its_shadow_step_and_takes_the_traffic(stack: Stack) -> None:
+    stack.load.outcomes.clear()
+    stack.load.start()
+    spec = spec_for(stack, 7, weights(4), strategy="Immediate", shadow={"sampleRate": 1.0, "minSamples": 100})
+    spec["rollout"]["gates"]["minAgreement"] = 0.9
+    stack.apply(MODEL, spec)
+    traffic: list[dict] = []
+
+    def track(body: dict) -> bool:
+        seen = body.get("status", {}).get("traffic")
+        if seen and seen not in traffic:
+            traffic.append(seen)
+        return body["status"].get("currentVersion") == "7"
+
+    stack.wait("version 7 to take all traffic", track)
+    assert traffic[traffic.index({"4": 100, "7": 0}):] == [{"4": 100, "7": 0}, {"4": 0, "7": 100}, {"7": 100}], traffic
+    compared = router_counter(stack, "quiver_shadow_step_rows_total", version="7", reference_version="4")
+    assert compared >= 100 and router_counter(stack, "quiver_shadow_step_agreed_total", version="7", reference_version="4") == compared
+    shadow = stack.deployment()["status"]["shadow"]
+    assert shadow["version"] == "7" and shadow["against"] == "4" and shadow["passed"] and shadow["agreement"] == 1.0
+    assert shadow["lowerBound"] >= 0.9 and shadow["rows"] >= 100
+    stack.load.wait_for_more(20, "ok:7")
     outcomes = stack.load.stop()
     assert not stack.load.failures(), outcomes
 

@@ -218,6 +218,10 @@ class Reconciler:
         if verdict.outcome is gates.Outcome.WAIT:
             status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForTraffic", f"Shadow step: {verdict.message}")
             return
+        status.shadow = {
+            "version": status.target_version, "against": status.current_version, "passed": verdict.outcome is gates.Outcome.PASS,
+            "agreement": verdict.agreement, "lowerBound": verdict.lower_bound, "rows": int(verdict.rows),
+        }
         if verdict.outcome is gates.Outcome.BREACH:
             why = f"version {status.target_version} in its Shadow step against version {status.current_version}: {verdict.message}"
             self._fail(spec, status, "ShadowGateBreached", why, remove_target=True)

@@ -57,6 +57,8 @@ class Status(_Camel):
     deploy_started_at: float | None = None
     baseline: dict[str, Any] | None = None  # gates.Sample (gates.ShadowSample while shadowing) at the step's start
     retiring: list[str] = []  # versions out of the routes whose applications go at the next look
+    # The last Shadow step's verdict: version, against (the serving version), passed, agreement, lowerBound, rows.
+    shadow: dict[str, Any] | None = None
     traffic: dict[str, int] = {}
     traffic_summary: str = ""
     variants: list[dict[str, Any]] = []
