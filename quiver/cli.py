@@ -84,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _with_shadow_and_capture(router: RouterSettings, args: argparse.Namespace) -> RouterSettings:
-    """`quiver serve`'s --shadow-rate and --capture* flags (ValueError naming the flag)."""
+    """The --shadow-rate and --capture* flags of `quiver serve` and `quiver router` (ValueError naming the flag)."""
     import dataclasses
 
     from quiver.router.shadow import ShadowSettings
@@ -103,6 +103,11 @@ def _route(args: argparse.Namespace) -> int:
 
     router = _router_settings(args)
     if router is None:
+        return 2
+    try:
+        router = _with_shadow_and_capture(router, args)
+    except (OSError, ValueError) as exc:
+        print(f"quiver: {exc}", file=sys.stderr)
         return 2
     return route_cluster(ClusterRouterSettings(ray_address=args.ray_address, join=args.join, node_ip=args.node_ip, router=router))
 
@@ -201,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--otel-endpoint", help="send OpenTelemetry traces (OTLP/gRPC) here, e.g. http://collector:4317 (default: off, "
         "unless the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT or OTEL_TRACES_EXPORTER variables say otherwise)"
     )
+    listener.add_argument("--shadow-rate", type=float, help="share of requests compared with the reference, for variants whose spec sets none")
+    listener.add_argument(
+        "--capture", type=Path, metavar="DIR",
+        help="capture sampled live inputs here for recalibration, never for a token whose scope says no-capture (default: off)",
+    )
+    listener.add_argument(
+        "--capture-rate", type=float, default=0.01, help="share of requests captured, where the route table sets none for the model (default: %(default)s)"
+    )
+    listener.add_argument("--capture-max-mb", type=float, default=256, help="disk per model version (default: %(default)s)")
     listener.add_argument(
         "--no-direct", action="store_true",
         help="call replicas only through Serve's handles, not on their data planes (slower; for comparison or diagnosis)",
@@ -231,10 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-key", type=Path, help="32-byte key file that decrypts variants encrypted at rest")
     serve.add_argument("--address", help="join this running Ray cluster instead of starting a local instance")
     serve.add_argument("--pools", help="comma-separated pools of the local node (default: cpu, plus gpu when there is one)")
-    serve.add_argument("--shadow-rate", type=float, help="share of requests compared with the reference, for variants whose spec sets none")
-    serve.add_argument("--capture", type=Path, metavar="DIR", help="capture sampled live inputs here for recalibration (default: off)")
-    serve.add_argument("--capture-rate", type=float, default=0.01, help="share of requests captured (default: %(default)s)")
-    serve.add_argument("--capture-max-mb", type=float, default=256, help="disk per model version (default: %(default)s)")
 
     router = commands.add_parser(
         "router",
@@ -257,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     router.add_argument("--store", type=Path, required=True, help="the shared model store (manifests are read from it)")
     router.add_argument("--routes", type=Path, required=True, help="the routes file the operator writes (a mounted ConfigMap)")
+    router.add_argument("--model-key", type=Path, help="32-byte key file: captured segments are encrypted with it")
 
     operator = commands.add_parser(
         "operator",

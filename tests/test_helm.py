@@ -192,9 +192,10 @@ def test_crd_ships_in_crds_and_accepts_the_examples() -> None:
         ({"pools": [{"name": "GPU", "minReplicas": 0, "maxReplicas": 1}]}, "at '/pools/0/name'"),
         ({"pools": [{"name": "cpu", "minReplicas": 0, "maxReplicas": 1, "gpu": 1}]}, "additional properties 'gpu'"),
         ({"pools": []}, "at '/pools': minItems"),
+        ({"router": {"capture": {"enabled": True, "rate": 1.5}}}, "at '/router/capture/rate': maximum: got 1.5, want 1"),
     ],
     ids=["pool-without-name", "negative-replicas", "unknown-key", "unknown-section", "wrong-type",
-         "bad-pool-name", "pool-typo", "no-pools"],
+         "bad-pool-name", "pool-typo", "no-pools", "capture-rate"],
 )
 def test_wrong_values_fail_with_the_schema_message(values: dict, message: str, tmp_path: Path) -> None:
     result = hc.helm("template", "quiver", hc.CHART, *hc.value_args(values, tmp_path), check=False)
@@ -431,6 +432,18 @@ def test_model_keys_reach_the_replicas_and_the_operator_names_their_paths(render
     assert not {"/etc/quiver/verify-key", "/etc/quiver/model-key"} & _mounts(hc.one(objects, "Deployment", "-router")).keys()
     default_flags = _args(hc.one(rendered["default"], "Deployment", "-operator"))
     assert "--model-key" not in default_flags and "--verify-key" not in default_flags
+
+
+def test_capture_is_off_by_default_and_when_on_writes_to_the_store_with_the_model_key(
+    rendered: dict[str, list[hc.Obj]], tmp_path: Path
+) -> None:
+    assert not {"--capture", "--model-key"} & _args(hc.one(rendered["everything"], "Deployment", "-router")).keys()
+    values = {**EVERYTHING, "router": {**EVERYTHING["router"], "capture": {"enabled": True, "rate": 0.05, "maxMB": 64}}}
+    router = hc.one(render_with(values, tmp_path), "Deployment", "-router")
+    flags, mounts = _args(router), _mounts(router)
+    assert (flags["--capture"], flags["--capture-rate"], flags["--capture-max-mb"]) == ("/models/_capture", "0.05", "64")
+    assert mounts["/models"]["persistentVolumeClaim"]["claimName"] == "shared-models"  # where quiver optimize Jobs read it
+    assert _mounted(mounts, flags["--model-key"])["secret"] == {"secretName": "model-key", "items": [{"key": "key", "path": "key"}]}
 
 
 def test_ray_token_auth_reaches_the_router_and_the_operator(rendered: dict[str, list[hc.Obj]]) -> None:
