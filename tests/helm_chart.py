@@ -93,7 +93,8 @@ def strict_structural(schema: Any) -> Any:
     The API server prunes fields a structural schema does not list, silently; a test should
     fail instead, so every object schema that lists properties (and neither preserves unknown
     fields nor says what else it takes) gets additionalProperties: false. `nullable` becomes
-    a null type, as the API server reads it.
+    a null type, as the API server reads it, and OpenAPI 3.0's boolean exclusiveMinimum and
+    exclusiveMaximum become JSON Schema's bounds (a Draft 7 validator reads `true` as 1).
     """
     if isinstance(schema, list):
         return [strict_structural(s) for s in schema]
@@ -108,6 +109,11 @@ def strict_structural(schema: Any) -> Any:
         out["additionalProperties"] = False
     if out.pop("nullable", False) and "type" in out:
         out["type"] = [out["type"], "null"]
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if out.get(exclusive) is True:
+            out[exclusive] = out.pop(bound)
+        elif out.get(exclusive) is False:
+            del out[exclusive]
     return out
 
 
