@@ -119,6 +119,10 @@ class ServePath:
         variant = settings.apply(variant.model_copy(update={"replicas": variant.replicas.model_copy(update={"autoscaling": None})}))
         if self._current is not None and self._current.route.variant == variant:
             return self._current  # deployed as asked already: a redeployment would start new replicas
+        if self._current is not None and self._current.route.variant.replicas != variant.replicas:
+            # Serve's rolling update keeps old replicas until new ones run: a layout that needs
+            # the node's every CPU would wait for them forever. Another layout starts afresh.
+            self.release(variant)
         manifest = self.version.manifest
         metrics = self._metrics.variant(manifest.name, manifest.version, variant.name, variant.pool)
         self._current = VariantReplicas(VariantRoute(self.version, variant, deploy(self.version, variant, self.key_file)), None, metrics)

@@ -9,6 +9,7 @@ machine's noise. The end-to-end test measures through a real Serve replica.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,9 @@ from quiver.serving import (
     signing,
     write_version,
 )
+from quiver.serving import crypto
 from quiver.serving.deployment import build_variant_app
+from quiver.serving.store import sha256_file
 from quiver.serving.tune import SearchResult, Space, Trial, TuneError, check_writable, profile, record, search
 from tests.test_model_security import signing_keys
 
@@ -180,11 +183,25 @@ def test_replicas_run_the_recorded_settings_unless_the_placement_overrides_them(
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1)
 
 
+def _encrypt(store: Path, key_file: Path) -> None:
+    """The version's variant encrypted at rest, as `quiver optimize --encrypt-key` writes it."""
+    key_file.write_bytes(os.urandom(crypto.KEY_BYTES))
+    version = read_version(store / "digits" / "1")
+    variant = version.manifest.variants[0]
+    plain = version.path(variant)
+    sealed = plain.with_name(plain.name + ".enc")
+    sealed.write_bytes(crypto.encrypt(plain.read_bytes(), key_file.read_bytes(), crypto.associated_data("digits", "1", variant.name)))
+    plain.unlink()
+    variant = variant.model_copy(update={"file": sealed.name, "sha256": sha256_file(sealed), "encryption": crypto.ALGORITHM})
+    write_version(store, version.manifest.model_copy(update={"variants": [variant]}))
+
+
 def test_quiver_tune_measures_through_a_replica_and_records_the_chosen_point(tmp_path: Path) -> None:
     store = _store(tmp_path / "store")
+    _encrypt(store, tmp_path / "model.key")  # the replicas it deploys decrypt with --model-key, as the operator's Job passes it
     # Its own process, as a user runs it: the search starts and stops a Ray instance of its own.
     run = subprocess.run(
-        [sys.executable, "-m", "quiver", "tune", str(store), "--model", "digits", "--version", "1",
+        [sys.executable, "-m", "quiver", "tune", str(store), "--model", "digits", "--version", "1", "--model-key", str(tmp_path / "model.key"),
          "--budget-s", "12", "--trial-s", "0.5", "--loads", "1,4", "--slo-p99-ms", "60000", "--cpus", "1"],
         capture_output=True, text=True, timeout=300,
     )
