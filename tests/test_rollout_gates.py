@@ -1,13 +1,27 @@
-"""Rollout gates on their own: a step's verdict from two samples of the routers' counters (the
-Shadow step's among them)."""
+"""Rollout gates: a step's verdict from two samples of the routers' counters (the Shadow step's
+among them), and the reconciler in its Shadow step reading a real router's /metrics page."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from quiver.operator.gates import Outcome, Sample, ShadowSample, judge, judge_shadow
-from quiver.operator.spec import Gates, ShadowStep
+from quiver.operator.kube import JobPhase, JobState
+from quiver.operator.rollout import Reconciler
+from quiver.operator.settings import OperatorSettings
+from quiver.operator.spec import Gates, ShadowStep, parse_spec
+from quiver.operator.status import ConditionType, Phase, Status
+from quiver.router.metrics import RouterMetrics
+from quiver.router.traffic import TrafficSplit
+from quiver.serving import build_example, from_onnx_file, write_version
 from quiver.serving.confidence import wilson_lower
+
+from .test_rollout import FakeKube, FakeServe
 
 BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, math.inf)
 
@@ -83,3 +97,73 @@ def test_the_shadow_steps_mirrored_calls_are_gated_on_errors_and_p99() -> None:
 def test_a_shadow_sample_survives_the_status_round_trip() -> None:
     original = shadow_sample(10, 1, 30, 29.5, [0.003] * 9)
     assert ShadowSample.from_status(original.to_status()) == original
+
+
+# The reconciler in its Shadow step: the route table it writes, and the verdict it reads from a
+# real router's /metrics page (RouterMetrics served on loopback, its counters set as mirrors would).
+
+
+@pytest.fixture
+def router_metrics() -> Iterator[tuple[RouterMetrics, str]]:
+    metrics = RouterMetrics()
+    server = metrics.serve("127.0.0.1", 0)
+    try:
+        yield metrics, f"http://127.0.0.1:{server.server_port}/metrics"
+    finally:
+        server.shutdown()
+
+
+def shadow_spec() -> Any:
+    return parse_spec({
+        "model": {"name": "digits", "version": "2", "source": "/in/digits.onnx"},
+        "optimization": {"variants": ["fp32"], "evalData": "/in/eval.npz"},
+        "rollout": {"steps": [10, 100], "intervalSeconds": 5, "shadow": {"sampleRate": 0.5, "minSamples": 100},
+                    "gates": {"minRequests": 10, "minAgreement": 0.9}},
+    })
+
+
+def mirrored(metrics: RouterMetrics, rows: int, agreed: int) -> None:
+    labels = ("digits", "2", "fp32", "1")
+    metrics.shadow_step_calls.labels(*labels, "ok").inc(rows)
+    metrics.shadow_step_rows.labels(*labels).inc(rows)
+    metrics.shadow_step_agreed.labels(*labels).inc(agreed)
+    for _ in range(rows):
+        metrics.shadow_step_latency.labels(*labels).observe(0.003)
+
+
+@pytest.mark.parametrize("agreed", [100, 40], ids=["agrees", "disagrees"])
+def test_the_reconciler_mirrors_judges_and_moves_on_or_rolls_back(
+    tmp_path: Path, router_metrics: tuple[RouterMetrics, str], agreed: int
+) -> None:
+    metrics, url = router_metrics
+    manifest = from_onnx_file(build_example(tmp_path / "model.onnx"), name="digits").manifest
+    write_version(tmp_path / "store", manifest.model_copy(update={"version": "2"}))
+    kube, serve, now = FakeKube(JobState(JobPhase.SUCCEEDED)), FakeServe(), [0.0]
+    settings = OperatorSettings("test", tmp_path / "store", "img", "http://ray", router_metrics=(url,))
+    reconciler = Reconciler(settings, kube, serve, clock=lambda: now[0])
+    status = Status(phase=Phase.SERVING, current_version="1", traffic={"1": 100})
+    status = reconciler.look("digits", None, shadow_spec(), status)
+    assert status.phase is Phase.SHADOWING and status.traffic_summary == "1:100% 2:shadow"
+    assert kube.routes["models"]["digits"] == {"1": 100, "2": 0}
+    assert kube.routes["shadow"] == {"digits": {"2": {"of": "1", "sample_rate": 0.5}}}
+    TrafficSplit.model_validate(kube.routes)  # what the routers will read
+
+    mirrored(metrics, 100, agreed)
+    status = reconciler.look("digits", None, shadow_spec(), status)  # before intervalSeconds: no verdict
+    assert status.phase is Phase.SHADOWING and status.shadow is None
+    now[0] = 6.0
+    status = reconciler.look("digits", None, shadow_spec(), status)
+    assert kube.routes["shadow"] == {}  # mirrors end either way
+    if agreed == 100:
+        assert status.phase is Phase.SHIFTING and kube.routes["models"]["digits"] == {"1": 90, "2": 10}
+        assert status.shadow == {"version": "2", "against": "1", "passed": True, "agreement": 1.0,
+                                 "lowerBound": wilson_lower(100, 100), "rows": 100}
+    else:
+        assert status.phase is Phase.FAILED and kube.routes["models"]["digits"] == {"1": 100}
+        progressing = status.condition(ConditionType.ROLLOUT_PROGRESSING)
+        assert progressing.reason == "ShadowGateBreached"
+        assert progressing.message.startswith(
+            "version 2 in its Shadow step against version 1: agreement 0.4000, 95% lower bound 0.3094, over 100 rows: "
+            "below minAgreement 0.9 (100 mirrored calls, error rate 0.00%, p99"
+        ), progressing.message
+        assert status.retiring == ["2"]
