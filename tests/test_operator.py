@@ -111,6 +111,10 @@ class Stack:
     routes_file: Path
     load: Load
 
+    @property
+    def capture(self) -> Path:
+        return self.routes_file.parent / "capture"
+
     def deployment(self, name: str = MODEL) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
 
@@ -191,7 +195,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, control_plane: ControlPlane)
     kubeconfig = operator_identity(control_plane, NAMESPACE, work)
     with ray_head(num_cpus=4) as head:
         env = environment({**head.env, "KUBECONFIG": str(kubeconfig)})
-        router_args = ["--ray-address", head.gcs_address, "--store", str(store), "--routes", str(routes_file)]
+        # Capture on, at rate 0: only a model whose spec.capture says so is captured.
+        router_args = ["--ray-address", head.gcs_address, "--store", str(store), "--routes", str(routes_file),
+                       "--capture", str(work / "capture"), "--capture-rate", "0"]
         with quiver_process("router", *router_args, env=env) as router:
             kubelet, jobs = Kubelet(api, "quiver-routes", routes_file), JobRunner(api, work / "jobs.log")
             operator = Operator(
@@ -343,12 +349,20 @@ def test_a_version_that_disagrees_is_rolled_back_in_its_shadow_step_having_serve
     spec = spec_for(stack, 5, -weights(2), shadow={"sampleRate": 1.0, "minSamples": 100})
     spec["rollout"]["gates"]["minAgreement"] = 0.9
     stack.apply(MODEL, spec)
-    phases, traffic = [], []
+    phases, traffic, named = [], [], []
+    x = triton.InferInput("x", [1, 64], "FP32")
+    x.set_data_from_numpy(np.ones((1, 64), np.float32))
 
     def track(body: dict) -> bool:
         status = body.get("status", {})
         if status.get("phase") and phases[-1:] != [status["phase"]]:
             phases.append(status["phase"])
+        if status.get("phase") == "Shadowing" and len(named) < 20:  # a client that names version 5 is refused
+            try:
+                triton.InferenceServerClient(stack.router.address).infer(MODEL, [x], model_version="5")
+                named.append("OK")
+            except triton.InferenceServerException as exc:
+                named.append(exc.status() + (": shadow" if "Shadow step" in exc.message() else ""))
         if status.get("traffic") and status["traffic"] not in traffic:
             traffic.append(status["traffic"])
         return status.get("failedVersion") == "5"  # Degraded is still True from version 3's breach
@@ -365,6 +379,8 @@ def test_a_version_that_disagrees_is_rolled_back_in_its_shadow_step_having_serve
     assert shadow["lowerBound"] < 1e-9
     assert phases[-2:] == ["Shadowing", "Failed"] and {"2": 100, "5": 0} in traffic and "5" not in body["status"]["traffic"]
     assert body["status"]["currentVersion"] == "2" and body["status"]["failedVersion"] == "5"
+    # NOT_FOUND: in its Shadow step once the router has its table, or not in the table yet.
+    assert set(named) <= {"StatusCode.NOT_FOUND: shadow", "StatusCode.NOT_FOUND"} and "StatusCode.NOT_FOUND: shadow" in named, named
     # The router compared at least those rows with version 2's answers, and served version 5 to no client.
     compared = router_counter(stack, "quiver_shadow_step_rows_total", version="5", reference_version="2")
     assert compared >= rows and router_counter(stack, "quiver_shadow_step_agreed_total", version="5") == 0
@@ -432,10 +448,13 @@ def test_api_server_restart_and_operator_kill_mid_rollout_neither_repeat_nor_ski
 
 
 def test_a_copy_of_the_serving_version_passes_its_shadow_step_and_takes_the_traffic(stack: Stack) -> None:
+    """And its spec.capture has the router capture the model's requests, which it did not before."""
+    assert not (stack.capture / MODEL).exists()
     stack.load.outcomes.clear()
     stack.load.start()
     spec = spec_for(stack, 7, weights(4), strategy="Immediate", shadow={"sampleRate": 1.0, "minSamples": 100})
     spec["rollout"]["gates"]["minAgreement"] = 0.9
+    spec["capture"] = {"rate": 1.0, "maxMB": 1}
     stack.apply(MODEL, spec)
     traffic: list[dict] = []
 
@@ -455,6 +474,12 @@ def test_a_copy_of_the_serving_version_passes_its_shadow_step_and_takes_the_traf
     stack.load.wait_for_more(20, "ok:7")
     outcomes = stack.load.stop()
     assert not stack.load.failures(), outcomes
+    # A segment holds 256 rows: the load sent far more since the route table asked for capture.
+    eventually(lambda: any((stack.capture / MODEL).glob("*/*.npz")), "a captured segment")
+    segment = np.load(sorted((stack.capture / MODEL).glob("*/*.npz"))[0])
+    assert segment["x"].shape == (256, 64) and (segment["x"] == 1).all()  # what the load sends
+    np.testing.assert_array_equal(segment["labels"], segment["output:y"].argmax(1))
+    assert sum(path.stat().st_size for path in (stack.capture / MODEL).rglob("*.npz")) <= 2 << 20  # 1 MiB per version
 
 
 def test_a_spec_that_cannot_work_says_why_and_deploys_nothing(stack: Stack) -> None:
