@@ -243,10 +243,20 @@ def live_accuracy() -> list[timeseries.Panel]:
                 legend + " shed {{reason}}",
             ),
         ),
+        _timeseries(
+            "Rows captured and segments dropped",
+            "Rows the routers capture for recalibration (--capture, the chart's router.capture, a model's spec.capture), "
+            "and segments not written: over the bound, or refused by the disk.", "short",
+            _query(_rate("quiver_capture_rows_total", VERSION, "model, version"), "{{model}}:{{version}} rows"),
+            _query(f"max by (model, version) (quiver_capture_dropped_segments{{{VERSION}}})", "{{model}}:{{version}} dropped"),
+        ),
     ]
 
 
 def rollout() -> list:
+    # A version in its Shadow step serves no client: it has no quiver_requests_total for $version to list.
+    step, by = MODEL, "model, version, variant, reference_version"
+    legend = "{{model}}:{{version}} {{variant}} against {{reference_version}}"
     return [
         _timeseries(
             "Version weights", "Each version's share of the model's traffic in the routers' route table: "
@@ -262,6 +272,22 @@ def rollout() -> list:
         .height(8)
         .with_target(
             _query(f"count by (model) (max by (model, version) (quiver_route_weight{{{VERSION}}} > 0))", "{{model}}").ref_id("A")
+        ),
+        _timeseries(
+            "Shadow step: agreement with the serving version",
+            "A version in its rollout's Shadow step: share of mirrored rows on which it answers as the serving version "
+            "did (the operator gates the step's lower bound on spec.rollout.gates.minAgreement).", "percentunit",
+            _query(f"{_rate('quiver_shadow_step_agreed_total', step, by)}\n/\n{_rate('quiver_shadow_step_rows_total', step, by)}", legend),
+        ),
+        _timeseries(
+            "Shadow step: mirrored calls and p99",
+            "Mirrored calls per second by outcome (every failure counts against the new version), and their p99 in seconds.",
+            "short",
+            _query(_rate("quiver_shadow_step_calls_total", step, f"{by}, outcome"), legend + " {{outcome}}"),
+            _query(
+                f"histogram_quantile(0.99, sum by ({by}, le) (rate(quiver_shadow_step_latency_seconds_bucket{{{step}}}[{RATE}])))",
+                legend + " p99 s",
+            ),
         ),
     ]
 
