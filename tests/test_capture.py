@@ -79,8 +79,11 @@ def test_an_encrypted_capture_needs_the_model_key(tmp_path: Path) -> None:
         (["--shadow-rate", "-0.5"], "--shadow-rate: -0.5 is outside [0, 1]"),
     ],
 )
-def test_quiver_serve_refuses_bad_capture_and_shadow_flags(tmp_path: Path, flags: list[str], message: str) -> None:
+@pytest.mark.parametrize("command", ["serve", "router"])
+def test_quiver_serve_and_router_refuse_bad_capture_and_shadow_flags(tmp_path: Path, flags: list[str], message: str, command: str) -> None:
     args = [flag.format(tmp=tmp_path) for flag in flags]
-    done = subprocess.run([sys.executable, "-m", "quiver", "serve", *args], capture_output=True, text=True, timeout=60)
+    if command == "router":  # refused before it joins any Ray cluster: nothing listens at this address
+        args += ["--ray-address", "127.0.0.1:9", "--store", str(tmp_path), "--routes", str(tmp_path / "routes.json")]
+    done = subprocess.run([sys.executable, "-m", "quiver", command, *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
