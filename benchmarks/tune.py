@@ -108,11 +108,11 @@ def best_within(points: list[dict], slo: float) -> float:
 
 
 def _ratios(rows: list[dict], variant: str, slo: float) -> list[float]:
-    """Tuned ÷ defaults per round where both met the SLO at some load."""
+    """Tuned ÷ defaults per round where the defaults met the SLO at some load (0 where tuned met it at none)."""
     ratios = []
     for round_ in sorted({row["round"] for row in rows if row["variant"] == variant}):
         arm = {row["arm"]: best_within(row["points"], slo) for row in rows if row["variant"] == variant and row["round"] == round_}
-        if arm.get("defaults") and arm.get("tuned"):
+        if arm.get("defaults") and "tuned" in arm:
             ratios.append(arm["tuned"] / arm["defaults"])
     return ratios
 
