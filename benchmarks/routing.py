@@ -1,6 +1,6 @@
 """SLO-aware routing between the real variants of one model: latency, and accuracy measured from the answers.
 
-    python -m benchmarks.routing [--seconds 8] [--concurrency 8] [--rows 64] [--budget-ms MS]
+    python -m benchmarks.routing [--seconds 8] [--concurrency 8] [--rows 64] [--budget-ms MS] [--profiles]
 
 1. Builds the digits example (examples/digits/train.py: a CNN on scikit-learn's digits) and runs
    `quiver optimize` on it into a scratch store: fp32, int8-static, pruned and distilled, each
@@ -20,6 +20,11 @@
    earlier row left them at.
 4. Times the policy (hints parsed, a variant chosen among the manifest's four) in this process.
 
+With `--profiles` the store is tuned first (`quiver tune`, as benchmarks/prediction.py does it)
+and each hinted way runs on it twice per repeat, without and with the profiles in its manifest
+(the same settings, predicted as without `quiver tune`, then from the profiles: router/prediction.py);
+the pinned rows and no hints run on the store without them.
+
 Writes benchmarks/results/routing-<stamp>.{json,md} (benchmarks/provenance.py). Needs the
 `examples` extra (torch, scikit-learn, onnx2torch, torch-pruning).
 """
@@ -35,6 +40,8 @@ import tempfile
 import time
 import timeit
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +55,7 @@ from benchmarks.loadgen import closed_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.serverproc import quiver_serve  # noqa: E402 (the launcher the tests use)
+from tests.serverproc import ServerProcess, quiver_serve  # noqa: E402 (the launcher the tests use)
 
 VARIANTS = "fp32,int8-static,pruned,distilled"
 
@@ -67,6 +74,21 @@ class Tally:
         self.__init__()
 
 
+@contextmanager
+def serving(store: Path) -> Iterator[ServerProcess]:
+    """`quiver serve STORE`, tried twice: on this shared machine a start sometimes times out under others' load."""
+    with ExitStack() as stack:
+        for attempt in (1, 2):
+            try:
+                server = stack.enter_context(quiver_serve(str(store)))
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                print(f"quiver serve {store} did not start; once more", flush=True)
+        yield server
+
+
 def build_store(scratch: Path, max_drop: float) -> Path:
     """The digits example and `quiver optimize` on it, as docs/optimizing.md runs them (kept if SCRATCH has them)."""
     build, store = scratch / "digits", scratch / "store"
@@ -82,17 +104,21 @@ def build_store(scratch: Path, max_drop: float) -> Path:
 
 
 def policy_cost_us(manifest: dict, parameters: dict[str, object]) -> float:
-    """µs per decision: the hints parsed and a variant chosen among the manifest's, primed with its measured p50s."""
+    """µs per decision: the hints parsed and a variant chosen among the manifest's, primed with its
+    measured p50s, or predicted from its profiles where it has them."""
     from quiver.router.hints import RoutingHints
     from quiver.router.policy import Candidate, choose
+    from quiver.router.prediction import ProfileLatency
     from quiver.router.stats import VariantStats
-    from quiver.serving import Precision
+    from quiver.serving import Precision, Variant
 
-    candidates = [
-        Candidate(v["name"], Precision(v.get("precision", "fp32")), v.get("pool", "cpu"), v["metrics"]["accuracy"], True,
-                  VariantStats(prior_ms=v["metrics"]["p50_ms"]))
-        for v in manifest["variants"]
-    ]
+    candidates = []
+    for v in manifest["variants"]:
+        variant = Variant.model_validate(v)
+        profile = ProfileLatency.of(variant.profile, variant.batching.max_batch_size, variant.replicas.count)
+        stats = VariantStats(prior_ms=v["metrics"]["p50_ms"], profile=profile)
+        candidates.append(Candidate(v["name"], Precision(v.get("precision", "fp32")), v.get("pool", "cpu"),
+                                    v["metrics"]["accuracy"], True, stats))
     default, runs = manifest["default_variant"], 20_000
     seconds = min(timeit.repeat(lambda: choose(candidates, default, RoutingHints.from_parameters(parameters)),
                                 number=runs, repeat=5))
@@ -186,9 +212,27 @@ def markdown(manifest: dict, rows: list[dict], budget_ms: float, cost_us: float,
         lines.append(f"| {row['requests']}{errors} | {row['req_per_s']:,} | {row['p50_ms']} | {row['p99_ms']} | {within:.1%} "
                      f"| {row['accuracy_delivered']:.4f} | {row['rows']:,} | {served} | "
                      + ", ".join(f"{r} {n}" for r, n in sorted(row["reasons"].items(), key=lambda kv: -kv[1])) + " |")
+    if args.profiles:
+        lines += ["", f"Without and with the profiles, over the servers (budget {budget_ms:g} ms):", "",
+                  "| requests | profiles | answered | within budget | accuracy delivered |", "|---|---|---:|---:|---:|"]
+        for (way, kind), group in _by_way(rows).items():
+            answered = sum(row["answered"] for row in group)
+            within = sum(row["within_budget"] * row["answered"] for row in group) / max(1, answered)
+            correct, images = sum(row["correct"] for row in group), sum(row["rows"] for row in group)
+            lines.append(f"| {way} | {kind} | {answered:,} | {within:.1%} | {correct / max(1, images):.4f} |")
     lines += ["", f"The policy (hints parsed, one of {len(manifest['variants'])} variants chosen): {cost_us:.1f} µs per "
-              "decision (best of 5 × 20,000, in the benchmark's process)."]
+              "decision (best of 5 × 20,000, in the benchmark's process"
+              + (", predicted from the profiles)." if args.profiles else ").")]
     return "\n".join(lines)
+
+
+def _by_way(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The hinted rows grouped by way of asking and by store (without or with profiles)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if "store" in row:
+            groups.setdefault((row["way"], row["store"]), []).append(row)
+    return groups
 
 
 def main() -> None:
@@ -201,17 +245,25 @@ def main() -> None:
     parser.add_argument("--max-accuracy-drop", type=float, default=0.01, help="quiver optimize's gate")
     parser.add_argument("--out", type=Path, default=provenance.RESULTS)
     parser.add_argument("--build", type=Path, help="build the model and store here, or reuse them (default: a scratch folder)")
+    parser.add_argument("--profiles", action="store_true", help="tune the store; each hinted way without and with its profiles")
+    parser.add_argument("--tune-budget-s", type=float, default=120.0, help="with --profiles: quiver tune's --budget-s")
     args = parser.parse_args()
     run = provenance.begin()
     with tempfile.TemporaryDirectory(prefix="quiver-routing-") as directory:
         directory = args.build or directory
-        store = build_store(Path(directory), args.max_accuracy_drop)
-        manifest = json.loads((store / "digits/1/manifest.json").read_text())
+        if args.profiles:
+            from benchmarks.prediction import tuned_stores  # it builds on this module's store
+
+            stores = tuned_stores(Path(directory), args.tune_budget_s, args.max_accuracy_drop)
+        else:
+            stores = {"": build_store(Path(directory), args.max_accuracy_drop)}
+        store = next(iter(stores.values()))  # without profiles
+        manifest = json.loads((stores.get("with profiles", store) / "digits/1/manifest.json").read_text())
         with np.load(Path(directory) / "digits/eval.npz") as data:
             images, labels = np.ascontiguousarray(data["image"], np.float32), data["labels"]
         fp32_accuracy = next(v["metrics"]["accuracy"] for v in manifest["variants"] if v["name"] == "fp32")
         pinned = [(f"pinned to {v['name']}", {"quiver.variant": v["name"]}) for v in manifest["variants"]]
-        with quiver_serve(str(store)) as server:
+        with serving(store) as server:
             rows = asyncio.run(drive(server.address, images, labels, [*pinned, ("no hints (default fp32)", {})], args))
         budget_ms = args.budget_ms if args.budget_ms is not None else next(r["p50_ms"] for r in rows if r["requests"] == "pinned to fp32")
         hinted = [
@@ -223,9 +275,11 @@ def main() -> None:
         # from a fresh server, whose estimates begin at the manifest's measured p50s.
         for label, parameters in hinted:
             for repeat in range(1, args.repeats + 1):
-                with quiver_serve(str(store)) as server:
-                    way = (f"{label}, server {repeat}" if args.repeats > 1 else label, parameters)
-                    rows += asyncio.run(drive(server.address, images, labels, [way], args))
+                for kind, each in stores.items():
+                    with serving(each) as server:
+                        name = ", ".join(part for part in (label, kind, f"server {repeat}" if args.repeats > 1 else "") if part)
+                        found = asyncio.run(drive(server.address, images, labels, [(name, parameters)], args))
+                    rows += [{**row, "way": label, "store": kind} if kind else row for row in found]
     cost_us = policy_cost_us(manifest, {"quiver.latency_budget_ms": budget_ms, "quiver.min_accuracy": fp32_accuracy})
     body = markdown(manifest, rows, budget_ms, cost_us, args)
     data = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "manifest": manifest, "budget_ms": budget_ms,

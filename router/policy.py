@@ -95,10 +95,11 @@ def constrained(candidates: Sequence[Candidate], hints: RoutingHints, excluded: 
 
 
 def _within(ready: Sequence[Candidate], budget_ms: float, rows: int) -> Decision:
-    fitting = [c for c in ready if c.stats.predicted_ms(rows) <= budget_ms]
+    predicted = {c.name: c.stats.predicted_ms(rows) for c in ready}  # once each: from a profile it costs a few µs
+    fitting = [c for c in ready if predicted[c.name] <= budget_ms]
     if fitting:
-        return Decision(max(fitting, key=lambda c: _accuracy_then_speed(c, rows)).name, "budget")
-    return Decision(min(ready, key=lambda c: c.stats.predicted_ms(rows)).name, "best-effort")
+        return Decision(max(fitting, key=lambda c: (_accuracy(c), -predicted[c.name])).name, "budget")
+    return Decision(min(ready, key=lambda c: predicted[c.name]).name, "best-effort")
 
 
 def _pinned(candidates: Sequence[Candidate], name: str) -> Decision:
@@ -111,5 +112,8 @@ def _pinned(candidates: Sequence[Candidate], name: str) -> Decision:
 
 
 def _accuracy_then_speed(candidate: Candidate, rows: int) -> tuple[float, float]:
-    accuracy = candidate.accuracy if candidate.accuracy is not None else float("-inf")
-    return accuracy, -candidate.stats.predicted_ms(rows)
+    return _accuracy(candidate), -candidate.stats.predicted_ms(rows)
+
+
+def _accuracy(candidate: Candidate) -> float:
+    return candidate.accuracy if candidate.accuracy is not None else float("-inf")

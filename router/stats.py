@@ -59,7 +59,7 @@ class VariantStats:
     def started(self, rows: int = 1) -> Ticket:
         """One call of `rows` rows leaves: its prediction, for `finished`."""
         modelled = self.profile.predict(self.in_flight_rows, rows) if self.profile else None
-        predicted = self.correction.predicted_ms(modelled, self.clock()) if modelled else self.predicted_ms(rows)
+        predicted = self.predicted_ms(rows) if modelled is None else self.correction.predicted_ms(modelled, self.clock())
         ticket = Ticket(rows, predicted, modelled)
         self.in_flight += 1
         self.in_flight_rows += rows
