@@ -337,6 +337,7 @@ class Shadow:
             if capture is not None:
                 await self._write(capture)  # what it holds, under the settings it was sampled with
             capture = self._captures[job.version.version.key] = VersionCapture(settings, manifest.name, manifest.version)
+            self._metrics.capture_dropped.labels(manifest.name, manifest.version).set(capture.dropped)  # 0 from the first row on
         first = manifest.outputs[0]
         classes = len(first.shape) >= 2 and first.shape[-1] != 1
         labels = expected[first.name].reshape(len(expected[first.name]), -1).argmax(1) if classes else None

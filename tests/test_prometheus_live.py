@@ -3,7 +3,9 @@
 The router is the one the chart runs: `quiver router` on a Ray head (tests/raycluster.py),
 serving the example model's versions 1 and 2 from a routes file that splits them 90/10, as
 the operator does mid-rollout; version 1 also has a variant `copy` (the same file) whose every
-request is compared with the fp32 reference (shadow sample rate 1), for the live-accuracy panels.
+request is compared with the fp32 reference (shadow sample rate 1), for the live-accuracy panels;
+version 3 is in its rollout's Shadow step, mirroring every request version 1 answers, and the
+router captures every request, for the Shadow step's and the capture's panels.
 Debian's Prometheus runs on loopback from a temporary directory, scrapes the router's /metrics
 every second and evaluates the chart's rule file, while the test sends a short, bounded load
 over gRPC and REST: answered requests (some pinned to `copy`), a few whose deadline passes (a server error, so the
@@ -157,9 +159,10 @@ class Scraped:
 
 @contextmanager
 def cluster_router(directory: Path) -> Iterator[ServerProcess]:
-    """`quiver router` serving example versions 1 (90 %; fp32 and its shadowed copy) and 2 (10 %) from a Ray head."""
+    """`quiver router` serving example versions 1 (90 %; fp32 and its shadowed copy) and 2 (10 %) from a Ray head,
+    version 3 in its Shadow step against version 1."""
     store, apps = directory / "store", []
-    for version in ("1", "2"):
+    for version in ("1", "2", "3"):
         signature = from_onnx_file(build_example(store / "example" / version / "model.onnx")).manifest
         fp32 = signature.variants[0].model_copy(update={"replicas": Replicas(num_cpus=0.4)})
         copy = fp32.model_copy(update={"name": "copy", "shadow": Shadow(sample_rate=1.0)})
@@ -167,7 +170,9 @@ def cluster_router(directory: Path) -> Iterator[ServerProcess]:
         write_version(store, signature.model_copy(update={"name": "example", "version": version, "variants": variants}))
         apps += [VariantApp(store=store, model="example", version=version, variant=v.name) for v in variants]
     routes = directory / "routes.json"
-    routes.write_text(json.dumps({"models": {"example": {"1": 90, "2": 10}}}))
+    routes.write_text(json.dumps({
+        "models": {"example": {"1": 90, "2": 10, "3": 0}}, "shadow": {"example": {"3": {"of": "1", "sample_rate": 1.0}}},
+    }))
     with ray_head(num_cpus=2) as head:
         serve = ServeApi(head.dashboard_url, head.env["RAY_AUTH_TOKEN"])
         serve.put_apps([app.config() for app in apps])
@@ -175,7 +180,8 @@ def cluster_router(directory: Path) -> Iterator[ServerProcess]:
             "every variant's application to run",
             lambda: all(serve.statuses().get(app.name) == "RUNNING" for app in apps),
         )
-        args = ("--ray-address", head.gcs_address, "--store", str(store), "--routes", str(routes))
+        args = ("--ray-address", head.gcs_address, "--store", str(store), "--routes", str(routes),
+                "--capture", str(directory / "capture"), "--capture-rate", "1")
         with quiver_process("router", *args, env={**os.environ, **head.env}) as router:
             yield router
 
@@ -203,6 +209,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[pt.Prome
             # Rules are evaluated every second: wait until each recording rule has output.
             _wait_for("every recording rule's series", lambda: all(prometheus.query(name) for name in recorded))
             _wait_for("shadow comparisons of copy", lambda: prometheus.query('quiver_shadow_comparisons_total{variant="copy"} > 0'))
+            _wait_for("version 3's Shadow step", lambda: prometheus.query('quiver_shadow_step_rows_total{version="3"} > 0'))
             yield prometheus, statuses, began
 
 
