@@ -207,7 +207,8 @@ def test_a_shadow_step_compares_the_new_versions_answers_with_the_ones_clients_g
 
     async def run(batches: list[np.ndarray]) -> None:
         shadow = ShadowRouter(
-            ShadowSettings(), metrics, call, admits=lambda route: True, split=lambda: split,
+            # No client waits here: a loop slowed by the machine sheds nothing (busy is False).
+            ShadowSettings(), metrics, call, admits=lambda route: True, busy=lambda: False, split=lambda: split,
             lookup=lambda model, version: routes[version], pick=lambda version: version.variants["fp32"],
         )
         for x in batches:
