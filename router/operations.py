@@ -115,12 +115,13 @@ class Operations:
 
     def model_ready(self, caller: Caller, name: str, version: str) -> bool:
         self._auth.check(caller, name)
-        # An unknown model is simply not ready (as Triton answers), so probes need no special case.
+        # An unknown model is simply not ready (as Triton answers), so probes need no special case;
+        # nor is a version in its Shadow step, which answers no client.
         try:
             routes = self._routes.lookup(name, version)
         except NotFound:
             return False
-        return self._readiness.version_ready(routes)
+        return not self._traffic.split.in_shadow(name, routes.manifest.version) and self._readiness.version_ready(routes)
 
     def server_metadata(self, caller: Caller) -> ServerMetadata:
         self._auth.check(caller, None)  # any valid token

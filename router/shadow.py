@@ -126,6 +126,7 @@ class Shadow:
         self._lookup = lookup  # a version's routes (None: no Shadow steps here)
         self._pick = pick  # the variant of a version the policy would pick for a request without hints
         self._model_captures: dict[str, CaptureSettings] = {}
+        self._incomparable: set[tuple[str, str, str, str]] = set()  # Shadow steps whose outputs cannot be compared
         self._rng = rng or random.Random()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(settings.queue)
         self._workers: list[asyncio.Task] = []
@@ -322,8 +323,10 @@ class Shadow:
             output, metric = shadow_metric(route.manifest, route.variant)
             scores = row_scores(metric, outputs[output.name], job.outputs[output.name], (route.variant.shadow or ShadowSpec()).tolerance)
         except (KeyError, ValueError) as exc:  # the versions' outputs differ: nothing to compare, every row disagrees
-            logger.warning("%s variant %s cannot be compared with version %s: %s", target.version.key, route.variant.name,
-                           job.version.manifest.version, exc)
+            if labels not in self._incomparable:  # said once, not per request
+                self._incomparable.add(labels)
+                logger.warning("%s variant %s cannot be compared with version %s: %s", target.version.key, route.variant.name,
+                               job.version.manifest.version, exc)
             scores = np.zeros(len(next(iter(job.inputs.values()))))
         self._metrics.shadow_step_rows.labels(*labels).inc(len(scores))
         self._metrics.shadow_step_agreed.labels(*labels).inc(float(scores.sum()))

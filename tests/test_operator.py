@@ -358,8 +358,11 @@ def test_a_version_that_disagrees_is_rolled_back_in_its_shadow_step_having_serve
         if status.get("phase") and phases[-1:] != [status["phase"]]:
             phases.append(status["phase"])
         if status.get("phase") == "Shadowing" and len(named) < 20:  # a client that names version 5 is refused
+            connection = triton.InferenceServerClient(stack.router.address)
+            if connection.is_model_ready(MODEL, "5"):
+                named.append("ready")
             try:
-                triton.InferenceServerClient(stack.router.address).infer(MODEL, [x], model_version="5")
+                connection.infer(MODEL, [x], model_version="5")
                 named.append("OK")
             except triton.InferenceServerException as exc:
                 named.append(exc.status() + (": shadow" if "Shadow step" in exc.message() else ""))
@@ -379,7 +382,7 @@ def test_a_version_that_disagrees_is_rolled_back_in_its_shadow_step_having_serve
     assert shadow["lowerBound"] < 1e-9
     assert phases[-2:] == ["Shadowing", "Failed"] and {"2": 100, "5": 0} in traffic and "5" not in body["status"]["traffic"]
     assert body["status"]["currentVersion"] == "2" and body["status"]["failedVersion"] == "5"
-    # NOT_FOUND: in its Shadow step once the router has its table, or not in the table yet.
+    # Not ready, and NOT_FOUND: in its Shadow step once the router has its table, or not in the table yet.
     assert set(named) <= {"StatusCode.NOT_FOUND: shadow", "StatusCode.NOT_FOUND"} and "StatusCode.NOT_FOUND: shadow" in named, named
     # The router compared at least those rows with version 2's answers, and served version 5 to no client.
     compared = router_counter(stack, "quiver_shadow_step_rows_total", version="5", reference_version="2")
