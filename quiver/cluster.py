@@ -13,7 +13,6 @@ read Serve again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import subprocess
@@ -23,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quiver.lifecycle import run_router
+from quiver.lifecycle import run_process, run_router
 from quiver.router import Router, RouterSettings, RouteTable
 
 logger = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ def route_cluster(settings: ClusterRouterSettings) -> int:
         return await run_router(Router(RouteTable(), settings.router), until_ready)
 
     try:
-        return asyncio.run(route())
+        return run_process(route())
     finally:
         ray.shutdown()  # disconnects this driver; the cluster and its applications stay
         _leave(node)

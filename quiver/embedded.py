@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quiver.lifecycle import run_router
+from quiver.lifecycle import run_process, run_router
 from quiver.router import RouteTable, Router, RouterSettings, VariantRoute
 from quiver.serving import (
     IntegrityError,
@@ -64,7 +64,7 @@ def serve_locally(settings: ServeSettings) -> int:
             return 2
         routes = _start_ray_and_deploy(versions, settings)
         try:
-            return asyncio.run(_run_router(routes, settings))
+            return run_process(_run_router(routes, settings))
         finally:
             _stop_ray(routes, joined=settings.address is not None)
 

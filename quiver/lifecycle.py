@@ -8,6 +8,10 @@ once (a pod deleted while it starts).
 Once a signal came nothing may keep the process alive: past the drain and `STOP_TIMEOUT_S` more
 (closing connections, Ray's shutdown), every thread's stack is written to stderr, to say what
 hung, and the process exits with status 1.
+
+The router's event loop is uvloop's (`run_process`), as Ray's replicas' already are: grpc.aio, aiohttp
+and the data plane's streams run on it unchanged, and the loop's own work per request (tasks,
+futures, timers, sockets) costs less (benchmarks/NOTES.md, issue 18).
 """
 
 from __future__ import annotations
@@ -16,13 +20,21 @@ import asyncio
 import faulthandler
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import uvloop
 
 from quiver.router import Router
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 60.0
+
+
+def run_process(main: Coroutine[Any, Any, int]) -> int:
+    """Run a router process's main coroutine to its exit status, on a uvloop event loop."""
+    return uvloop.run(main)
 
 
 async def run_router(router: Router, until_ready: Callable[[], Awaitable[None]]) -> int:
