@@ -62,11 +62,12 @@ class SyntheticServer:
 
 def test_the_search_stops_at_its_budget_and_reports_what_it_measured() -> None:
     server = SyntheticServer(cost_s=2.0)
-    result = search(Space(cpus=2), server, budget_s=9.0, trial_s=1.0, clock=server.clock)
-    # Trials start at 0, 2, 4 and 6; at 8 the longest trial so far (2 s) no longer fits in the 1 s left.
+    result = search(Space(cpus=2), server, budget_s=13.0, trial_s=1.0, clock=server.clock)
+    # Trials start at 0, 2, 4 and 6; at 8 the longest trial so far (2 s) and the confirmation's
+    # two no longer fit in the 5 s left (no confirmation here: the start stayed the best).
     assert result.out_of_budget
     assert len(result.trials) == 4 and [t.settings for t in result.trials] == server.measured
-    assert server.now <= 9.0
+    assert server.now <= 13.0
     assert result.chosen is not None and result.chosen in result.trials
 
 
@@ -81,6 +82,25 @@ def test_the_search_converges_in_far_fewer_trials_than_the_grid() -> None:
     # The synthetic optimum: the most replicas, batches of 32 or more, no wait, the most threads.
     assert (chosen.replicas, chosen.max_wait_ms, chosen.intra_op_threads) == (4, 0.0, 4)
     assert chosen.max_batch_size >= 32
+
+
+class FlatServer(SyntheticServer):
+    """Every setting serves alike, but the start's first measurement fell on a busy moment."""
+
+    def __call__(self, settings: ServingSettings, seconds: float) -> Trial:
+        self.now += self.cost_s
+        self.measured.append(settings)
+        unlucky = len(self.measured) == 1
+        return Trial(settings, 2.0, 4.0, 100.0 if unlucky else 1000.0, 100)
+
+
+def test_the_defaults_stand_unless_the_winner_beats_them_again() -> None:
+    space, server = Space(cpus=2), FlatServer()
+    result = search(space, server, budget_s=1e9, trial_s=1.0, clock=server.clock)
+    winner = server.measured[1]  # the first challenger beat the unlucky start
+    assert winner != space.start() and server.measured[-2:] == [space.start(), winner]
+    assert result.kept_start is not None and result.chosen is result.kept_start
+    assert result.chosen.settings == space.start() and profile(result, "cpu", []).settings == space.start()
 
 
 def test_the_chosen_point_meets_the_slo() -> None:

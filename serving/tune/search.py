@@ -7,7 +7,10 @@ and the layout dominate, threads and the wait refine — so one coordinate at a 
 the best value of each before moving to the next, finds a good point in Σ|values| trials per
 pass instead of Π|values|. Passes repeat until one changes nothing or the budget runs out.
 A challenger replaces the incumbent only when it is better by `margin` (5 %): this machine is
-shared and noisy, and chasing noise would waste trials.
+shared and noisy, and chasing noise would waste trials. For the same reason the winner is
+confirmed at the end: it and the start (the defaults) are measured again, back to back, and the
+defaults stand unless the winner beats them there too. Each point is otherwise measured once, at
+its own moment, and one lucky measurement (or one unlucky one of the defaults) would be kept.
 
 The search knows nothing of Ray: it calls `measure(settings, seconds)`, which serving/tune's
 callers implement over the real serving path (quiver/trials.py). The clock is injected.
@@ -24,6 +27,7 @@ from typing import Literal, Protocol
 from ..manifest import ServingSettings
 
 Objective = Literal["throughput", "latency"]
+_CONFIRMATION = 2  # trials: the start and the winner, measured again
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class SearchResult:
     slo_p99_ms: float | None
     trials: list[Trial] = field(default_factory=list)
     out_of_budget: bool = False  # stopped by the budget rather than by a pass that changed nothing
+    kept_start: Trial | None = None  # the start measured again beside the winner, which did not beat it there
 
     @property
     def meeting(self) -> list[Trial]:
@@ -99,7 +104,9 @@ class SearchResult:
 
     @property
     def chosen(self) -> Trial | None:
-        """The best trial that meets the SLO; None when none does (or nothing was measured)."""
+        """The best trial that meets the SLO (the start, where the confirmation kept it); None when none does."""
+        if self.kept_start is not None and self.kept_start in self.meeting:
+            return self.kept_start
         return max(self.meeting, key=lambda t: _score(t, self.objective), default=None)
 
     @property
@@ -124,18 +131,18 @@ def search(
     clock: Callable[[], float] = time.monotonic,
     progress: Callable[[Trial, SearchResult], None] = lambda trial, result: None,
 ) -> SearchResult:
-    """Coordinate descent from `space.start()`. A trial costs its deployment besides `trial_s`
-    of measuring: none starts unless the longest trial so far (at least `trial_s`) still fits
-    in what is left of `budget_s`."""
+    """Coordinate descent from `space.start()`, then the confirmation. A trial costs its deployment
+    besides `trial_s` of measuring: none starts unless the longest trial so far (at least
+    `trial_s`) still fits in what is left of `budget_s`, with the confirmation's two kept back."""
     result = SearchResult(objective, slo_p99_ms)
     measured: dict[ServingSettings, Trial] = {}
     deadline = clock() + budget_s
     longest = [trial_s]
 
-    def trial(settings: ServingSettings) -> Trial | None:
-        if settings in measured:
+    def trial(settings: ServingSettings, again: bool = False) -> Trial | None:
+        if settings in measured and not again:
             return measured[settings]
-        if deadline - clock() < longest[0]:
+        if deadline - clock() < longest[0] * (1 if again else 1 + _CONFIRMATION):
             result.out_of_budget = True
             return None
         began = clock()
@@ -155,7 +162,7 @@ def search(
             return challenger.throughput > incumbent.throughput * (1 + margin)
         return challenger.p99_ms < incumbent.p99_ms * (1 - margin)
 
-    best = trial(space.start())
+    start = best = trial(space.start())
     changed = best is not None
     while changed and not result.out_of_budget:
         changed = False
@@ -164,7 +171,14 @@ def search(
                 settings = best.settings.model_copy(update=update)
                 found = trial(ServingSettings.model_validate(settings.model_dump()))
                 if found is None:
-                    return result
+                    break
                 if better(found, best):
                     best, changed = found, True
+            if result.out_of_budget:
+                break
+    if start is not None and best.settings != start.settings:
+        again = trial(start.settings, again=True)
+        winner = trial(best.settings, again=True) if again else None
+        if again and winner and not better(winner, again):
+            result.kept_start = again
     return result
