@@ -95,6 +95,8 @@ def set_parameter(parameter: pb.InferParameter, value: Parameter) -> None:
 
 
 def _parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, object]:
+    if not parameters:  # most tensors carry none: no iterator over an empty map per tensor
+        return {}
     return {key: parameter_value(value) for key, value in parameters.items()}
 
 
