@@ -1,11 +1,13 @@
 """A variant's latency predicted from its tuned profile (`quiver tune`), corrected by what the router observes.
 
 The profile holds the p50 of one batch of 1, 2, 4 … rows through an idle replica, measured
-through the same path the router calls (its data plane and the replica's batching). A request
-sent now waits for the batch each replica is running (the rows in flight, up to one batch per
-replica), then for every full round of batches queued behind it, then runs in its own batch
-with the queued rows left over; each round costs the profile's p50 at its batch size
-(interpolated between the measured sizes, extended along the last segment above them).
+through the same path the router calls (its data plane and the replica's batching). The
+requests in flight make calls as router/coalesce.py makes them: in order, as many as fit in one
+batch of rows, a call ending at the first request that does not fit (so mixed sizes make more
+calls than rows ÷ batch). A request sent now waits for them, one call per replica at a time
+(each round costs the p50 of its largest call), then runs in its own: the last one still
+queued if it fits there, else a new one. A batch's p50 is interpolated between the measured
+sizes (extended along the last segment above them).
 
 Two factors correct that, each learned from the answers as observed ÷ modelled (a moving
 average of its logarithm, drifting back to 1 when no answer refreshes it): one for a request's
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from quiver.serving import Profile
@@ -57,16 +60,24 @@ class ProfileLatency:
         slope = max(0.0, (ms[i] - ms[i - 1]) / (sizes[i] - sizes[i - 1]))
         return ms[i - 1] + slope * (rows - sizes[i - 1])
 
-    def predict(self, rows_ahead: int, rows: int) -> Modelled:
-        """Latency of a request of `rows` rows sent with `rows_ahead` rows in flight before it."""
-        batch, replicas = self.max_batch_size, self.replicas
-        round_rows = batch * replicas
-        running = min(rows_ahead, round_rows)
-        behind = rows_ahead - running + rows  # the queued rows and this request's, in rounds after the running one
-        full_rounds = math.ceil(behind / round_rows) - 1
-        own = behind - full_rounds * round_rows
-        waited = self.batch_ms(math.ceil(running / replicas)) if running else 0.0
-        return Modelled(self.batch_ms(max(rows, min(batch, math.ceil(own / replicas)))), waited + full_rounds * self.batch_ms(batch))
+    def predict(self, ahead: Iterable[int], rows: int) -> Modelled:
+        """Latency of a request of `rows` rows sent while requests of `ahead` rows (oldest first) are in flight."""
+        calls, replicas = self.calls(ahead), self.replicas
+        own = rows
+        if len(calls) > replicas and calls[-1] + rows <= self.max_batch_size:  # the last call is still queued
+            own += calls.pop()
+        waited = sum(self.batch_ms(max(calls[i: i + replicas])) for i in range(0, len(calls), replicas))
+        return Modelled(self.batch_ms(own), waited)
+
+    def calls(self, ahead: Iterable[int]) -> list[int]:
+        """The rows of each call the requests make, in order (router/coalesce.py's `_take`)."""
+        calls: list[int] = []
+        for rows in ahead:
+            if calls and calls[-1] + rows <= self.max_batch_size:
+                calls[-1] += rows
+            else:
+                calls.append(rows)
+        return calls
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ Under traffic the samples come far faster than that, so the drift is negligible.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .prediction import Correction, Modelled, ProfileLatency
@@ -27,6 +28,7 @@ from .prediction import Correction, Modelled, ProfileLatency
 class Ticket:
     """One call as predicted when it started: what `finished` learns from, and the metrics report."""
 
+    serial: int
     rows: int
     predicted_ms: float
     modelled: Modelled | None  # the profile's prediction before the correction; None without a profile
@@ -50,7 +52,8 @@ class VariantStats:
     profile: ProfileLatency | None = None  # from the manifest's profile: predictions come from it
     correction: Correction = field(default_factory=Correction)
     in_flight: int = 0
-    in_flight_rows: int = 0
+    ahead: dict[int, int] = field(default_factory=dict)  # the rows of each call in flight, by ticket serial, oldest first
+    serials: Iterator[int] = field(default_factory=itertools.count)
     ewma_ms: float | None = field(default=None)  # as of `sampled_at`
     sampled_at: float = 0.0
     failed_at: float | None = field(default=None)  # the last call that found no replica
@@ -58,11 +61,11 @@ class VariantStats:
 
     def started(self, rows: int = 1) -> Ticket:
         """One call of `rows` rows leaves: its prediction, for `finished`."""
-        modelled = self.profile.predict(self.in_flight_rows, rows) if self.profile else None
+        modelled = self.profile.predict(self.ahead.values(), rows) if self.profile else None
         predicted = self.predicted_ms(rows) if modelled is None else self.correction.predicted_ms(modelled, self.clock())
-        ticket = Ticket(rows, predicted, modelled)
+        ticket = Ticket(next(self.serials), rows, predicted, modelled)
         self.in_flight += 1
-        self.in_flight_rows += rows
+        self.ahead[ticket.serial] = rows
         return ticket
 
     def finished(self, latency_ms: float | None, now: float | None = None, ticket: Ticket | None = None) -> None:
@@ -71,7 +74,10 @@ class VariantStats:
         A failure teaches nothing of speed; it starts the cool-down.
         """
         self.in_flight -= 1
-        self.in_flight_rows -= ticket.rows if ticket else 1
+        if ticket is not None:
+            self.ahead.pop(ticket.serial, None)
+        elif self.ahead:  # a caller that kept no ticket: the oldest
+            del self.ahead[next(iter(self.ahead))]
         if latency_ms is not None and ticket is not None and ticket.modelled is not None:
             self.correction.observe(latency_ms, ticket.modelled, self.clock())
         if now is not None:
@@ -99,7 +105,7 @@ class VariantStats:
         """Latency for one more request (of `rows` rows): from the profile, corrected, where there
         is one; else the measured latency, one round per full capacity already queued ahead of it."""
         if self.profile is not None:
-            return self.correction.predicted_ms(self.profile.predict(self.in_flight_rows, rows), self.clock())
+            return self.correction.predicted_ms(self.profile.predict(self.ahead.values(), rows), self.clock())
         return self.latency_ms * (1 + self.in_flight // self.capacity)
 
     def cooling(self, now: float) -> bool:

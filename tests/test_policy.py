@@ -288,20 +288,21 @@ def test_a_batchs_latency_is_interpolated_between_the_measured_sizes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rows_ahead", "rows", "own_ms", "wait_ms"),
+    ("ahead", "rows", "own_ms", "wait_ms"),
     [
-        (0, 4, 3.0, 0.0),  # idle: its own batch of 4
-        (0, 12, 5.0, 0.0),  # 12 rows split across the two replicas: batches of 6
-        (8, 1, 2.0, 3.0),  # waits for the running batches (4 rows each), then runs alone
-        (32, 1, 2.0, 6.0),  # a full round running (16 rows per replica)
-        (32 + 32 + 10, 4, 3.75, 12.0),  # a full round running, one full round queued, then 10 + 4 rows over two replicas
+        ([], 4, 3.0, 0.0),  # idle: its own batch of 4
+        ([], 12, 5.0, 0.0),  # a request is one replica's: a batch of 12
+        ([4, 4], 1, 2.0, 4.0),  # one call of 8 rows running, then its own
+        ([16, 16], 1, 2.0, 6.0),  # a call running on each replica
+        ([16, 16, 16, 16, 10], 4, 5.5, 12.0),  # a round running, one queued, then it joins the last call: 14 rows
+        ([8, 16, 8], 1, 4.25, 6.0),  # 16 rows do not fit after 8: three calls for 32 rows; it joins the third
     ],
 )
-def test_the_profile_predicts_the_batch_a_request_joins_and_the_rounds_ahead(
-    rows_ahead: int, rows: int, own_ms: float, wait_ms: float
+def test_the_profile_predicts_the_call_a_request_joins_and_the_rounds_ahead(
+    ahead: list[int], rows: int, own_ms: float, wait_ms: float
 ) -> None:
     latency = ProfileLatency.of(tuned_profile(), max_batch_size=16, replicas=2)
-    assert latency.predict(rows_ahead, rows) == Modelled(pytest.approx(own_ms), pytest.approx(wait_ms))
+    assert latency.predict(ahead, rows) == Modelled(pytest.approx(own_ms), pytest.approx(wait_ms))
 
 
 def test_the_rows_in_flight_decide_whether_a_profiled_variant_fits_the_budget() -> None:
@@ -310,9 +311,11 @@ def test_the_rows_in_flight_decide_whether_a_profiled_variant_fits_the_budget() 
     assert profiled.predicted_ms(rows=16) == 6.0
     assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0)).variant == "fp32"  # one row: 2 ms
     assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0), rows=16).variant == "pruned"  # 16 rows: 6 ms
-    profiled.started(rows=16)
-    assert profiled.in_flight_rows == 16 and profiled.predicted_ms() == 8.0  # the running batch (6 ms), then its own (2 ms)
+    out = profiled.started(rows=16)
+    assert list(profiled.ahead.values()) == [16] and profiled.predicted_ms() == 8.0  # the running call (6 ms), then its own (2 ms)
     assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0)).variant == "pruned"
+    profiled.finished(6.0, ticket=out)
+    assert profiled.ahead == {} and profiled.predicted_ms() < 5.0
 
 
 def test_the_correction_converges_to_what_is_observed_and_fades_unrefreshed() -> None:
@@ -321,28 +324,30 @@ def test_the_correction_converges_to_what_is_observed_and_fades_unrefreshed() ->
                             correction=Correction(Factor(alpha=0.2, forget_s=10.0), Factor(alpha=0.2, forget_s=10.0)),
                             clock=lambda: now[0])
 
-    def observe(observed: Callable[[Modelled], float], rows_ahead: int, calls: int = 40) -> None:
+    def observe(observed: Callable[[Modelled], float], ahead: list[int], calls: int = 40) -> None:
         for _ in range(calls):
-            profiled.in_flight_rows = rows_ahead  # as if that many rows were out
+            others = [profiled.started(rows) for rows in ahead]  # in flight before it
             ticket = profiled.started(rows=4)
             profiled.finished(observed(ticket.modelled), ticket=ticket)
-        profiled.in_flight_rows = 0
+            for other in others:
+                profiled.finished(None, ticket=other)
 
     # This machine runs a batch 1.5 times slower than the profile's, and overlaps a round ahead
     # with the next one so that it costs 0.4 of the profile's figure.
     slower = lambda modelled: 1.5 * modelled.own_ms + 0.4 * modelled.wait_ms  # noqa: E731
-    observe(slower, rows_ahead=0)
+    observe(slower, ahead=[])
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5 * 3.0, rel=1e-3)
-    # 40 rows ahead: a round of 16 running, one of 16 queued (6 ms each), then its own batch of 8 + 4 rows (5 ms).
-    observe(slower, rows_ahead=40)
-    profiled.in_flight_rows = 40
+    # Two calls of 16 ahead (6 ms each), then it joins the third: 8 + 4 rows (5 ms).
+    observe(slower, ahead=[16, 16, 8])
+    others = [profiled.started(rows) for rows in (16, 16, 8)]
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5 * 5.0 + 0.4 * 12.0, rel=1e-3)
-    profiled.in_flight_rows = 0
+    for other in others:
+        profiled.finished(None, ticket=other)
     now[0] = 10.0
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)  # half of the log-ratio forgotten
     ticket = profiled.started()
     profiled.finished(None, now=now[0], ticket=ticket)  # a failure says nothing about speed
-    assert profiled.in_flight == profiled.in_flight_rows == 0
+    assert profiled.in_flight == 0 and profiled.ahead == {}
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)
 
 
