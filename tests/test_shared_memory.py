@@ -131,6 +131,14 @@ def test_one_input_in_shared_memory_the_other_in_the_message(door: tuple[str, ob
     np.testing.assert_array_equal(result.as_numpy("looked_up"), expected["looked_up"])
 
 
+def registered_ones(client: object, segments: callable, byte_size: int) -> tuple[str, object]:
+    """A segment of `byte_size` bytes that starts with an example input of ones, registered whole as region 'in'."""
+    key, handle = segments(byte_size)
+    shm.set_shared_memory_region(handle, [np.ones((ROWS, FEATURES), np.float32)])
+    client.register_system_shared_memory("in", key, byte_size)
+    return key, handle
+
+
 def mapped_by(segment: str) -> dict[str, str]:
     """The processes on this host that map the segment, by their titles (Ray names a replica's process
     ray::ServeReplica:...), each with the mapping's permissions ('r--s': read-only, shared)."""
@@ -169,9 +177,7 @@ def test_a_region_resized_or_unregistered_meanwhile_is_refused_and_the_server_ke
     door: tuple[str, object], segments: callable
 ) -> None:
     kind, client = door
-    key, handle = segments(8192)
-    shm.set_shared_memory_region(handle, [np.ones((ROWS, FEATURES), np.float32)])
-    client.register_system_shared_memory("in", key, 8192)
+    key, handle = registered_ones(client, segments, 8192)
     client.infer("example", example_request(kind, "in", 0, "in", 4096)[0])
 
     os.truncate(Path("/dev/shm") / key.lstrip("/"), 100)  # the client shrinks the segment under the registered region
@@ -250,9 +256,7 @@ def test_bad_regions_offsets_and_sizes_are_refused_and_the_server_keeps_serving(
     door: tuple[str, object], segments: callable
 ) -> None:
     kind, client = door
-    key, handle = segments(4096)
-    shm.set_shared_memory_region(handle, [np.ones((ROWS, FEATURES), np.float32)])
-    client.register_system_shared_memory("in", key, 4096)
+    key, handle = registered_ones(client, segments, 4096)
     bad = STATUS[kind]["bad"]
 
     cases = {
