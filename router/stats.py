@@ -4,8 +4,8 @@ Latency is an exponentially weighted moving average (EWMA) of the router's own m
 of each call (queueing and batching included), seeded from the optimization report's p50 until
 the first call returns. The prediction for one more request adds the work already in flight,
 spread over the variant's replicas and batches. A variant whose manifest holds a profile from
-`quiver tune` is predicted from it instead (router/prediction.py): from the rows in flight and
-the request's own, batch by batch, with a correction learned from the same measurements.
+`quiver tune` is predicted from it instead (router/prediction.py): from the size of each request in
+flight and of its own, call by call, with a correction learned from the same measurements.
 
 An estimate nobody refreshes drifts back to the prior (half of the way every `forget_s`): a
 variant measured slow while it took the whole load is then sent requests again once the policy
