@@ -155,6 +155,13 @@ def routing() -> list[timeseries.Panel]:
             "reqps",
             _query(_rate("quiver_replica_calls_total", VARIANT, f"{BY_VARIANT}, path"), VARIANT_LEGEND + " {{path}}"),
         ),
+        _timeseries(
+            "Latency prediction error",
+            "Median |predicted - observed| / observed latency of answered requests: how well the policy's budget "
+            "decisions can work. Lower with a quiver tune profile; rising means the profile no longer fits the replicas.",
+            "percentunit",
+            _query(_quantile(0.5, "quiver_prediction_error"), VARIANT_LEGEND),
+        ),
     ]
 
 
