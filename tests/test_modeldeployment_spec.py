@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from quiver.operator import OperatorSettings, SpecError, parse_spec
-from quiver.operator.jobs import optimize_command
+from quiver.operator.jobs import job_name, optimize_command
 from quiver.operator.spec import VariantPlacement
-from quiver.serving.manifest import Batching, Replicas, Threads, Variant
+from quiver.serving.manifest import Autoscaling, Batching, Replicas, Threads, Variant
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("modeldeployment*.yaml"))
@@ -150,6 +150,17 @@ def test_what_a_placement_sets_overrides_the_tuned_value_and_nothing_else() -> N
     assert (placed.replicas.autoscaling.min_replicas, placed.replicas.autoscaling.max_replicas) == (2, 6)
     lower = VariantPlacement.model_validate({"variant": "fp32", "pool": "cpu", "minReplicas": 3}).serve_placement(TUNED)
     assert (lower.replicas.count, lower.replicas.autoscaling) == (3, None)
+    # minReplicas alone above the manifest's autoscaling max: the user's floor stands.
+    scaled = variant("fp32", replicas=Replicas(count=1, autoscaling=Autoscaling(min_replicas=1, max_replicas=2)))
+    raised = VariantPlacement.model_validate({"variant": "fp32", "pool": "cpu", "minReplicas": 4}).serve_placement(scaled)
+    assert (raised.replicas.count, raised.replicas.autoscaling) == (4, None)
+
+
+def test_job_names_of_a_long_deployment_stay_apart_and_valid() -> None:
+    deployment = "d" * 60
+    names = {job_name(deployment, "1"), job_name(deployment, "1", "tune"), job_name(deployment, "2")}
+    assert len(names) == 3 and all(len(name) <= 63 and not name.endswith("-") for name in names)
+    assert job_name("digits", "1.0", "tune") == "digits-tune-1-0"
 
 
 def test_the_crd_defaults_no_serving_setting_so_the_tuned_ones_stand() -> None:

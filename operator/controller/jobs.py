@@ -4,6 +4,7 @@ settings. Both run with the same volumes, keys and security context."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -17,7 +18,11 @@ SECRETS = "/etc/quiver"  # where a Job mounts the keys it needs
 def job_name(deployment: str, version: str, component: str = "optimize") -> str:
     """A DNS-1123 name, unique per (ModelDeployment, version, component)."""
     safe = re.sub(r"[^a-z0-9-]", "-", version.lower()).strip("-") or "v"
-    return f"{deployment}-{component}-{safe}"[:63].rstrip("-")
+    name = f"{deployment}-{component}-{safe}"
+    if len(name) <= 63:
+        return name
+    # Cut, the component could be lost (optimize and tune the same name): a hash of the whole keeps them apart.
+    return f"{name[:54].rstrip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def optimize_command(spec: ModelDeploymentSpec, settings: OperatorSettings) -> list[str]:

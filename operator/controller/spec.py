@@ -95,6 +95,7 @@ class VariantPlacement(_Spec):
         low = min(replicas.count, high) if low is None and high is not None else low
         low = replicas.count if low is None else low
         high = max(replicas.count, low) if high is None else high
+        high = max(high, low) if self.max_replicas is None else high  # minReplicas alone raises the manifest's max
         target = self.target_ongoing_requests or (scaling.target_ongoing_requests if scaling else Autoscaling().target_ongoing_requests)
         given = {k: v for k, v in (("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus),
                                     ("max_queued_requests", self.max_queued_requests)) if v is not None}
