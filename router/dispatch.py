@@ -22,6 +22,7 @@ import numpy as np
 
 from quiver.serving import DeadlinePassed, InferenceError, InferenceRequest, InferenceResult
 from quiver.serving.capture import CaptureSettings
+from quiver.serving.requests import rows as request_rows
 
 from . import policy
 from .auth import CAPTURE
@@ -185,7 +186,7 @@ class Dispatcher:
     async def _shadow_call(self, route: VariantRoute, inputs: dict[str, np.ndarray]) -> InferenceResult:
         """One call for router/shadow.py: in the variant's statistics (it is load), not in the clients' metrics; never retried."""
         stats = self.stats(route)
-        ticket = stats.started(_rows(inputs))
+        ticket = stats.started(request_rows(inputs))
         start, elapsed_ms = self._clock(), None
         try:
             result = await self.replicas(route).submit(InferenceRequest(inputs, time.time() + self._timeout_s), self._timeout_s)
@@ -210,7 +211,7 @@ class Dispatcher:
     async def _serve(
         self, version: VersionRoutes, hints: RoutingHints, inputs: dict[str, np.ndarray], expires: float | None
     ) -> Served:
-        rows = _rows(inputs)
+        rows = request_rows(inputs)
         decision = self.admit(version, hints, rows)
         route = version.variants[decision.variant]
         try:
@@ -238,7 +239,7 @@ class Dispatcher:
         stats = self.stats(route)
         logger.debug("dispatching to %s variant %s (%s)", route.version.key, route.variant.name, reason)
         metrics.decisions(reason).inc()
-        ticket = stats.started(_rows(inputs))
+        ticket = stats.started(request_rows(inputs))
         metrics.in_flight.inc()
         code, elapsed_ms, failed_at = grpc.StatusCode.INTERNAL, None, None
         # The replica learns the deadline in wall-clock time: it runs in another process, maybe on another node.
@@ -289,12 +290,6 @@ class Dispatcher:
             # Triton's statistics (router/statistics.py); `result` is bound whenever `code` is OK.
             ok = code is grpc.StatusCode.OK
             self._metrics.statistics.finished(route.manifest, code, self._clock() - start, request, result if ok else None)
-
-
-def _rows(inputs: dict[str, np.ndarray]) -> int:
-    """Rows along the batch axis: the first input's leading dimension (1 for a scalar or no input)."""
-    first = next(iter(inputs.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def _cause(exc: InferenceError) -> str:

@@ -53,6 +53,7 @@ from quiver.serving import InferenceResult
 from quiver.serving.capture import CaptureSettings, VersionCapture
 from quiver.serving.manifest import Shadow as ShadowSpec
 from quiver.serving.manifest import ShadowMetric, shadow_metric
+from quiver.serving.requests import rows
 
 from .agreement import Window, row_scores
 from .errors import RouterError
@@ -163,10 +164,13 @@ class Shadow:
         if self._lagging and self._busy():
             self._metrics.shadow_shed.labels(*labels, "load").inc()
             return
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if self._queue.full():
             self._metrics.shadow_shed.labels(*labels, "queue").inc()
+            return
+        # Inputs in a client's shared memory are views of a region it reuses once answered: a queued
+        # job keeps a copy (only the sampled share pays), or it would compare and capture the next input.
+        job.inputs = {name: np.array(array) for name, array in job.inputs.items()}
+        self._queue.put_nowait(job)
 
     def _capture_settings(self, model: str, split: TrafficSplit) -> CaptureSettings | None:
         """The router's capture settings, or the model's own where the route table sets them."""
@@ -327,7 +331,7 @@ class Shadow:
                 self._incomparable.add(labels)
                 logger.warning("%s variant %s cannot be compared with version %s: %s", target.version.key, route.variant.name,
                                job.version.manifest.version, exc)
-            scores = np.zeros(len(next(iter(job.inputs.values()))))
+            scores = np.zeros(rows(job.inputs))
         self._metrics.shadow_step_rows.labels(*labels).inc(len(scores))
         self._metrics.shadow_step_agreed.labels(*labels).inc(float(scores.sum()))
 
@@ -344,7 +348,7 @@ class Shadow:
         first = manifest.outputs[0]
         classes = len(first.shape) >= 2 and first.shape[-1] != 1
         labels = expected[first.name].reshape(len(expected[first.name]), -1).argmax(1) if classes else None
-        self._metrics.capture_rows.labels(manifest.name, manifest.version).inc(len(next(iter(job.inputs.values()))))
+        self._metrics.capture_rows.labels(manifest.name, manifest.version).inc(rows(job.inputs))
         if capture.add(job.inputs, expected, labels):
             await self._write(capture)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import crypto
+from .requests import rows
 
 OUTPUT_PREFIX = "output:"  # the reference's outputs in a segment; datasets ignore them
 LABELS = "labels"
@@ -74,7 +75,7 @@ class VersionCapture:
         if labels is not None:
             row[LABELS] = labels
         self._rows.append(row)
-        return sum(len(next(iter(r.values()))) for r in self._rows) >= self.settings.segment_rows
+        return sum(rows(r) for r in self._rows) >= self.settings.segment_rows
 
     def take(self) -> dict[str, np.ndarray] | None:
         """The buffered rows as one segment's arrays (None if none), leaving the buffer empty."""

@@ -47,5 +47,6 @@ class InferenceResult:
 
 
 def rows(inputs: Tensors) -> int:
-    """Rows along the batch axis (axis 0) of a request's inputs."""
-    return next(iter(inputs.values())).shape[0] if inputs else 0
+    """Rows along the batch axis: the first input's leading dimension (1 for a scalar or no input)."""
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1

@@ -185,7 +185,8 @@ def test_a_compared_variant_shows_drifted_0_from_its_first_request() -> None:
 def test_a_shadow_step_compares_the_new_versions_answers_with_the_ones_clients_got(tmp_path: Path) -> None:
     """The route table names version 2 in its Shadow step: a sample of version 1's answered requests
     is sent to version 2 (ONNX Runtime on its model, where a router would reach its replicas) and
-    counted against version 1's answers, per (model, version, variant, reference_version)."""
+    counted against version 1's answers, per (model, version, variant, reference_version). The inputs
+    come in one reused buffer, as from a client's shared memory: each mirror asks its own rows."""
     def manifest(version: str) -> Manifest:
         return Manifest.model_validate({
             "name": "m", "version": version,
@@ -211,9 +212,11 @@ def test_a_shadow_step_compares_the_new_versions_answers_with_the_ones_clients_g
             ShadowSettings(), metrics, call, admits=lambda route: True, busy=lambda: False, split=lambda: split,
             lookup=lambda model, version: routes[version], pick=lambda version: version.variants["fp32"],
         )
+        window = np.empty_like(batches[0])  # a client's shared-memory region: every request in it, reused once answered
         for x in batches:
-            shadow.offer(routes["1"], routes["1"].variants["fp32"], {"x": x}, reference(models["1"], {"x": x}), may_capture=False)
-            await asyncio.sleep(0)
+            window[:] = x
+            shadow.offer(routes["1"], routes["1"].variants["fp32"], {"x": window}, reference(models["1"], {"x": x}), may_capture=False)
+        window[:] = 0  # the workers run after the client wrote on: they must still see each request's own rows
         while metrics.registry.get_sample_value("quiver_shadow_step_rows_total", labels) != len(rows):
             await asyncio.sleep(0.01)
         await shadow.close()
