@@ -24,10 +24,13 @@ from .test_model_security import signing_keys
 
 class FakeKube:
     def __init__(self, job: JobState) -> None:
-        self.job, self.jobs, self.routes = job, [], {"models": {}}
+        self.job, self.jobs, self.routes, self.deleted = job, [], {"models": {}}, []
 
     def create_job(self, manifest: dict[str, Any]) -> None:
         self.jobs.append(manifest)
+
+    def delete_job(self, name: str) -> None:
+        self.deleted.append(name)
 
     def job_state(self, name: str) -> JobState:
         return self.job
@@ -217,6 +220,17 @@ def test_tuning_runs_as_a_job_between_optimizing_and_deploying_with_the_tuned_se
     assert reasons(status)["Tuned"][:2] == ("True", "Tuned") and "fp32: 1200 rows/s at p99 9.0 ms" in reasons(status)["Tuned"][2]
     placed = serve.apps["digits.1.fp32"]["args"]["placement"]
     assert placed["batching"] == {"max_batch_size": 8, "max_wait_ms": 1.0} and placed["threads"] == {"intra_op": 2}
+
+
+def test_a_version_abandoned_while_tuning_has_its_tune_job_deleted(tmp_path: Path) -> None:
+    publish(tmp_path)
+    kube = JobsKube(optimize=JobState(JobPhase.SUCCEEDED), tune=JobState(JobPhase.RUNNING))
+    reconciler = Reconciler(OperatorSettings("test", tmp_path, "img", "http://ray"), kube, FakeServe())
+    status = reconciler.look("digits", None, tuned_spec(), Status())
+    status = reconciler.look("digits", None, tuned_spec(), status)
+    assert status.phase is Phase.TUNING and kube.deleted == []
+    status = reconciler.look("digits", None, tuned_spec("2"), status)
+    assert kube.deleted == ["digits-tune-1"] and "digits-optimize-2" in [job["metadata"]["name"] for job in kube.jobs]
 
 
 def test_a_failed_tuning_job_fails_the_version_and_the_serving_one_keeps_serving(tmp_path: Path) -> None:

@@ -65,6 +65,14 @@ class Kube:
             if exc.status != 409:
                 raise
 
+    def delete_job(self, name: str) -> None:
+        """Delete the Job and its pods (the API's default would leave the pods running); gone already is fine."""
+        try:
+            self._batch.delete_namespaced_job(name, self._namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def job_state(self, name: str) -> JobState:
         try:
             job = self._batch.read_namespaced_job(name, self._namespace)

@@ -63,7 +63,7 @@ class Reconciler:
         wanted = spec.model.version
         busy = status.phase in (Phase.OPTIMIZING, Phase.TUNING, Phase.DEPLOYING, Phase.SHADOWING, Phase.SHIFTING)
         if busy and status.target_version != wanted:
-            self._abandon(spec, status, f"spec.model.version changed to {wanted!r}")
+            self._abandon(name, spec, status, f"spec.model.version changed to {wanted!r}")
             busy = False
         if not busy and wanted not in (status.current_version, status.failed_version):
             self._start(name, uid, spec, status)
@@ -313,8 +313,10 @@ class Reconciler:
             status.set(C.READY, False, reason, why)
         logger.warning("version %s failed (%s): %s", target, reason, why)
 
-    def _abandon(self, spec: ModelDeploymentSpec, status: Status, why: str) -> None:
+    def _abandon(self, name: str, spec: ModelDeploymentSpec, status: Status, why: str) -> None:
         target, current = status.target_version, status.current_version
+        if target and status.phase in (Phase.OPTIMIZING, Phase.TUNING):  # its Job would hold its CPUs and write on
+            self.kube.delete_job(job_name(name, target, "tune" if status.phase is Phase.TUNING else "optimize"))
         if current is not None and target in status.traffic:
             self._route(spec, status, {current: 100})
         if target:
