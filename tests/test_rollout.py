@@ -222,6 +222,19 @@ def test_tuning_runs_as_a_job_between_optimizing_and_deploying_with_the_tuned_se
     assert placed["batching"] == {"max_batch_size": 8, "max_wait_ms": 1.0} and placed["threads"] == {"intra_op": 2}
 
 
+def test_a_store_unreadable_when_the_route_is_written_waits_for_it(tmp_path: Path) -> None:
+    kube, serve = FakeKube(JobState(JobPhase.SUCCEEDED)), FakeServe()
+    serve.apps["digits.1.fp32"] = {"name": "digits.1.fp32"}
+    reconciler = Reconciler(OperatorSettings("test", tmp_path, "img", "http://ray"), kube, serve)
+    deploying = Status(phase=Phase.DEPLOYING, target_version="1", deploy_started_at=0.0)
+    status = reconciler.look("digits", None, spec(), deploying)  # the placement's manifest is gone from the store
+    assert status.phase is Phase.DEPLOYING and status.current_version is None and kube.routes == {"models": {}}
+    assert reasons(status)["RolloutProgressing"][:2] == ("True", "WaitingForStore")
+    publish(tmp_path)
+    status = reconciler.look("digits", None, spec(), status)
+    assert status.phase is Phase.SERVING and kube.routes["models"] == {"digits": {"1": 100}}
+
+
 def test_a_version_abandoned_while_tuning_has_its_tune_job_deleted(tmp_path: Path) -> None:
     publish(tmp_path)
     kube = JobsKube(optimize=JobState(JobPhase.SUCCEEDED), tune=JobState(JobPhase.RUNNING))

@@ -71,12 +71,17 @@ class Reconciler:
             self._optimizing(name, uid, spec, status)
         if status.phase is Phase.TUNING:
             self._tuning(name, spec, status)
-        if status.phase is Phase.DEPLOYING:
-            self._deploying(spec, status)
-        if status.phase is Phase.SHADOWING:
-            self._shadowing(spec, status)
-        if status.phase is Phase.SHIFTING:
-            self._shifting(spec, status)
+        before = status.model_copy(deep=True)
+        try:
+            if status.phase is Phase.DEPLOYING:
+                self._deploying(spec, status)
+            if status.phase is Phase.SHADOWING:
+                self._shadowing(spec, status)
+            if status.phase is Phase.SHIFTING:
+                self._shifting(spec, status)
+        except StoreError as exc:  # from _route, before it edits anything (what came before only read): tried again next look
+            status = before
+            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForStore", f"cannot read version {status.target_version}: {exc}")
         self._count_replicas(spec.model.name, status)
         return status
 
