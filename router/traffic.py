@@ -20,9 +20,10 @@ bound over the router's own (router/shadow.py, serving/capture.py):
 
     {"models": {"digits": {"1": 100, "2": 0}}, "shadow": {"digits": {"2": {"of": "1", "sample_rate": 0.5}}},
      "capture": {"digits": {"rate": 0.05, "max_mb": 64}}}
- The router re-reads the file when it changes and swaps the
-table in one assignment, so requests in flight are untouched; a file that does not parse or
-names a version that is not deployed is refused with a logged error and the old table stays.
+
+The router re-reads the file when it changes and swaps the table in one assignment, so
+requests in flight are untouched; a file that does not parse or names a version that is not
+deployed is refused with a logged error and the old table stays.
 """
 
 from __future__ import annotations
