@@ -3,6 +3,7 @@ among them), and the reconciler in its Shadow step reading a real router's /metr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,15 +88,29 @@ def test_the_shadow_step_passes_on_its_lower_bound_and_waits_for_enough_rows() -
     assert free.outcome is Outcome.PASS and "agreement 0.0500" in free.message
 
 
-def test_the_shadow_steps_mirrored_calls_are_gated_on_errors_and_p99() -> None:
-    errors = judge_shadow(ShadowSample(), shadow_sample(200, 20, 180, 180, [0.004] * 180), Gates(), SHADOW.model_copy(update={"min_samples": 100}))
+def test_the_shadow_steps_mirrored_calls_are_gated_on_errors_and_p99_before_any_rows() -> None:
+    # Only calls that succeed give rows: errors and p99 are judged on minRequests calls, whatever the rows.
+    errors = judge_shadow(ShadowSample(), shadow_sample(200, 20, 180, 180, [0.004] * 180), Gates(), SHADOW)
     assert errors.outcome is Outcome.BREACH and "error rate 10.00% above 1.00% (200 mirrored calls" in errors.message
-    slow = judge_shadow(ShadowSample(), shadow_sample(200, 0, 200, 200, [0.2] * 200), Gates(max_p99_latency_ms=50), SHADOW)
+    failing = judge_shadow(ShadowSample(), shadow_sample(20, 20, 0, 0, []), Gates(), SHADOW)  # every call failed
+    assert failing.outcome is Outcome.BREACH and "error rate 100.00% above 1.00% (20 mirrored calls" in failing.message
+    slow = judge_shadow(ShadowSample(), shadow_sample(20, 0, 20, 20, [0.2] * 20), Gates(max_p99_latency_ms=50), SHADOW)
     assert slow.outcome is Outcome.BREACH and "above 50 ms" in slow.message
+    # Calls that pass wait for minSamples rows before the agreement is judged, and say so.
+    waiting = judge_shadow(ShadowSample(), shadow_sample(20, 0, 20, 20, [0.004] * 20), Gates(), SHADOW)
+    assert waiting.outcome is Outcome.WAIT
+    assert waiting.message.startswith("20 rows compared so far, 200 needed to judge the agreement (20 mirrored calls, error rate 0.00%")
+
+
+def test_a_shadow_step_without_calls_says_that_its_mirrors_are_shed() -> None:
+    quiet = judge_shadow(ShadowSample(), shadow_sample(3, 0, 3, 3, [0.004] * 3), Gates(), SHADOW)
+    assert quiet.outcome is Outcome.WAIT and quiet.message == "3 mirrored calls so far, 20 needed to judge"
+    shed = judge_shadow(ShadowSample(shed=5), dataclasses.replace(shadow_sample(3, 0, 3, 3, [0.004] * 3), shed=905), Gates(), SHADOW)
+    assert shed.outcome is Outcome.WAIT and "900 mirrors shed (quiver_shadow_shed_total" in shed.message, shed.message
 
 
 def test_a_shadow_sample_survives_the_status_round_trip() -> None:
-    original = shadow_sample(10, 1, 30, 29.5, [0.003] * 9)
+    original = dataclasses.replace(shadow_sample(10, 1, 30, 29.5, [0.003] * 9), shed=4)
     assert ShadowSample.from_status(original.to_status()) == original
 
 
@@ -167,3 +182,25 @@ def test_the_reconciler_mirrors_judges_and_moves_on_or_rolls_back(
             "below minAgreement 0.9 (100 mirrored calls, error rate 0.00%, p99"
         ), progressing.message
         assert status.retiring == ["2"]
+
+
+def test_the_reconciler_waiting_in_its_shadow_step_says_that_mirrors_are_shed(
+    tmp_path: Path, router_metrics: tuple[RouterMetrics, str]
+) -> None:
+    metrics, url = router_metrics
+    write_version(tmp_path / "store", from_onnx_file(build_example(tmp_path / "model.onnx"), name="digits", version="2").manifest)
+    now = [0.0]
+    settings = OperatorSettings("test", tmp_path / "store", "img", "http://ray", router_metrics=(url,))
+    reconciler = Reconciler(settings, FakeKube(JobState(JobPhase.SUCCEEDED)), FakeServe(), clock=lambda: now[0])
+    status = reconciler.look("digits", None, shadow_spec(), Status(phase=Phase.SERVING, current_version="1", traffic={"1": 100}))
+    assert status.phase is Phase.SHADOWING
+    metrics.shadow_shed.labels("digits", "2", "", "queue").inc(30)  # as router/shadow.py counts a mirror it cannot queue
+    metrics.shadow_shed.labels("digits", "2", "fp32", "load").inc(12)
+    metrics.shadow_shed.labels("digits", "1", "fp32", "load").inc(7)  # the serving version's own: not the step's
+    now[0] = 6.0
+    status = reconciler.look("digits", None, shadow_spec(), status)
+    progressing = status.condition(ConditionType.ROLLOUT_PROGRESSING)
+    assert status.phase is Phase.SHADOWING and progressing.reason == "WaitingForTraffic"
+    assert progressing.message == (
+        "Shadow step: 0 mirrored calls so far, 10 needed to judge; 42 mirrors shed (quiver_shadow_shed_total: queue full or loaded)"
+    )

@@ -53,18 +53,19 @@ class ShadowSample:
     rows: float = 0.0
     agreed: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
+    shed: float = 0.0  # mirrors not sent (queue full, loaded, or no variant could answer): the version's shadow sheds
 
     def to_status(self) -> dict:
         return {
             "shadow": {"calls": self.calls, "errors": self.errors, "rows": self.rows, "agreed": self.agreed,
-                       "buckets": [[str(le), n] for le, n in sorted(self.buckets.items())]}
+                       "buckets": [[str(le), n] for le, n in sorted(self.buckets.items())], "shed": self.shed}
         }
 
     @classmethod
     def from_status(cls, data: dict) -> ShadowSample:
         data = data.get("shadow", {})
         return cls(data.get("calls", 0.0), data.get("errors", 0.0), data.get("rows", 0.0), data.get("agreed", 0.0),
-                   {float(le): n for le, n in data.get("buckets", [])})
+                   {float(le): n for le, n in data.get("buckets", [])}, data.get("shed", 0.0))
 
 
 class Outcome(str, enum.Enum):
@@ -106,12 +107,15 @@ def scrape(urls: list[str], model: str, version: str, timeout_s: float = 5.0) ->
 
 def scrape_shadow(urls: list[str], model: str, version: str, reference: str, timeout_s: float = 5.0) -> ShadowSample:
     """The version's Shadow-step counters against `reference`, summed over these routers' /metrics pages."""
-    counts = {"calls": 0.0, "errors": 0.0, "rows": 0.0, "agreed": 0.0}
+    counts = {"calls": 0.0, "errors": 0.0, "rows": 0.0, "agreed": 0.0, "shed": 0.0}
     buckets: dict[float, float] = {}
     for url in urls:
         for family in _families(url, timeout_s):
             for sample in family.samples:
                 labels = sample.labels
+                if sample.name == "quiver_shadow_shed_total" and (labels.get("model"), labels.get("version")) == (model, version):
+                    counts["shed"] += sample.value  # at weight 0 the version answers no client: its sheds are the mirrors'
+                    continue
                 if (labels.get("model"), labels.get("version"), labels.get("reference_version")) != (model, version, reference):
                     continue
                 if sample.name == "quiver_shadow_step_calls_total":
@@ -148,14 +152,22 @@ def judge(before: Sample, after: Sample, gates: Gates) -> Verdict:
 
 
 def judge_shadow(before: ShadowSample, after: ShadowSample, gates: Gates, shadow: ShadowStep) -> Verdict:
-    """The Shadow step's verdict: the mirrored calls' errors and p99, then the rows' agreement."""
+    """The Shadow step's verdict: the mirrored calls' errors and p99 once there are `minRequests`
+    (only calls that succeed give rows, so a version that always fails is judged on its calls), then
+    the rows' agreement once there are `minSamples`."""
     calls, rows = after.calls - before.calls, after.rows - before.rows
-    if calls < gates.min_requests or rows < shadow.min_samples:
-        return Verdict(
-            Outcome.WAIT, f"{max(calls, 0):.0f} mirrored calls and {max(rows, 0):.0f} rows compared so far, "
-            f"{gates.min_requests} and {shadow.min_samples} needed to judge"
-        )
+    if calls < gates.min_requests:
+        shed = after.shed - before.shed
+        shedding = f"; {shed:.0f} mirrors shed (quiver_shadow_shed_total: queue full or loaded)" if shed > 0 else ""
+        return Verdict(Outcome.WAIT, f"{max(calls, 0):.0f} mirrored calls so far, {gates.min_requests} needed to judge{shedding}")
     verdict = _errors_and_latency(calls, after.errors - before.errors, before.buckets, after.buckets, gates, "mirrored calls")
+    if verdict.outcome is Outcome.BREACH:
+        return verdict
+    if rows < shadow.min_samples:
+        return dataclasses.replace(
+            verdict, outcome=Outcome.WAIT, rows=max(rows, 0.0),
+            message=f"{max(rows, 0):.0f} rows compared so far, {shadow.min_samples} needed to judge the agreement ({verdict.message})",
+        )
     agreed = min(max(after.agreed - before.agreed, 0.0), rows)
     agreement, lower = agreed / rows, wilson_lower(agreed, rows)
     numbers = f"agreement {agreement:.4f}, 95% lower bound {lower:.4f}, over {rows:.0f} rows"
