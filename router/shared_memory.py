@@ -11,7 +11,10 @@ bytes lie and maps the segment itself; one on another node is sent the bytes.
 Both doors use one `SharedMemory` (router/operations.py calls it). A region unregistered while a
 request still uses it stays mapped until that request lets go of it: the mapping is released
 with its last reference, never closed under a reader. A segment the client shrank after
-registering it is refused per request: reading a mapping past a segment's end would kill the router.
+registering it is refused per request: touching a mapping past a segment's end would kill the
+router. It is checked when the request is read and again just before its bytes are (how much that
+leaves unguarded: serving/segments.py). A segment name that is a symbolic link, a FIFO or anything
+but a regular file of /dev/shm is refused at registration.
 """
 
 from __future__ import annotations
@@ -88,11 +91,10 @@ class SharedMemory:
         if byte_size <= 0:
             raise InvalidArgument(f"shared memory region {name!r}: byte_size must be positive, got {byte_size}")
         try:
-            fd = os.open(self._folder / segment, os.O_RDWR)
-        except OSError as exc:
-            raise InvalidArgument(f"unable to open shared memory segment {key!r}: {exc.strerror}") from None
+            fd, stat = segments.open_segment(self._folder, segment, os.O_RDWR)
+        except segments.SegmentError as exc:
+            raise InvalidArgument(f"unable to open shared memory segment {key!r}: {exc}") from None
         try:
-            stat = os.fstat(fd)
             if offset + byte_size > stat.st_size:
                 raise InvalidArgument(
                     f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} runs past the end of "
@@ -153,5 +155,9 @@ def write(window: memoryview, data: bytes, tensor: str, ref: RegionRef) -> Regio
         raise InvalidArgument(
             f"{tensor}: shared memory byte_size {len(window)} is too small for the {len(data)} bytes of the result"
         )
+    try:
+        segments.check_size(window)  # again: the client may have shrunk it while the request ran
+    except segments.SegmentError as exc:
+        raise InvalidArgument(f"{tensor}: {exc}") from None
     window[: len(data)] = data
     return RegionRef(ref.region, len(data), ref.offset)

@@ -19,7 +19,8 @@ model (benchmarks/NOTES.md, "The data plane without gRPC").
 
 An input a client put in system shared memory travels by reference when the replica shares the
 router's /dev/shm (serving/segments.py): the segment, offset and size, not its bytes; the replica
-maps it read-only. One it cannot read fails alone, as an `InferenceError`.
+maps it read-only. One it cannot read fails alone, as an `InferenceError`; so does one the
+router would copy into the message from a segment the client shrank since its request was read.
 
 `DataPlane` runs in the replica, on its event loop; `DataPlaneClient` is a router's persistent
 connection to one replica. The protocol lives here only, both ends of it.
@@ -182,13 +183,19 @@ class DataPlaneClient:
     async def infer_many(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult | Exception]:
         """One answer per request, in order; `ReplicaUnreachable` if the call itself failed."""
         connection = await self._connected()
-        message = encode_requests(requests, connection.shares_memory).SerializeToString()
-        response = pb.InferManyResponse.FromString(await connection.call(message))
-        if response.refused:
-            raise ReplicaUnreachable(f"replica at {self.endpoint.address}: {response.refused}")
-        if len(response.results) != len(requests):
-            raise ReplicaUnreachable(f"replica at {self.endpoint.address}: {len(response.results)} answers to {len(requests)} requests")
-        return [decode_result(result) for result in response.results]
+        message, unsent = encode_requests(requests, connection.shares_memory)
+        results: list[InferenceResult | Exception] = []
+        if message.requests:
+            response = pb.InferManyResponse.FromString(await connection.call(message.SerializeToString()))
+            if response.refused:
+                raise ReplicaUnreachable(f"replica at {self.endpoint.address}: {response.refused}")
+            if len(response.results) != len(message.requests):
+                raise ReplicaUnreachable(
+                    f"replica at {self.endpoint.address}: {len(response.results)} answers to {len(message.requests)} requests"
+                )
+            results = [decode_result(result) for result in response.results]
+        answers = iter(results)
+        return [unsent[i] if i in unsent else next(answers) for i in range(len(requests))]
 
     async def close(self, grace_s: float | None = None) -> None:
         """Close the connection once the calls in flight are answered, or after `grace_s`."""
@@ -310,12 +317,19 @@ def _keep_alive(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-def encode_requests(requests: Sequence[InferenceRequest], by_reference: bool = False) -> pb.InferManyRequest:
-    """With `by_reference`, inputs that lie in a segment this process mapped travel as where they lie."""
-    message = pb.InferManyRequest()
-    for request in requests:  # built in place: a message given to a constructor is copied, bytes and all
-        _add_tensors(message.requests.add(deadline=request.deadline or 0.0).inputs, request.inputs, by_reference)
-    return message
+def encode_requests(
+    requests: Sequence[InferenceRequest], by_reference: bool = False
+) -> tuple[pb.InferManyRequest, dict[int, InferenceError]]:
+    """The message, and by position the requests left out of it with why: an input in a segment shrunk since
+    it was checked. With `by_reference`, inputs that lie in a segment this process mapped travel as where they lie."""
+    message, unsent = pb.InferManyRequest(), {}
+    for i, request in enumerate(requests):  # built in place: a message given to a constructor is copied, bytes and all
+        try:
+            _add_tensors(message.requests.add(deadline=request.deadline or 0.0).inputs, request.inputs, by_reference)
+        except SegmentError as exc:
+            del message.requests[-1]
+            unsent[i] = InferenceError(f"input in shared memory: {exc}")
+    return message, unsent
 
 
 def decode_request(message: pb.Request, shared: Segments | None = None) -> InferenceRequest:
@@ -358,6 +372,7 @@ def _add_tensors(field: RepeatedCompositeFieldContainer[pb.Tensor], arrays: Tens
         where = segments.MAPPED.find(array) if by_reference else None
         datatype = Datatype.from_numpy(array.dtype).value
         if where is None:
+            segments.check_size(array)  # a view of a client's segment is read here: not past its end now
             field.add(name=name, datatype=datatype, shape=array.shape, data=array.tobytes())
         else:
             segment = pb.Segment(name=where.name, offset=where.offset, byte_size=where.byte_size, inode=where.inode)

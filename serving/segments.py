@@ -14,17 +14,27 @@ in one of them (a view the router made of the client's region, never a copy) is 
 
 The replica maps what it is sent through `Segments`, keeping one mapping per segment for the
 next request, and letting go of those whose segment was unlinked (the memory is freed with the
-last mapping). Its checks say why a request cannot be read rather than crash the process:
-reading a mapping past the end of a segment the client shrank kills it (SIGBUS), so each read
-first compares the segment's current size (one `fstat`); a segment removed or replaced since the
-router registered it (another inode under the name) is refused. What a client changes between
-that check and the read (shrinking the segment in that instant) is as unguarded as in Triton.
+last mapping) at a read, at most once a second: with no reads they are held until shutdown.
+Its checks say why a request cannot be read rather than crash the process: a name that is not a
+regular file of /dev/shm's own filesystem (a symbolic link, a FIFO) is never opened through, a
+segment removed or replaced since the router registered it (another inode under the name) is
+refused, and since touching a mapping past the end of a segment the client shrank kills the
+process (SIGBUS), each read first compares the segment's current size (one `fstat`).
+
+That comparison guards only the moment it is made. The router re-checks (`check_size`) just
+before it copies an input into a message or writes an output, so what is left unguarded there is
+a shrink in that instant, as in Triton; inputs handed to Serve's handle (the fallback when a
+replica's data plane is not listed) are pickled later without that re-check. A replica on this
+host reads its inputs during its batch wait and run: a client that shrinks its segment meanwhile
+kills that replica (its calls in flight fail and are retried), never the router.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -63,9 +73,39 @@ def host(folder: Path = FOLDER) -> str:
 def segment_name(key: str) -> str:
     """The file under /dev/shm that `shm_open(key)` opens; ValueError for a key that names no such file."""
     name = key.removeprefix("/")
-    if not name or "/" in name or name in (".", ".."):
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
         raise ValueError(f"{key!r} is not the name of a shared memory segment (one '/' then a name)")
     return name
+
+
+def open_segment(folder: Path, name: str, flags: int) -> tuple[int, os.stat_result]:
+    """Open segment `name` (a `segment_name`) of `folder` with `flags`, and its status; `SegmentError` unless it
+    is a regular file of `folder`'s own filesystem. A client can put anything under a name in the
+    world-writable /dev/shm: a symbolic link would lead the open elsewhere, and opening a FIFO blocks."""
+    try:
+        fd = os.open(folder / name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SegmentError("a symbolic link, not a segment" if exc.errno == errno.ELOOP else exc.strerror) from None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_dev != os.stat(folder).st_dev:
+        os.close(fd)
+        raise SegmentError(f"not a regular file of {folder}")
+    return fd, status
+
+
+def check_size(view: np.ndarray | memoryview) -> None:
+    """`SegmentError` if `view` lies in a mapping of a file now shorter than the mapping. Touching bytes past
+    the file's end would kill the process (SIGBUS): call this just before reading or writing them."""
+    mapping = view
+    while isinstance(mapping, np.ndarray):
+        mapping = mapping.base
+    if isinstance(mapping, memoryview):
+        mapping = mapping.obj
+    if isinstance(mapping, mmap.mmap) and (size := mapping.size()) < len(mapping):
+        raise SegmentError(
+            f"its shared memory segment holds {size} bytes now, fewer than the {len(mapping)} its region was "
+            "registered with: it was resized; register it again"
+        )
 
 
 class _Ranges:
@@ -101,15 +141,17 @@ MAPPED = _Ranges()
 class _Mapping:
     __slots__ = ("fd", "inode", "mapping", "view")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, inode: int) -> None:
         self.fd = fd
-        self.inode = os.fstat(fd).st_ino
+        self.inode = inode
         self.mapping: mmap.mmap | None = None
         self.view = memoryview(b"")
 
-    def covering(self, end: int) -> memoryview:
+    def covering(self, end: int, size: int) -> memoryview:
+        """A view of at least `end` bytes, mapping the segment's `size` bytes anew if the last mapping is shorter;
+        ValueError if the segment shrank below `size` meanwhile (mmap checks), OSError if it cannot be mapped."""
         if end > len(self.view):  # the segment grew, or this is the first read: map it as it is now
-            self.mapping = mmap.mmap(self.fd, os.fstat(self.fd).st_size, prot=mmap.PROT_READ)
+            self.mapping = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)
             self.view = memoryview(self.mapping)
         return self.view
 
@@ -143,7 +185,10 @@ class Segments:
                 f"shared memory segment {where.name!r} holds {size} bytes now, fewer than the {end} its region was "
                 "registered with: it was resized; register it again"
             )
-        return mapped.covering(end)[where.offset : end]
+        try:
+            return mapped.covering(end, size)[where.offset : end]
+        except (OSError, ValueError) as exc:  # shrunk since the fstat; too large for the address space; too many mappings
+            raise SegmentError(f"shared memory segment {where.name!r} cannot be mapped here: {exc}") from None
 
     def close(self) -> None:
         for mapped in self._open.values():
@@ -153,10 +198,10 @@ class Segments:
     def _reopen(self, where: Slice) -> _Mapping:
         self._forget(where.name)
         try:
-            fd = os.open(self._folder / segment_name(where.name), os.O_RDONLY)
-        except (OSError, ValueError) as exc:
+            fd, status = open_segment(self._folder, segment_name(where.name), os.O_RDONLY)
+        except (SegmentError, ValueError) as exc:
             raise SegmentError(f"shared memory segment {where.name!r} cannot be opened here: {exc}") from None
-        mapped = _Mapping(fd)
+        mapped = _Mapping(fd, status.st_ino)
         if mapped.inode != where.inode:
             os.close(fd)
             raise SegmentError(

@@ -22,7 +22,8 @@ import tritonclient.http as triton_http
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from quiver.router.shared_memory import SharedMemory
+from quiver.router.errors import InvalidArgument
+from quiver.router.shared_memory import SharedMemory, write
 from quiver.router.tensors import RegionRef
 from quiver.serving import Endpoint, InferenceError, InferenceRequest, InferenceResult
 from quiver.serving.dataplane import DataPlaneClient, DataPlaneServer, encode_requests
@@ -217,9 +218,9 @@ def test_the_data_plane_sends_a_replica_sharing_dev_shm_where_an_input_lies_and_
         server = DataPlaneServer(echo)
         client = DataPlaneClient(Endpoint("m.1.a", "r1", await server.start("127.0.0.1"), server.token))
         try:
-            [tensor] = encode_requests([InferenceRequest({"x": viewed()})], by_reference=True).requests[0].inputs
+            [tensor] = encode_requests([InferenceRequest({"x": viewed()})], by_reference=True)[0].requests[0].inputs
             assert (tensor.data, tensor.segment.name, tensor.segment.offset, tensor.segment.byte_size) == (b"", key[1:], 64, x.nbytes)
-            assert encode_requests([InferenceRequest({"x": viewed().copy()})], by_reference=True).requests[0].inputs[0].data == x.tobytes()
+            assert encode_requests([InferenceRequest({"x": viewed().copy()})], by_reference=True)[0].requests[0].inputs[0].data == x.tobytes()
 
             [answer] = await client.infer_many([InferenceRequest({"x": viewed()})])
             np.testing.assert_array_equal(answer.outputs["y"], x * 2)
@@ -238,12 +239,69 @@ def test_the_data_plane_sends_a_replica_sharing_dev_shm_where_an_input_lies_and_
             os.close(os.open(Path("/dev/shm") / other[1:], os.O_CREAT | os.O_RDWR))  # the fixture's cleanup unlinks this one
             [replaced] = await client.infer_many([InferenceRequest({"x": view})])
             assert isinstance(replaced, InferenceError) and "removed or replaced" in str(replaced), replaced
+
+            # Renamed over by what the replica must not open: a FIFO (opening it for reading would block
+            # the replica's loop), a symbolic link (to a file whose inode may match); and a segment grown
+            # past what the replica's address space can map.
+            for name, swap, message in [
+                ("fifo", lambda path: os.mkfifo(path), "not a regular file of /dev/shm"),
+                ("link", lambda path: os.symlink("/etc/hostname", path), "a symbolic link, not a segment"),
+                ("huge", lambda path: os.truncate(path, 1 << 47), "cannot be mapped here"),
+            ]:
+                segment, _ = segments(4096)
+                regions.register(name, segment, 0, 4096)
+                view = np.frombuffer(regions.window(RegionRef(name, x.nbytes), "input 'x'"), np.float32).reshape(x.shape)
+                if name != "huge":
+                    os.unlink(Path("/dev/shm") / segment[1:])
+                swap(Path("/dev/shm") / segment[1:])
+                refused, fine = await client.infer_many([InferenceRequest({"x": view}), InferenceRequest({"x": x})])
+                assert isinstance(refused, InferenceError) and message in str(refused), (name, refused)
+                np.testing.assert_array_equal(fine.outputs["y"], x * 2)
         finally:
             regions.unregister("")
             await client.close()
             await server.stop(0)
 
     asyncio.run(scenario())
+
+
+def test_the_router_rechecks_a_segments_size_just_before_it_reads_or_writes_the_bytes(segments: callable) -> None:
+    """A segment shrunk after the request was read: the router's copy of an input into a message to a
+    replica elsewhere, and its write of an output, are refused for that request (touching the
+    mapping past the segment's end would kill the router), not the process."""
+    x = np.arange(24, dtype=np.float32).reshape(2, 12)
+    key, handle = segments(4096)
+    shm.set_shared_memory_region(handle, [x])
+    regions = SharedMemory()
+    regions.register("in", key, 0, 4096)
+    try:
+        window = regions.window(RegionRef("in", x.nbytes), "input 'x'")
+        view = np.frombuffer(window, np.float32).reshape(x.shape)
+        os.truncate(Path("/dev/shm") / key[1:], 100)
+        message, unsent = encode_requests([InferenceRequest({"x": view}), InferenceRequest({"x": x})], by_reference=False)
+        assert [request.inputs[0].data for request in message.requests] == [x.tobytes()]
+        assert list(unsent) == [0] and "holds 100 bytes now" in str(unsent[0]), unsent
+        with pytest.raises(InvalidArgument, match="output 'y': its shared memory segment holds 100 bytes now"):
+            write(window, b"\0" * 8, "output 'y'", RegionRef("in", 8))
+    finally:
+        regions.unregister("")
+
+
+def test_a_segment_name_that_is_no_regular_file_of_dev_shm_cannot_be_registered(segments: callable) -> None:
+    key, _ = segments(4096)
+    fifo, link = (f"/quiver-test-{uuid.uuid4().hex[:12]}" for _ in range(2))
+    os.mkfifo(Path("/dev/shm") / fifo[1:])
+    os.symlink(Path("/dev/shm") / key[1:], Path("/dev/shm") / link[1:])  # to a real segment: still refused
+    regions = SharedMemory()
+    try:
+        for name, message in [(fifo, "not a regular file of /dev/shm"), (link, "a symbolic link, not a segment"),
+                              ("/nul\0byte", "not the name of a shared memory segment")]:  # fmt: skip
+            with pytest.raises(InvalidArgument, match=message):
+                regions.register("r", name, 0, 64)
+        assert regions.status("") == []
+    finally:
+        for name in (fifo, link):
+            os.unlink(Path("/dev/shm") / name[1:])
 
 
 def refused(call: callable) -> InferenceServerException:
@@ -284,6 +342,19 @@ def test_bad_regions_offsets_and_sizes_are_refused_and_the_server_keeps_serving(
     assert error.status() == bad and "runs past the end of segment" in error.message(), error
     error = refused(lambda: client.register_system_shared_memory("dots", "/../etc/passwd", 64))
     assert error.status() == bad and "not the name of a shared memory segment" in error.message(), error
+    error = refused(lambda: client.register_system_shared_memory("nul", "/a\0b", 64))
+    assert error.status() == bad and "not the name of a shared memory segment" in error.message(), error
+    link, fifo = (Path("/dev/shm") / f"quiver-test-{uuid.uuid4().hex[:12]}" for _ in range(2))
+    link.symlink_to(Path("/dev/shm") / key[1:])  # renamed over a segment's name by a local client
+    os.mkfifo(fifo)
+    try:
+        error = refused(lambda: client.register_system_shared_memory("link", f"/{link.name}", 64))
+        assert error.status() == bad and "a symbolic link, not a segment" in error.message(), error
+        error = refused(lambda: client.register_system_shared_memory("fifo", f"/{fifo.name}", 64))
+        assert error.status() == bad and "not a regular file of /dev/shm" in error.message(), error
+    finally:
+        link.unlink()
+        fifo.unlink()
     error = refused(lambda: client.register_system_shared_memory("in", key, 64))
     assert error.status() == STATUS[kind]["twice"] and "already registered" in error.message(), error
     error = refused(lambda: client.get_system_shared_memory_status("nowhere"))
