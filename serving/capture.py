@@ -3,15 +3,21 @@
 The router (router/shadow.py) hands rows here; they are written as segments that `quiver
 optimize --calibration` and `--eval` read as they read any `.npz` (serving/optimize/datasets.py):
 
-    CAPTURE/<model>/<version>/000000000001.npz      one array per model input, `labels` (the
-                                                     reference's top-1, when its output has classes)
-                                                     and `output:<name>`, the reference's outputs
+    CAPTURE/<model>/<version>/000000000001-<writer>.npz   one array per model input, `labels` (the
+                                                          reference's top-1, when its output has classes)
+                                                          and `output:<name>`, the reference's outputs
 
 With a model key the segment is AES-256-GCM encrypted (`.npz.enc`, serving/crypto.py), the
 model and version bound as associated data. Each version's directory is held to `max_bytes`:
 the oldest segments go first, and a segment larger than the bound is not written at all, so the
 capture never takes more disk than it was given. Segments are built in memory up to
 `segment_rows` and written off the event loop.
+
+Several routers (the chart's pods) may write one directory: each names its segments after
+itself (`writer`: host name and process id), so none replaces another's, and numbers them after
+the newest of any writer. The bound is the directory's: a writer prunes the oldest segments,
+whoever wrote them (those of a pod that is gone too), and one another writer pruned first is
+already gone, not an error. Readers take every writer's segments.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from __future__ import annotations
 import io
 import os
 import re
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,12 @@ from .requests import rows
 
 OUTPUT_PREFIX = "output:"  # the reference's outputs in a segment; datasets ignore them
 LABELS = "labels"
-_SEGMENT = re.compile(r"^(\d{12})\.npz(\.enc)?$")
+_SEGMENT = re.compile(r"^(\d{12})(-[A-Za-z0-9_-]+)?\.npz(\.enc)?$")  # without a writer: written before there were several
+_WRITER = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _this_writer() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{socket.gethostname()}-{os.getpid()}")
 
 
 @dataclass(frozen=True)
@@ -41,8 +53,11 @@ class CaptureSettings:
     max_bytes: int = 256 << 20  # per model version
     segment_rows: int = 256
     key: bytes | None = None  # the model key: segments are encrypted with it
+    writer: str = field(default_factory=_this_writer)  # in this writer's segment names: unique among the directory's writers
 
     def __post_init__(self) -> None:
+        if not _WRITER.fullmatch(self.writer):
+            raise ValueError(f"capture writer {self.writer!r}: letters, digits, '_' and '-' only")
         if not 0 <= self.sample_rate <= 1:
             raise ValueError(f"--capture-rate: {self.sample_rate} is outside [0, 1]")
         if self.max_bytes <= 0:
@@ -96,14 +111,14 @@ class VersionCapture:
             return 0
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            segments = _segments(self.directory)
-            used = sum(path.stat().st_size for path in segments)
+            segments = _sizes(_segments(self.directory))
+            number = int(_SEGMENT.match(segments[-1][0].name)[1]) + 1 if segments else 1
+            used = sum(size for _, size in segments)
             while segments and used + len(content) > self.settings.max_bytes:
-                oldest = segments.pop(0)
-                used -= oldest.stat().st_size
-                oldest.unlink()
-            number = int(_SEGMENT.match(segments[-1].name)[1]) + 1 if segments else 1
-            name = f"{number:012d}.npz" + (".enc" if self.settings.key is not None else "")
+                oldest, size = segments.pop(0)
+                oldest.unlink(missing_ok=True)  # another writer may have pruned it first
+                used -= size
+            name = f"{number:012d}-{self.settings.writer}.npz" + (".enc" if self.settings.key is not None else "")
             partial = self.directory / f".{name}.partial"
             partial.write_bytes(content)
             partial.rename(self.directory / name)  # readers never see half a segment
@@ -114,7 +129,19 @@ class VersionCapture:
 
 
 def _segments(directory: Path) -> list[Path]:
+    """Every writer's segments, oldest first."""
     return sorted((path for path in directory.iterdir() if _SEGMENT.match(path.name)), key=lambda path: path.name)
+
+
+def _sizes(segments: list[Path]) -> list[tuple[Path, int]]:
+    """The segments with their sizes, less those another writer pruned since they were listed."""
+    sized = []
+    for path in segments:
+        try:
+            sized.append((path, path.stat().st_size))
+        except FileNotFoundError:
+            continue
+    return sized
 
 
 def read_capture(directory: Path, key: bytes | None) -> dict[str, np.ndarray]:

@@ -39,11 +39,42 @@ def test_segments_rotate_within_the_bound(tmp_path: Path) -> None:
         sizes.append(sum(path.stat().st_size for path in capture.directory.iterdir()))
     assert max(sizes) <= settings.max_bytes  # never past the bound, after any write
     segments = sorted(path.name for path in capture.directory.iterdir())
-    assert 1 < len(segments) < 50 and segments[-1] == "000000000050.npz"  # the oldest went first
+    assert 1 < len(segments) < 50 and segments[-1] == f"000000000050-{settings.writer}.npz"  # the oldest went first
     data = load_dataset(capture.directory, SIGNATURE)
     kept = data.inputs["x"][:, 0].astype(int)
     np.testing.assert_array_equal(kept, np.arange(400 - len(kept), 400))  # the newest rows, in order
     np.testing.assert_array_equal(data.labels, kept % 3)
+
+
+def test_router_pods_share_a_capture_directory_without_replacing_each_others_segments(tmp_path: Path) -> None:
+    """Two writers (router pods) on one directory: each names its segments after itself, the bound
+    is the directory's, a segment the other pruned first is no error, and the reader takes them all."""
+    a, b = (VersionCapture(CaptureSettings(tmp_path, max_bytes=4000, segment_rows=8, writer=w), "m", "1") for w in ("pod-a", "pod-b"))
+    # Both buffer a segment as their first, as two pods that started together do: neither replaces the other's.
+    capture_rows(a, 8, 0)
+    b.add({"x": np.full((8, 4), 8, np.float32)}, {"y": np.eye(3, dtype=np.float32)[[0] * 8]}, np.zeros(8, int))
+    (b.directory / "000000000001-pod-a.npz").rename(tmp_path / "aside.npz")  # b lists before a's segment lands
+    b.write(b.take())
+    (tmp_path / "aside.npz").rename(b.directory / "000000000001-pod-a.npz")
+    assert sorted(path.name for path in a.directory.iterdir()) == ["000000000001-pod-a.npz", "000000000001-pod-b.npz"]
+    assert load_dataset(a.directory, SIGNATURE).rows == 16
+    # Taking turns, each prunes the oldest of either, and the directory holds the bound.
+    sizes = []
+    for start in range(16, 400, 8):
+        capture_rows(a if start % 16 else b, 8, start)
+        sizes.append(sum(path.stat().st_size for path in a.directory.iterdir()))
+    assert max(sizes) <= 4000 and a.dropped == b.dropped == 0
+    names = sorted(path.name for path in a.directory.iterdir())
+    assert {name.split("-", 1)[1] for name in names} == {"pod-a.npz", "pod-b.npz"}
+    kept = load_dataset(a.directory, SIGNATURE).inputs["x"][:, 0].astype(int)
+    np.testing.assert_array_equal(kept, np.arange(400 - len(kept), 400))  # the newest rows of both, in order
+    # A pod that is gone leaves its segments: the others prune them like their own.
+    ghost = a.directory / "000000000000-pod-gone.npz"
+    ghost.write_bytes(b"x" * 3000)
+    capture_rows(b, 8, 400)
+    assert not ghost.exists() and b.dropped == 0
+    with pytest.raises(ValueError, match="letters, digits"):
+        CaptureSettings(tmp_path, writer="../x")
 
 
 def test_a_segment_larger_than_the_bound_is_not_written(tmp_path: Path) -> None:
@@ -54,10 +85,10 @@ def test_a_segment_larger_than_the_bound_is_not_written(tmp_path: Path) -> None:
 
 def test_an_encrypted_capture_needs_the_model_key(tmp_path: Path) -> None:
     key, other = os.urandom(32), os.urandom(32)
-    capture = VersionCapture(CaptureSettings(tmp_path, segment_rows=5, key=key), "m", "1")
+    capture = VersionCapture(CaptureSettings(tmp_path, segment_rows=5, key=key, writer="router-a"), "m", "1")
     capture_rows(capture, 10)
     segments = sorted(capture.directory.iterdir())
-    assert [path.name for path in segments] == ["000000000001.npz.enc", "000000000002.npz.enc"]
+    assert [path.name for path in segments] == ["000000000001-router-a.npz.enc", "000000000002-router-a.npz.enc"]
     assert b"PK" not in segments[0].read_bytes()[:64]  # not a readable zip: ciphertext
     assert load_dataset(capture.directory, SIGNATURE, key).rows == 10
     with pytest.raises(DatasetError, match="encrypted"):
