@@ -37,11 +37,11 @@ class Sample:
     buckets: dict[float, float] = field(default_factory=dict)  # latency upper bound (s) → cumulative count
 
     def to_status(self) -> dict:
-        return {"requests": self.requests, "errors": self.errors, "buckets": [[str(le), n] for le, n in sorted(self.buckets.items())]}  # "inf" survives JSON
+        return {"requests": self.requests, "errors": self.errors, "buckets": _buckets_to_status(self.buckets)}
 
     @classmethod
     def from_status(cls, data: dict) -> Sample:
-        return cls(data.get("requests", 0.0), data.get("errors", 0.0), {float(le): n for le, n in data.get("buckets", [])})
+        return cls(data.get("requests", 0.0), data.get("errors", 0.0), _buckets_from_status(data))
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,22 @@ class ShadowSample:
     def to_status(self) -> dict:
         return {
             "shadow": {"calls": self.calls, "errors": self.errors, "rows": self.rows, "agreed": self.agreed,
-                       "buckets": [[str(le), n] for le, n in sorted(self.buckets.items())], "shed": self.shed}
+                       "buckets": _buckets_to_status(self.buckets), "shed": self.shed}
         }
 
     @classmethod
     def from_status(cls, data: dict) -> ShadowSample:
         data = data.get("shadow", {})
         return cls(data.get("calls", 0.0), data.get("errors", 0.0), data.get("rows", 0.0), data.get("agreed", 0.0),
-                   {float(le): n for le, n in data.get("buckets", [])}, data.get("shed", 0.0))
+                   _buckets_from_status(data), data.get("shed", 0.0))
+
+
+def _buckets_to_status(buckets: dict[float, float]) -> list[list]:
+    return [[str(le), n] for le, n in sorted(buckets.items())]  # "inf" survives JSON
+
+
+def _buckets_from_status(data: dict) -> dict[float, float]:
+    return {float(le): n for le, n in data.get("buckets", [])}
 
 
 class Outcome(str, enum.Enum):
