@@ -208,15 +208,8 @@ class Reconciler:
 
     def _shadowing(self, spec: ModelDeploymentSpec, status: Status) -> None:
         """The Shadow step: judged on the mirrored calls of the step; a pass begins the canary steps."""
-        if status.baseline is None:
-            self._take_baseline(spec, status)
-            return
-        if self.clock() - (status.step_started_at or 0) < spec.rollout.interval_seconds:
-            return
-        try:
-            sample = gates.scrape_shadow(self._router_metrics(), spec.model.name, status.target_version, status.current_version)
-        except OSError as exc:
-            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForMetrics", f"cannot read the routers' metrics: {exc}")
+        sample = self._step_sample(spec, status)
+        if not isinstance(sample, gates.ShadowSample):
             return
         shadow = spec.rollout.shadow or ShadowStep()  # a spec edited mid-step: the step ends by its defaults
         verdict = gates.judge_shadow(gates.ShadowSample.from_status(status.baseline), sample, spec.rollout.gates, shadow)
@@ -237,15 +230,8 @@ class Reconciler:
         self._begin_step(spec, status)
 
     def _shifting(self, spec: ModelDeploymentSpec, status: Status) -> None:
-        if status.baseline is None:  # the routers could not be read when the step began: it begins now
-            self._take_baseline(spec, status)
-            return
-        if self.clock() - (status.step_started_at or 0) < spec.rollout.interval_seconds:
-            return
-        try:
-            sample = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
-        except OSError as exc:
-            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForMetrics", f"cannot read the routers' metrics: {exc}")
+        sample = self._step_sample(spec, status)
+        if not isinstance(sample, gates.Sample):
             return
         verdict = gates.judge(gates.Sample.from_status(status.baseline or {}), sample, spec.rollout.gates)
         weights = spec.rollout.weights
@@ -276,17 +262,31 @@ class Reconciler:
             f"version {status.target_version}: step {status.step + 1}/{len(weights)} at {share}%",
         )
 
+    def _step_sample(self, spec: ModelDeploymentSpec, status: Status) -> gates.Sample | gates.ShadowSample | None:
+        """The step's counters now, once its interval has passed (None: not yet, or unreadable)."""
+        if status.baseline is None:  # the routers could not be read when the step began: it begins now
+            self._take_baseline(spec, status)
+            return None
+        if self.clock() - (status.step_started_at or 0) < spec.rollout.interval_seconds:
+            return None
+        return self._scrape(spec, status)
+
+    def _scrape(self, spec: ModelDeploymentSpec, status: Status) -> gates.Sample | gates.ShadowSample | None:
+        """The target version's counters for this phase's gates (None: the routers could not be read, said in status)."""
+        try:
+            urls, model = self._router_metrics(), spec.model.name
+            if status.phase is Phase.SHADOWING:
+                return gates.scrape_shadow(urls, model, status.target_version, status.current_version)
+            return gates.scrape(urls, model, status.target_version)
+        except OSError as exc:
+            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForMetrics", f"cannot read the routers' metrics: {exc}")
+            return None
+
     def _take_baseline(self, spec: ModelDeploymentSpec, status: Status) -> None:
         """The step's gates count from here; unreadable routers leave it to the next look."""
-        try:
-            if status.phase is Phase.SHADOWING:
-                urls, model = self._router_metrics(), spec.model.name
-                sample = gates.scrape_shadow(urls, model, status.target_version, status.current_version)
-            else:
-                sample = gates.scrape(self._router_metrics(), spec.model.name, status.target_version)
-        except OSError as exc:
+        sample = self._scrape(spec, status)
+        if sample is None:
             status.baseline = None
-            status.set(C.ROLLOUT_PROGRESSING, True, "WaitingForMetrics", f"cannot read the routers' metrics: {exc}")
             return
         status.baseline, status.step_started_at = sample.to_status(), self.clock()
 
