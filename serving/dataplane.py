@@ -70,6 +70,7 @@ class DataPlaneServer:
         self.token = secrets.token_urlsafe(32)
         self._infer_many = infer_many
         self._segments = Segments()
+        self._sweeping: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
         self._calls: set[asyncio.Task[None]] = set()
@@ -78,6 +79,7 @@ class DataPlaneServer:
     async def start(self, host: str) -> str:
         """Listen on `host` at a port the OS picks; returns HOST:PORT. Runs on the loop that serves."""
         self._server = await asyncio.start_server(self._serve, host, 0)
+        self._sweeping = asyncio.create_task(self._sweep())
         return f"{host}:{self._server.sockets[0].getsockname()[1]}"
 
     async def stop(self, grace_s: float) -> None:
@@ -92,7 +94,15 @@ class DataPlaneServer:
             call.cancel()
         for connection in list(self._connections):
             connection.close()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         self._segments.close()
+
+    async def _sweep(self, every_s: float = 1.0) -> None:
+        """Free the memory of segments their clients unlinked, also while no request comes."""
+        while True:
+            await asyncio.sleep(every_s)
+            self._segments.sweep()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _keep_alive(writer)

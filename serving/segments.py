@@ -14,7 +14,7 @@ in one of them (a view the router made of the client's region, never a copy) is 
 
 The replica maps what it is sent through `Segments`, keeping one mapping per segment for the
 next request, and letting go of those whose segment was unlinked (the memory is freed with the
-last mapping) at a read, at most once a second: with no reads they are held until shutdown.
+last mapping) when its owner sweeps them (the data plane does, once a second).
 Its checks say why a request cannot be read rather than crash the process: a name that is not a
 regular file of /dev/shm's own filesystem (a symbolic link, a FIFO) is never opened through, a
 segment removed or replaced since the router registered it (another inode under the name) is
@@ -35,7 +35,6 @@ import errno
 import mmap
 import os
 import stat
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,17 +162,13 @@ class Segments:
     its last reference), so nothing read is ever unmapped under a reader.
     """
 
-    def __init__(self, folder: Path = FOLDER, most: int = 64, sweep_s: float = 1.0) -> None:
+    def __init__(self, folder: Path = FOLDER, most: int = 64) -> None:
         self._folder = folder
         self._most = most
-        self._sweep_s = sweep_s  # how often a read lets go of the mappings of unlinked segments
-        self._swept = time.monotonic()
         self._open: OrderedDict[str, _Mapping] = OrderedDict()
 
     def read(self, where: Slice) -> memoryview:
         """The slice's bytes, read-only, without a copy; `SegmentError` if they cannot be read."""
-        if time.monotonic() - self._swept > self._sweep_s:
-            self._sweep()
         mapped = self._open.get(where.name)
         if mapped is None or mapped.inode != where.inode:
             mapped = self._reopen(where)
@@ -212,8 +207,8 @@ class Segments:
             self._forget(next(iter(self._open)))
         return mapped
 
-    def _sweep(self) -> None:
-        self._swept = time.monotonic()
+    def sweep(self) -> None:
+        """Let go of the mappings of segments unlinked since they were mapped."""
         for name in [name for name, mapped in self._open.items() if not os.fstat(mapped.fd).st_nlink]:
             self._forget(name)
 

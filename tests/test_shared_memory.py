@@ -196,6 +196,11 @@ def test_a_region_resized_or_unregistered_meanwhile_is_refused_and_the_server_ke
     assert client.infer("example", example_request(kind, "in", 0, "in", 4096)[0]).as_numpy("output").shape == (ROWS, CLASSES)
 
 
+async def echo(requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
+    """A replica's `infer_many` that doubles input x."""
+    return [InferenceResult({"y": request.inputs["x"] * 2}, len(requests), len(request.inputs["x"])) for request in requests]
+
+
 def test_the_data_plane_sends_a_replica_sharing_dev_shm_where_an_input_lies_and_it_refuses_what_it_cannot_read(
     segments: callable,
 ) -> None:
@@ -210,9 +215,6 @@ def test_the_data_plane_sends_a_replica_sharing_dev_shm_where_an_input_lies_and_
 
     def viewed() -> np.ndarray:  # as router/tensors.py decodes an input in shared memory: a view, no copy
         return np.frombuffer(regions.window(RegionRef("in", x.nbytes, 64), "input 'x'"), np.float32).reshape(x.shape)
-
-    async def echo(requests: list[InferenceRequest]) -> list[InferenceResult | Exception]:
-        return [InferenceResult({"y": request.inputs["x"] * 2}, len(requests), len(request.inputs["x"])) for request in requests]
 
     async def scenario() -> None:
         server = DataPlaneServer(echo)
@@ -259,6 +261,41 @@ def test_the_data_plane_sends_a_replica_sharing_dev_shm_where_an_input_lies_and_
                 np.testing.assert_array_equal(fine.outputs["y"], x * 2)
         finally:
             regions.unregister("")
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_lets_go_of_a_segment_its_client_unlinked_while_no_request_comes() -> None:
+    x = np.arange(24, dtype=np.float32).reshape(2, 12)
+    path = Path("/dev/shm") / f"quiver-test-{uuid.uuid4().hex[:12]}"
+    path.write_bytes(x.tobytes())  # a segment this test makes itself: no other mapping of it here
+
+    def mappings() -> int:
+        return sum(line.endswith((str(path), f"{path} (deleted)")) for line in Path("/proc/self/maps").read_text().splitlines())
+
+    async def scenario() -> None:
+        server = DataPlaneServer(echo)
+        client = DataPlaneClient(Endpoint("m.1.a", "r1", await server.start("127.0.0.1"), server.token))
+        regions = SharedMemory()
+        try:
+            regions.register("in", f"/{path.name}", 0, x.nbytes)
+            view = np.frombuffer(regions.window(RegionRef("in", x.nbytes), "input 'x'"), np.float32).reshape(x.shape)
+            [answer] = await client.infer_many([InferenceRequest({"x": view})])
+            np.testing.assert_array_equal(answer.outputs["y"], x * 2)
+            del view
+            regions.unregister("")
+            assert mappings() == 1  # the replica's, kept for the next request
+            path.unlink()
+            for _ in range(200):  # the data plane sweeps once a second
+                if not mappings():
+                    break
+                await asyncio.sleep(0.1)
+            assert mappings() == 0
+        finally:
+            regions.unregister("")
+            path.unlink(missing_ok=True)
             await client.close()
             await server.stop(0)
 
