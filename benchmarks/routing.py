@@ -108,15 +108,15 @@ def policy_cost_us(manifest: dict, parameters: dict[str, object]) -> float:
     measured p50s, or predicted from its profiles where it has them."""
     from quiver.router.hints import RoutingHints
     from quiver.router.policy import Candidate, choose
-    from quiver.router.prediction import ProfileLatency
+    from quiver.router.replicas import calls_per_replica
     from quiver.router.stats import VariantStats
     from quiver.serving import Precision, Variant
 
     candidates = []
     for v in manifest["variants"]:
         variant = Variant.model_validate(v)
-        profile = ProfileLatency.of(variant.profile, variant.batching.max_batch_size, variant.replicas.count)
-        stats = VariantStats(prior_ms=v["metrics"]["p50_ms"], profile=profile)
+        stats = VariantStats()
+        stats.serve(variant, calls_per_replica(variant))  # its p50 and, where it runs as profiled, its profile
         candidates.append(Candidate(v["name"], Precision(v.get("precision", "fp32")), v.get("pool", "cpu"),
                                     v["metrics"]["accuracy"], True, stats))
     default, runs = manifest["default_variant"], 20_000

@@ -34,10 +34,9 @@ from .hints import RoutingHints
 from .metrics import RouterMetrics
 from .readiness import Readiness
 from .replacement import ReplacementWait
-from .replicas import ReplicaLost, VariantReplicas
+from .replicas import ReplicaLost, VariantReplicas, calls_per_replica
 from .routes import VariantRoute, VersionRoutes
 from .shadow import Shadow, ShadowSettings
-from .prediction import ProfileLatency
 from .stats import VariantStats
 from .traffic import TrafficSplit
 
@@ -100,16 +99,9 @@ class Dispatcher:
     def stats(self, route: VariantRoute) -> VariantStats:
         found = self._stats.get(route.key)
         if found is None:
-            measured = route.variant.metrics
-            replicas = route.variant.replicas
-            found = self._stats[route.key] = VariantStats(
-                replicas=replicas.count,
-                batch_size=route.variant.batching.max_batch_size,
-                prior_ms=measured.p50_ms if measured else 1.0,
-                profile=ProfileLatency.of(route.variant.profile, route.variant.batching.max_batch_size, replicas.count),
-                queue_limit=replicas.count * replicas.max_queued_requests,
-                clock=self._clock,
-            )
+            found = self._stats[route.key] = VariantStats(clock=self._clock)
+        if found.variant is not route.variant:  # new, or a route table placed it anew: what was measured stays
+            found.serve(route.variant, calls_per_replica(route.variant))
         return found
 
     def candidates(self, version: VersionRoutes, skip_cooling: bool = True) -> list[policy.Candidate]:
@@ -193,7 +185,7 @@ class Dispatcher:
             elapsed_ms = 1000 * (self._clock() - start)
             return result
         finally:
-            stats.finished(elapsed_ms, ticket=ticket)
+            stats.finished(ticket, elapsed_ms)
 
     async def _replaced(self, version: VersionRoutes, hints: RoutingHints, expires: float | None) -> bool:
         """Whether a variant that may serve the request can answer again after waiting for its replacement."""
@@ -284,7 +276,7 @@ class Dispatcher:
         finally:
             for watcher, token in zip(self._watchers, watched):
                 watcher.finished(token, code)
-            stats.finished(elapsed_ms, failed_at, ticket)
+            stats.finished(ticket, elapsed_ms, failed_at)
             metrics.in_flight.dec()
             metrics.requests(code).inc()
             # Triton's statistics (router/statistics.py); `result` is bound whenever `code` is OK.

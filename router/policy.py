@@ -95,7 +95,7 @@ def constrained(candidates: Sequence[Candidate], hints: RoutingHints, excluded: 
 
 
 def _within(ready: Sequence[Candidate], budget_ms: float, rows: int) -> Decision:
-    predicted = {c.name: c.stats.predicted_ms(rows) for c in ready}  # once each: from a profile it costs a few µs
+    predicted = {c.name: c.stats.predicted_ms(rows) for c in ready}  # once each (a profile's walks the calls in flight)
     fitting = [c for c in ready if predicted[c.name] <= budget_ms]
     if fitting:
         return Decision(max(fitting, key=lambda c: (_accuracy(c), -predicted[c.name])).name, "budget")

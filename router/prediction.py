@@ -5,9 +5,11 @@ through the same path the router calls (its data plane and the replica's batchin
 requests in flight make calls as router/coalesce.py makes them: in order, as many as fit in one
 batch of rows, a call ending at the first request that does not fit (so mixed sizes make more
 calls than rows ÷ batch). A request sent now waits for them, one call per replica at a time
-(each round costs the p50 of its largest call), then runs in its own: the last one still
-queued if it fits there, else a new one. A batch's p50 is interpolated between the measured
-sizes (extended along the last segment above them).
+(each round costs the p50 of its largest call), then runs in its own: the last one if it fits
+there and has not left yet (router/replicas.py keeps a few calls out per replica), else a new one. A batch's p50 is interpolated between the measured
+sizes (extended along the last segment above them). A variant that does not run with the
+profile's settings (a placement set others, or none met the SLO and the manifest kept its own)
+is not predicted from it.
 
 Two factors correct that, each learned from the answers as observed ÷ modelled (a moving
 average of its logarithm, drifting back to 1 when no answer refreshes it): one for a request's
@@ -22,28 +24,29 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from quiver.serving import Profile
+from quiver.serving import ServingSettings, Variant
 
 
 @dataclass(frozen=True)
 class ProfileLatency:
-    """The profile's p50 per batch size, for a variant served with `max_batch_size` rows per batch on `replicas` replicas."""
+    """The profile's p50 per batch size, for a variant served with `max_batch_size` rows per batch."""
 
     sizes: tuple[int, ...]  # ascending
     p50_ms: tuple[float, ...]
     max_batch_size: int
-    replicas: int
 
     @classmethod
-    def of(cls, profile: Profile | None, max_batch_size: int, replicas: int) -> ProfileLatency | None:
-        """None when there is no profile or it measured no batch size."""
-        if profile is None or not profile.latency:
+    def of(cls, variant: Variant) -> ProfileLatency | None:
+        """None when the variant has no profile that measured a batch size, or does not run as
+        profiled: no setting met the SLO (the manifest kept its own), or a placement set others."""
+        profile = variant.profile
+        if profile is None or not profile.latency or not profile.meets_slo or not _runs_as(profile.settings, variant):
             return None
         points = sorted((point.batch_size, point.p50_ms) for point in profile.latency)
-        return cls(tuple(s for s, _ in points), tuple(ms for _, ms in points), max_batch_size, max(1, replicas))
+        return cls(tuple(s for s, _ in points), tuple(ms for _, ms in points), variant.batching.max_batch_size)
 
     def batch_ms(self, rows: int) -> float:
         """p50 of one batch of `rows` rows: linear between the measured sizes, the smallest's below them."""
@@ -60,12 +63,13 @@ class ProfileLatency:
         slope = max(0.0, (ms[i] - ms[i - 1]) / (sizes[i] - sizes[i - 1]))
         return ms[i - 1] + slope * (rows - sizes[i - 1])
 
-    def predict(self, ahead: Iterable[int], rows: int) -> Modelled:
-        """Latency of a request of `rows` rows sent while requests of `ahead` rows (oldest first) are in flight."""
-        calls, replicas = self.calls(ahead), self.replicas
+    def predict(self, calls: Sequence[int], rows: int, replicas: int, out: int) -> Modelled:
+        """Latency of a request of `rows` rows sent while `calls` (their rows, oldest first: `calls()`)
+        are in flight, on `replicas` replicas that the router keeps `out` calls out to in all."""
+        replicas = max(1, replicas)
         own = rows
-        if len(calls) > replicas and calls[-1] + rows <= self.max_batch_size:  # the last call is still queued
-            own += calls.pop()
+        if len(calls) > max(out, replicas) and calls[-1] + rows <= self.max_batch_size:  # the last call is still queued
+            own, calls = own + calls[-1], calls[:-1]
         waited = sum(self.batch_ms(max(calls[i: i + replicas])) for i in range(0, len(calls), replicas))
         return Modelled(self.batch_ms(own), waited)
 
@@ -78,6 +82,15 @@ class ProfileLatency:
             else:
                 calls.append(rows)
         return calls
+
+
+def _runs_as(settings: ServingSettings, variant: Variant) -> bool:
+    """Whether each replica runs with the profiled settings (how many replicas run does not change a batch's p50)."""
+    threads, batching = variant.threads, variant.batching
+    served = (threads.intra_op, threads.inter_op, batching.max_batch_size, batching.max_wait_ms, variant.replicas.num_cpus)
+    profiled = (settings.intra_op_threads, settings.inter_op_threads, settings.max_batch_size, settings.max_wait_ms,
+                settings.cpus_per_replica)
+    return served == profiled
 
 
 @dataclass(frozen=True)

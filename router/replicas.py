@@ -14,7 +14,7 @@ import asyncio
 from ray import exceptions as ray_errors
 from ray.serve import exceptions as serve_errors
 
-from quiver.serving import InferenceRequest, InferenceResult, ReplicaUnreachable
+from quiver.serving import InferenceRequest, InferenceResult, ReplicaUnreachable, Variant
 
 from .coalesce import Coalescer, Pending
 from .endpoints import Endpoints
@@ -39,6 +39,11 @@ _LOST = (
 CALLS_PER_REPLICA = 2
 
 
+def calls_per_replica(variant: Variant) -> int:
+    """Calls the router keeps out to each replica at once (its own batching waits for more)."""
+    return variant.replicas.max_ongoing_requests if variant.batching.max_wait_ms else CALLS_PER_REPLICA
+
+
 class ReplicaLost(Exception):
     """No replica of the variant answered the call: it died, or none is running."""
 
@@ -55,7 +60,7 @@ class VariantReplicas:
         # Through the handle the router does not know how many replicas run: allowing calls for
         # as many as Serve may run costs some coalescing, allowing too few would leave replicas idle.
         self._most = replicas.autoscaling.max_replicas if replicas.autoscaling else replicas.count
-        self._per_replica = replicas.max_ongoing_requests if route.variant.batching.max_wait_ms else CALLS_PER_REPLICA
+        self._per_replica = calls_per_replica(route.variant)
         self._coalescer = Coalescer(self._send, self._capacity, route.variant.batching.max_batch_size, route.app)
 
     def submit(self, request: InferenceRequest, wait_s: float) -> Pending:

@@ -3,9 +3,10 @@
 Latency is an exponentially weighted moving average (EWMA) of the router's own measurements
 of each call (queueing and batching included), seeded from the optimization report's p50 until
 the first call returns. The prediction for one more request adds the work already in flight,
-spread over the variant's replicas and batches. A variant whose manifest holds a profile from
-`quiver tune` is predicted from it instead (router/prediction.py): from the size of each request in
-flight and of its own, call by call, with a correction learned from the same measurements.
+spread over the variant's replicas and batches. A variant that runs as its manifest's profile
+from `quiver tune` measured it is predicted from that instead (router/prediction.py): from the
+size of each request in flight and of its own, call by call, with a correction learned from
+the same measurements.
 
 An estimate nobody refreshes drifts back to the prior (half of the way every `forget_s`): a
 variant measured slow while it took the whole load is then sent requests again once the policy
@@ -20,6 +21,8 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+from quiver.serving import Variant
 
 from .prediction import Correction, Modelled, ProfileLatency
 
@@ -50,35 +53,46 @@ class VariantStats:
     forget_s: float = 1.0
     clock: Callable[[], float] = time.monotonic
     profile: ProfileLatency | None = None  # from the manifest's profile: predictions come from it
+    per_replica: int = 2  # calls the router keeps out to each replica (router/replicas.py)
+    variant: Variant | None = None  # the settings above are this one's (`serve`)
     correction: Correction = field(default_factory=Correction)
     in_flight: int = 0
     ahead: dict[int, int] = field(default_factory=dict)  # the rows of each call in flight, by ticket serial, oldest first
     serials: Iterator[int] = field(default_factory=itertools.count)
+    calls: list[int] | None = None  # the calls `ahead` makes (ProfileLatency.calls), until it changes
     ewma_ms: float | None = field(default=None)  # as of `sampled_at`
     sampled_at: float = 0.0
     failed_at: float | None = field(default=None)  # the last call that found no replica
     down_since: float | None = field(default=None)  # the first such call since one last answered (None if none ever did)
 
+    def serve(self, variant: Variant, per_replica: int) -> None:
+        """Take the variant's settings (a new route table may change them); what was measured stays."""
+        replicas = variant.replicas
+        self.variant, self.per_replica = variant, per_replica
+        self.replicas, self.batch_size = replicas.count, variant.batching.max_batch_size
+        self.prior_ms = variant.metrics.p50_ms if variant.metrics else 1.0
+        self.profile, self.calls = ProfileLatency.of(variant), None
+        self.queue_limit = replicas.count * replicas.max_queued_requests
+
     def started(self, rows: int = 1) -> Ticket:
         """One call of `rows` rows leaves: its prediction, for `finished`."""
-        modelled = self.profile.predict(self.ahead.values(), rows) if self.profile else None
+        modelled = self._modelled(rows)
         predicted = self.predicted_ms(rows) if modelled is None else self.correction.predicted_ms(modelled, self.clock())
         ticket = Ticket(next(self.serials), rows, predicted, modelled)
         self.in_flight += 1
         self.ahead[ticket.serial] = rows
+        self.calls = None
         return ticket
 
-    def finished(self, latency_ms: float | None, now: float | None = None, ticket: Ticket | None = None) -> None:
-        """One call ended: with its latency, or with `now` when no replica answered.
+    def finished(self, ticket: Ticket, latency_ms: float | None, now: float | None = None) -> None:
+        """The call `ticket` ended: with its latency, or with `now` when no replica answered.
 
         A failure teaches nothing of speed; it starts the cool-down.
         """
         self.in_flight -= 1
-        if ticket is not None:
-            self.ahead.pop(ticket.serial, None)
-        elif self.ahead:  # a caller that kept no ticket: the oldest
-            del self.ahead[next(iter(self.ahead))]
-        if latency_ms is not None and ticket is not None and ticket.modelled is not None:
+        self.ahead.pop(ticket.serial, None)
+        self.calls = None
+        if latency_ms is not None and ticket.modelled is not None:
             self.correction.observe(latency_ms, ticket.modelled, self.clock())
         if now is not None:
             self.failed_at = now
@@ -104,9 +118,17 @@ class VariantStats:
     def predicted_ms(self, rows: int = 1) -> float:
         """Latency for one more request (of `rows` rows): from the profile, corrected, where there
         is one; else the measured latency, one round per full capacity already queued ahead of it."""
-        if self.profile is not None:
-            return self.correction.predicted_ms(self.profile.predict(self.ahead.values(), rows), self.clock())
+        modelled = self._modelled(rows)
+        if modelled is not None:
+            return self.correction.predicted_ms(modelled, self.clock())
         return self.latency_ms * (1 + self.in_flight // self.capacity)
+
+    def _modelled(self, rows: int) -> Modelled | None:
+        if self.profile is None:
+            return None
+        if self.calls is None:  # once per change of what is in flight, not per prediction (one per candidate)
+            self.calls = self.profile.calls(self.ahead.values())
+        return self.profile.predict(self.calls, rows, self.replicas, self.per_replica * self.replicas)
 
     def cooling(self, now: float) -> bool:
         return self.failed_at is not None and now - self.failed_at < self.cooldown_s

@@ -18,14 +18,14 @@ from quiver.router.prediction import Correction, Factor, Modelled, ProfileLatenc
 from quiver.router.readiness import Readiness
 from quiver.router.routes import RouteTable, VariantRoute
 from quiver.router.stats import VariantStats
-from quiver.serving import AppState, BatchLatency, Manifest, ModelVersion, Precision, Profile, ServingSettings, app_name
+from quiver.serving import AppState, BatchLatency, Manifest, ModelVersion, Precision, Profile, ServingSettings, Variant, app_name
+from quiver.serving.manifest import Batching, Replicas, Threads
 
 
 def stats(latency_ms: float, in_flight: int = 0, replicas: int = 1, batch: int = 4) -> VariantStats:
     measured = VariantStats(replicas=replicas, batch_size=batch, prior_ms=100.0, clock=lambda: 0.0)
-    for _ in range(in_flight + 1):
-        measured.started()
-    measured.finished(latency_ms)  # one call returned: the EWMA starts from the scripted latency
+    tickets = [measured.started() for _ in range(in_flight + 1)]
+    measured.finished(tickets[0], latency_ms)  # one call returned: the EWMA starts from the scripted latency
     return measured
 
 
@@ -123,26 +123,22 @@ def test_the_ewma_follows_measured_latencies() -> None:
     measured = VariantStats(prior_ms=100.0, alpha=0.5, clock=lambda: 0.0)
     assert measured.predicted_ms() == 100.0  # the report's figure until something is measured
     for latency in (10.0, 20.0):
-        measured.started()
-        measured.finished(latency)
+        measured.finished(measured.started(), latency)
     assert measured.latency_ms == 15.0
-    measured.started()
-    measured.finished(None)  # a failure says nothing about speed
+    measured.finished(measured.started(), None)  # a failure says nothing about speed
     assert measured.latency_ms == 15.0 and measured.in_flight == 0
 
 
 def test_an_estimate_nobody_refreshes_drifts_back_to_the_prior() -> None:
     now = [0.0]
     measured = VariantStats(prior_ms=2.0, alpha=1.0, forget_s=1.0, clock=lambda: now[0])
-    measured.started()
-    measured.finished(50.0)  # measured slow, under a load that then went elsewhere
+    measured.finished(measured.started(), 50.0)  # measured slow, under a load that then went elsewhere
     assert measured.latency_ms == 50.0
     now[0] = 1.0
     assert measured.latency_ms == 26.0  # half of the way back to the prior
     now[0] = 10.0
     assert measured.latency_ms < 2.1
-    measured.started()
-    measured.finished(10.0)  # a new sample counts from where the estimate had drifted to
+    measured.finished(measured.started(), 10.0)  # a new sample counts from where the estimate had drifted to
     assert measured.latency_ms == 10.0
 
 
@@ -177,8 +173,7 @@ def test_a_deadline_alone_keeps_the_default_unless_it_would_miss() -> None:
 
 def test_a_variant_that_failed_is_passed_over_while_it_cools_down() -> None:
     measured = VariantStats(prior_ms=5.0, cooldown_s=5.0)
-    measured.started()
-    measured.finished(None, now=100.0)  # no replica answered at t=100
+    measured.finished(measured.started(), None, now=100.0)  # no replica answered at t=100
     assert measured.cooling(now=102.0) and not measured.cooling(now=105.5)
     assert measured.in_flight == 0 and measured.latency_ms == 5.0
 
@@ -201,8 +196,7 @@ def test_the_dispatcher_routes_around_a_failed_variant_until_it_cools_down() -> 
     assert dispatcher.choose(target, RoutingHints()).variant == "a"
 
     failed = dispatcher.stats(target.variants["a"])
-    failed.started()
-    failed.finished(None, now=0.0)
+    failed.finished(failed.started(), None, now=0.0)
     now[0] = 1.0
     assert dispatcher.choose(target, RoutingHints()) == Decision("b", "most-accurate")
     # Pinned, or with nothing else to try, the cooling variant still serves.
@@ -279,34 +273,57 @@ def tuned_profile(measured: dict[int, float] = MEASURED) -> Profile:
     )
 
 
+def tuned(profile: Profile | None = None) -> Variant:
+    """Variant a, served as its profile (by default `tuned_profile()`) measured it."""
+    profile = profile or tuned_profile()
+    return profile.settings.apply(Variant(name="a", file="m.onnx", sha256="0" * 64, profile=profile))
+
+
 def test_a_batchs_latency_is_interpolated_between_the_measured_sizes() -> None:
-    latency = ProfileLatency.of(tuned_profile(), max_batch_size=16, replicas=1)
+    latency = ProfileLatency.of(tuned())
     assert [latency.batch_ms(rows) for rows in (1, 4, 6, 12, 16)] == [2.0, 3.0, 3.5, 5.0, 6.0]
     assert latency.batch_ms(32) == 10.0  # above the largest: along the last segment
-    assert ProfileLatency.of(None, 16, 1) is None
-    assert ProfileLatency.of(tuned_profile().model_copy(update={"latency": []}), 16, 1) is None
+    assert ProfileLatency.of(tuned().model_copy(update={"profile": None})) is None
+    assert ProfileLatency.of(tuned(tuned_profile().model_copy(update={"latency": []}))) is None
+
+
+def test_a_profile_predicts_only_a_variant_that_runs_as_it_was_profiled() -> None:
+    variant = tuned()
+    assert ProfileLatency.of(variant.model_copy(update={"replicas": Replicas(count=3)})) is not None  # per replica
+    for placed in (  # a placement's settings over the tuned ones
+        {"threads": Threads(intra_op=4)},
+        {"batching": Batching(max_batch_size=16, max_wait_ms=2.0)},
+        {"replicas": Replicas(num_cpus=2.0)},
+    ):
+        assert ProfileLatency.of(variant.model_copy(update=placed)) is None
+    # No setting met the SLO: the manifest kept its own settings, and the profile describes others.
+    missed = tuned_profile().model_copy(update={"meets_slo": False})
+    assert ProfileLatency.of(tuned(missed)) is None
 
 
 @pytest.mark.parametrize(
-    ("ahead", "rows", "own_ms", "wait_ms"),
+    ("ahead", "rows", "out", "own_ms", "wait_ms"),
     [
-        ([], 4, 3.0, 0.0),  # idle: its own batch of 4
-        ([], 12, 5.0, 0.0),  # a request is one replica's: a batch of 12
-        ([4, 4], 1, 2.0, 4.0),  # one call of 8 rows running, then its own
-        ([16, 16], 1, 2.0, 6.0),  # a call running on each replica
-        ([16, 16, 16, 16, 10], 4, 5.5, 12.0),  # a round running, one queued, then it joins the last call: 14 rows
-        ([8, 16, 8], 1, 4.25, 6.0),  # 16 rows do not fit after 8: three calls for 32 rows; it joins the third
+        ([], 4, 2, 3.0, 0.0),  # idle: its own batch of 4
+        ([], 12, 2, 5.0, 0.0),  # a request is one replica's: a batch of 12
+        ([4, 4], 1, 2, 2.0, 4.0),  # one call of 8 rows running, then its own
+        ([16, 16], 1, 2, 2.0, 6.0),  # a call running on each replica
+        ([16, 16, 16, 16, 10], 4, 4, 5.5, 12.0),  # two rounds out, one queued, then it joins the last call: 14 rows
+        ([8, 16, 8], 1, 2, 4.25, 6.0),  # 16 rows do not fit after 8: three calls for 32 rows; it joins the third
+        ([8, 16, 8], 1, 4, 2.0, 10.0),  # the same with two calls out per replica: the third has left, two rounds ahead
     ],
 )
 def test_the_profile_predicts_the_call_a_request_joins_and_the_rounds_ahead(
-    ahead: list[int], rows: int, own_ms: float, wait_ms: float
+    ahead: list[int], rows: int, out: int, own_ms: float, wait_ms: float
 ) -> None:
-    latency = ProfileLatency.of(tuned_profile(), max_batch_size=16, replicas=2)
-    assert latency.predict(ahead, rows) == Modelled(pytest.approx(own_ms), pytest.approx(wait_ms))
+    latency = ProfileLatency.of(tuned())
+    calls = latency.calls(ahead)
+    assert latency.predict(calls, rows, replicas=2, out=out) == Modelled(pytest.approx(own_ms), pytest.approx(wait_ms))
+    assert calls == latency.calls(ahead)  # the calls are the caller's, kept
 
 
 def test_the_rows_in_flight_decide_whether_a_profiled_variant_fits_the_budget() -> None:
-    profiled = VariantStats(replicas=1, batch_size=16, profile=ProfileLatency.of(tuned_profile(), 16, 1), clock=lambda: 0.0)
+    profiled = VariantStats(replicas=1, batch_size=16, profile=ProfileLatency.of(tuned()), clock=lambda: 0.0)
     candidates = variants(fp32=profiled)
     assert profiled.predicted_ms(rows=16) == 6.0
     assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0)).variant == "fp32"  # one row: 2 ms
@@ -314,13 +331,13 @@ def test_the_rows_in_flight_decide_whether_a_profiled_variant_fits_the_budget() 
     out = profiled.started(rows=16)
     assert list(profiled.ahead.values()) == [16] and profiled.predicted_ms() == 8.0  # the running call (6 ms), then its own (2 ms)
     assert choose(candidates, "fp32", RoutingHints(latency_budget_ms=5.0)).variant == "pruned"
-    profiled.finished(6.0, ticket=out)
+    profiled.finished(out, 6.0)
     assert profiled.ahead == {} and profiled.predicted_ms() < 5.0
 
 
 def test_the_correction_converges_to_what_is_observed_and_fades_unrefreshed() -> None:
     now = [0.0]
-    profiled = VariantStats(profile=ProfileLatency.of(tuned_profile(), 16, 1),
+    profiled = VariantStats(profile=ProfileLatency.of(tuned()),
                             correction=Correction(Factor(alpha=0.2, forget_s=10.0), Factor(alpha=0.2, forget_s=10.0)),
                             clock=lambda: now[0])
 
@@ -328,9 +345,9 @@ def test_the_correction_converges_to_what_is_observed_and_fades_unrefreshed() ->
         for _ in range(calls):
             others = [profiled.started(rows) for rows in ahead]  # in flight before it
             ticket = profiled.started(rows=4)
-            profiled.finished(observed(ticket.modelled), ticket=ticket)
+            profiled.finished(ticket, observed(ticket.modelled))
             for other in others:
-                profiled.finished(None, ticket=other)
+                profiled.finished(other, None)
 
     # This machine runs a batch 1.5 times slower than the profile's, and overlaps a round ahead
     # with the next one so that it costs 0.4 of the profile's figure.
@@ -342,11 +359,11 @@ def test_the_correction_converges_to_what_is_observed_and_fades_unrefreshed() ->
     others = [profiled.started(rows) for rows in (16, 16, 8)]
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5 * 5.0 + 0.4 * 12.0, rel=1e-3)
     for other in others:
-        profiled.finished(None, ticket=other)
+        profiled.finished(other, None)
     now[0] = 10.0
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)  # half of the log-ratio forgotten
     ticket = profiled.started()
-    profiled.finished(None, now=now[0], ticket=ticket)  # a failure says nothing about speed
+    profiled.finished(ticket, None, now=now[0])  # a failure says nothing about speed
     assert profiled.in_flight == 0 and profiled.ahead == {}
     assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)
 
@@ -370,7 +387,7 @@ def _profiled_dispatcher(profile: Profile | None) -> tuple[Dispatcher, object]:
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
         "variants": [
             {"name": "a", "file": "m.onnx", "sha256": "0" * 64, "batching": {"max_batch_size": 16}, "profile": profile,
-             "metrics": _measured(0.99, 2.0)},
+             "threads": {"intra_op": 1}, "metrics": _measured(0.99, 2.0)},
             {"name": "b", "file": "m.onnx", "sha256": "0" * 64, "metrics": _measured(0.9, 3.0)},
         ],
     })
@@ -383,7 +400,7 @@ def _profiled_dispatcher(profile: Profile | None) -> tuple[Dispatcher, object]:
 
 def test_the_dispatcher_predicts_a_variant_from_its_manifests_profile() -> None:
     dispatcher, target = _profiled_dispatcher(tuned_profile().model_dump())
-    assert dispatcher.stats(target.variants["a"]).profile == ProfileLatency.of(tuned_profile(), 16, 1)
+    assert dispatcher.stats(target.variants["a"]).profile == ProfileLatency.of(tuned())
     assert dispatcher.stats(target.variants["b"]).profile is None
     budget = RoutingHints(latency_budget_ms=5.0)
     # a's profile: 2 ms for one row, 6 ms for 16: the request's rows decide.
@@ -392,3 +409,19 @@ def test_the_dispatcher_predicts_a_variant_from_its_manifests_profile() -> None:
     # Without the profile, a's prediction is its measured p50 whatever the rows.
     dispatcher, target = _profiled_dispatcher(None)
     assert dispatcher.admit(target, budget, rows=16) == Decision("a", "budget")
+
+
+def test_a_new_route_table_updates_a_variants_settings_and_keeps_what_was_measured() -> None:
+    dispatcher, target = _profiled_dispatcher(tuned_profile().model_dump())
+    route = target.variants["a"]
+    stats = dispatcher.stats(route)
+    ticket = stats.started()
+    stats.finished(ticket, 9.0)
+    running = stats.started()
+    # Placed anew: three replicas, and threads other than the profiled ones.
+    placed = route.variant.model_copy(update={"replicas": Replicas(count=3), "threads": Threads(intra_op=4)})
+    assert dispatcher.stats(VariantRoute(route.version, placed, handle=None)) is stats
+    assert (stats.replicas, stats.queue_limit, stats.profile) == (3, 3 * 256, None)
+    assert stats.ewma_ms == 9.0 and stats.in_flight == 1
+    stats.finished(running, None)
+    assert stats.in_flight == 0 and stats.ahead == {}

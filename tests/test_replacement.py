@@ -144,15 +144,11 @@ def test_a_variant_that_never_answered_fails_at_once() -> None:
 def test_down_since_marks_a_variant_that_answered_then_failed() -> None:
     stats = VariantStats()
     for outcome in ((None, 1.0), (None, 2.0)):  # failures of a variant that never answered
-        stats.started()
-        stats.finished(*outcome)
+        stats.finished(stats.started(), *outcome)
     assert stats.down_since is None
-    stats.started()
-    stats.finished(5.0)
+    stats.finished(stats.started(), 5.0)
     for now in (3.0, 4.0):
-        stats.started()
-        stats.finished(None, now)
+        stats.finished(stats.started(), None, now)
     assert stats.down_since == 3.0  # from the first failure on
-    stats.started()
-    stats.finished(5.0)
+    stats.finished(stats.started(), 5.0)
     assert stats.down_since is None
