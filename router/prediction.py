@@ -6,10 +6,10 @@ requests in flight make calls as router/coalesce.py makes them: in order, as man
 batch of rows, a call ending at the first request that does not fit (so mixed sizes make more
 calls than rows ÷ batch). A request sent now waits for them, one call per replica at a time
 (each round costs the p50 of its largest call), then runs in its own: the last one if it fits
-there and has not left yet (router/replicas.py keeps a few calls out per replica), else a new one. A batch's p50 is interpolated between the measured
-sizes (extended along the last segment above them). A variant that does not run with the
-profile's settings (a placement set others, or none met the SLO and the manifest kept its own)
-is not predicted from it.
+there and has not left yet (router/replicas.py keeps a few calls out per replica), else a new
+one. A batch's p50 is interpolated between the measured sizes (extended along the last segment
+above them). A variant that does not run with the profile's settings (a placement set others,
+or none met the SLO and the manifest kept its own) is not predicted from it.
 
 Two factors correct that, each learned from the answers as observed ÷ modelled (a moving
 average of its logarithm, drifting back to 1 when no answer refreshes it): one for a request's
@@ -68,7 +68,7 @@ class ProfileLatency:
         are in flight, on `replicas` replicas that the router keeps `out` calls out to in all."""
         replicas = max(1, replicas)
         own = rows
-        if len(calls) > max(out, replicas) and calls[-1] + rows <= self.max_batch_size:  # the last call is still queued
+        if len(calls) > out and calls[-1] + rows <= self.max_batch_size:  # the last call is still queued
             own, calls = own + calls[-1], calls[:-1]
         waited = sum(self.batch_ms(max(calls[i: i + replicas])) for i in range(0, len(calls), replicas))
         return Modelled(self.batch_ms(own), waited)
