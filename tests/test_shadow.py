@@ -30,6 +30,7 @@ from quiver.router.traffic import TrafficSplit
 from quiver.serving import InferenceResult, Manifest, ModelVersion
 from quiver.serving.manifest import Shadow
 from quiver.serving.optimize import OptimizeSettings, SpeedBudget, VariantKind, load_dataset, optimize
+from quiver.serving.requests import rows as request_rows
 
 from .models import build_gemm, reference
 from .serverproc import ServerProcess, quiver_serve
@@ -230,6 +231,12 @@ def test_a_shadow_step_compares_the_new_versions_answers_with_the_ones_clients_g
     assert metrics.registry.get_sample_value("quiver_shadow_step_calls_total", {**labels, "outcome": "ok"}) == 40
     assert metrics.registry.get_sample_value("quiver_shadow_step_latency_seconds_count", labels) == 40
     assert set(asked) == {("m", "2", "fp32")}  # version 1's own answers are the reference: never asked again
+
+
+def test_the_rows_of_a_request_for_mirrors_and_capture_allow_scalars_and_no_inputs() -> None:
+    """What dispatch, the Shadow step's incomparable rows and the capture count (they once raised here)."""
+    assert request_rows({"x": np.zeros((3, 2)), "y": np.zeros(5)}) == 3
+    assert request_rows({"x": np.float32(2.0)}) == request_rows({"x": np.array(2.0)}) == request_rows({}) == 1
 
 
 def test_the_route_table_refuses_a_shadow_version_with_traffic() -> None:
