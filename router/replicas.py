@@ -14,7 +14,8 @@ import asyncio
 from ray import exceptions as ray_errors
 from ray.serve import exceptions as serve_errors
 
-from quiver.serving import InferenceRequest, InferenceResult, ReplicaUnreachable, Variant
+from quiver.serving import InferenceError, InferenceRequest, InferenceResult, ReplicaUnreachable, Variant
+from quiver.serving import segments
 
 from .coalesce import Coalescer, Pending
 from .endpoints import Endpoints
@@ -89,11 +90,27 @@ class VariantReplicas:
                     if attempt:
                         raise ReplicaLost(str(exc)) from exc
         self._metrics.calls("serve").inc()
-        response = self._handle.remote(requests)
+        refused = {i: error for i, request in enumerate(requests) if (error := _shrunk(request)) is not None}
+        sent = [request for i, request in enumerate(requests) if i not in refused]
+        if not sent:
+            return [refused[i] for i in range(len(requests))]
+        response = self._handle.remote(sent)
         try:
-            return await response
+            answers = iter(await response)
         except _LOST as exc:
             raise ReplicaLost(repr(exc)) from exc
         except asyncio.CancelledError:
             response.cancel()  # nobody waits for it: the replica need not run it
             raise
+        return [refused[i] if i in refused else next(answers) for i in range(len(requests))]
+
+
+def _shrunk(request: InferenceRequest) -> InferenceError | None:
+    """Why the request cannot go, if an input lies in a shared memory segment shrunk since it was checked:
+    pickling it for Serve's handle would read past the segment's end and kill the router (SIGBUS)."""
+    try:
+        for array in request.inputs.values():
+            segments.check_size(array)
+    except segments.SegmentError as exc:
+        return InferenceError(f"input in shared memory: {exc}")
+    return None
