@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dispatch-timeout-s", type=float, default=30.0, help="longest wait for a variant before another is tried"
     )
     listener.add_argument(
-        "--replacement-wait-s", type=float, default=10.0,
+        "--replacement-wait-s", type=float, default=30.0,
         help="how long requests wait (within their deadline) for a variant's replica that just died to be replaced "
         "before failing; 0: fail at once (default: %(default)s)",
     )

@@ -85,7 +85,7 @@ class RouterSettings:
     dispatch_timeout_s: float = 30.0  # longest wait for a variant before trying another
     # A request that finds its variant's last replica just gone waits this long (within its
     # deadline) for Serve's replacement rather than failing; 0: fail at once (router/replacement.py).
-    replacement_wait_s: float = 10.0
+    replacement_wait_s: float = 30.0
     traffic_file: Path | None = None  # version weights, watched (see router/traffic.py)
     # A cluster router's route table, written by the operator (see router/catalog.py), and the
     # store its manifests are read from. When set, the versions it names are what is served.
