@@ -131,7 +131,7 @@ def routing() -> list[timeseries.Panel]:
     return [
         _timeseries(
             "Routing decisions by reason", "Why the policy chose each request's variant "
-            "(default, most-accurate, budget, best-effort, pinned, spill-over, retry).", "reqps",
+            "(default, most-accurate, budget, best-effort, explore, pinned, spill-over, retry).", "reqps",
             _query(decisions, "{{model}} {{reason}}"),
         ),
         _timeseries(

@@ -102,6 +102,8 @@ class Dispatcher:
             found = self._stats[route.key] = VariantStats(clock=self._clock)
         if found.variant is not route.variant:  # new, or a route table placed it anew: what was measured stays
             found.serve(route.variant, calls_per_replica(route.variant))
+        # As many replicas as run (autoscaling moves it between route tables), else as many as asked for.
+        found.replicas = self._readiness.replicas(route) or route.variant.replicas.count
         return found
 
     def candidates(self, version: VersionRoutes, skip_cooling: bool = True) -> list[policy.Candidate]:

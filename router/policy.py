@@ -11,6 +11,12 @@
 3. Without one: the manifest's default variant ("default"), unless it is saturated and another
    candidate is not: then the most accurate of those ("spill-over"). A deadline alone only
    moves a request off a default predicted to miss it, as a budget would ("budget").
+4. A prediction is corrected only by answers (router/stats.py): a variant the budget never
+   chooses keeps the one it started from, right or wrong. So a candidate that would have won
+   had it been predicted faster (any other, when none fits; a more accurate one, when one does)
+   is sent one request once the budget has passed it over `explore_every` times and it had
+   none for `explore_after_s` ("explore"): at most one request in fifty, and two a second,
+   per variant, and never outside the request's constraints.
 A pinned variant (`quiver.variant`) bypasses the policy ("pinned").
 """
 
@@ -98,8 +104,21 @@ def _within(ready: Sequence[Candidate], budget_ms: float, rows: int) -> Decision
     predicted = {c.name: c.stats.predicted_ms(rows) for c in ready}  # once each (a profile's walks the calls in flight)
     fitting = [c for c in ready if predicted[c.name] <= budget_ms]
     if fitting:
-        return Decision(max(fitting, key=lambda c: (_accuracy(c), -predicted[c.name])).name, "budget")
-    return Decision(min(ready, key=lambda c: predicted[c.name]).name, "best-effort")
+        chosen = Decision(max(fitting, key=lambda c: (_accuracy(c), -predicted[c.name])).name, "budget")
+    else:
+        chosen = Decision(min(ready, key=lambda c: predicted[c.name]).name, "best-effort")
+    return _explored(ready, chosen) or chosen
+
+
+def _explored(ready: Sequence[Candidate], chosen: Decision) -> Decision | None:
+    """The most accurate candidate that could have won and is due to be explored, if any; every
+    one that could have won counts this request as passed over."""
+    winner = next(c for c in ready if c.name == chosen.variant)
+    could_win = [
+        c for c in ready if c is not winner and (chosen.reason == "best-effort" or _accuracy(c) > _accuracy(winner))
+    ]
+    due = [c for c in could_win if c.stats.passed_over()]
+    return Decision(max(due, key=_accuracy).name, "explore") if due else None
 
 
 def _pinned(candidates: Sequence[Candidate], name: str) -> Decision:

@@ -62,6 +62,11 @@ class VariantStats:
     calls: list[int] | None = None  # the calls `ahead` makes (ProfileLatency.calls), until it changes
     ewma_ms: float | None = field(default=None)  # as of `sampled_at`
     sampled_at: float = 0.0
+    # A variant the budget passes over is sent a request after this many, if it had none for this long (router/policy.py).
+    explore_every: int = 50
+    explore_after_s: float = 0.5
+    skipped: int = 0  # requests the budget gave to another variant since this one's last call
+    called_at: float = float("-inf")
     failed_at: float | None = field(default=None)  # the last call that found no replica
     down_since: float | None = field(default=None)  # the first such call since one last answered (None if none ever did)
 
@@ -79,6 +84,7 @@ class VariantStats:
         modelled = self._modelled(rows)
         predicted = self.predicted_ms(rows) if modelled is None else self.correction.predicted_ms(modelled, self.clock())
         ticket = Ticket(next(self.serials), rows, predicted, modelled)
+        self.skipped, self.called_at = 0, self.clock()
         self.in_flight += 1
         self.ahead[ticket.serial] = rows
         self.calls = None
@@ -129,6 +135,12 @@ class VariantStats:
         if self.calls is None:  # once per change of what is in flight, not per prediction (one per candidate)
             self.calls = self.profile.calls(self.ahead.values())
         return self.profile.predict(self.calls, rows, self.replicas, self.per_replica * self.replicas)
+
+    def passed_over(self) -> bool:
+        """Count a request the budget gave to another variant; whether this one is due a request
+        of its own, its prediction being what no answer has corrected lately."""
+        self.skipped += 1
+        return self.skipped >= self.explore_every and self.clock() - self.called_at >= self.explore_after_s
 
     def cooling(self, now: float) -> bool:
         return self.failed_at is not None and now - self.failed_at < self.cooldown_s

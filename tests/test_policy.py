@@ -335,6 +335,42 @@ def test_the_rows_in_flight_decide_whether_a_profiled_variant_fits_the_budget() 
     assert profiled.ahead == {} and profiled.predicted_ms() < 5.0
 
 
+def serve_scripted(candidates: list[Candidate], answers_ms: dict[str, float], now: list[float], step_s: float,
+                   requests: int) -> list[Decision]:
+    """`requests` budget decisions `step_s` apart, each answered in its variant's scripted time."""
+    decisions = []
+    for _ in range(requests):
+        now[0] += step_s
+        decision = choose(candidates, "int8", RoutingHints(latency_budget_ms=10.0))
+        measured = next(c.stats for c in candidates if c.name == decision.variant)
+        measured.finished(measured.started(), answers_ms[decision.variant])
+        decisions.append(decision)
+    return decisions
+
+
+def test_a_variant_the_budget_passes_over_is_explored_and_chosen_once_its_answers_correct_it() -> None:
+    now = [0.0]
+    # fp32's profile (measured on a busy node) predicts 30 ms, over the 10 ms budget; it answers in 5.
+    fp32 = VariantStats(profile=ProfileLatency((1,), (30.0,), 1), clock=lambda: now[0])
+    candidates = variants(fp32=fp32, int8=VariantStats(prior_ms=8.0, clock=lambda: now[0]))
+    decisions = serve_scripted(candidates, {"fp32": 5.0, "int8": 8.0}, now, 0.02, 1_000)
+    assert set(decisions[:49]) == {Decision("int8", "budget")}  # passed over 49 times: not yet due
+    explored = [i for i, d in enumerate(decisions) if d.reason == "explore"]
+    assert explored and {decisions[i].variant for i in explored} == {"fp32"}  # pruned, less accurate, cannot win
+    assert all(later - earlier >= 50 for earlier, later in zip(explored, explored[1:]))
+    chosen = decisions.index(Decision("fp32", "budget"))  # its answers corrected the profile's 30 ms
+    assert chosen > explored[0] and set(decisions[chosen:]) == {Decision("fp32", "budget")}
+
+
+def test_exploring_costs_at_most_two_requests_a_second_per_variant() -> None:
+    now = [0.0]
+    fp32 = VariantStats(profile=ProfileLatency((1,), (30.0,), 1), clock=lambda: now[0])  # right: it is slow
+    candidates = variants(fp32=fp32, int8=VariantStats(prior_ms=8.0, clock=lambda: now[0]))
+    decisions = serve_scripted(candidates, {"fp32": 30.0, "int8": 8.0}, now, 0.001, 3_000)  # 3 s at 1,000/s
+    assert 1 <= sum(d.reason == "explore" for d in decisions) <= 6
+    assert Decision("fp32", "budget") not in decisions
+
+
 def test_the_correction_converges_to_what_is_observed_and_fades_unrefreshed() -> None:
     now = [0.0]
     profiled = VariantStats(profile=ProfileLatency.of(tuned()),
@@ -379,8 +415,9 @@ def _measured(accuracy: float, p50_ms: float) -> dict:
             "p99_ms": p50_ms, "throughput": 1000 / p50_ms, "throughput_batch": 1, "max_abs_error": 0.0}
 
 
-def _profiled_dispatcher(profile: Profile | None) -> tuple[Dispatcher, object]:
-    """Variant a (the most accurate, default) carries `profile`; b is measured at 3 ms by `quiver optimize`."""
+def _profiled_dispatcher(profile: Profile | None, running: dict[str, int] | None = None) -> tuple[Dispatcher, object]:
+    """Variant a (the most accurate, default) carries `profile`; b is measured at 3 ms by `quiver optimize`.
+    Serve's status says `running[name]` replicas of each run (1 if unnamed), re-read on each refresh."""
     manifest = Manifest.model_validate({
         "name": "m", "version": "1", "default_variant": "a",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
@@ -393,9 +430,24 @@ def _profiled_dispatcher(profile: Profile | None) -> tuple[Dispatcher, object]:
     })
     version = ModelVersion(manifest, Path("."))
     routes = RouteTable(VariantRoute(version, variant, handle=None) for variant in manifest.variants)
-    readiness = Readiness(routes, poll=lambda: {app_name(version, v): AppState("RUNNING", 1) for v in manifest.variants})
+    running = running if running is not None else {}
+    readiness = Readiness(routes, poll=lambda: {app_name(version, v): AppState("RUNNING", running.get(v.name, 1)) for v in manifest.variants})
     asyncio.run(readiness.refresh())
     return Dispatcher(RouterMetrics(), readiness), routes.lookup("m")
+
+
+def test_the_prediction_counts_the_replicas_that_run_not_those_the_route_table_asks_for() -> None:
+    running = {"a": 1}
+    dispatcher, target = _profiled_dispatcher(tuned_profile().model_dump(), running)
+    route = target.variants["a"]
+    autoscaled = VariantRoute(route.version, route.variant.model_copy(update={"replicas": Replicas(count=2)}), handle=None)
+    assert dispatcher.stats(autoscaled).replicas == 1  # asked for 2, one runs yet
+    running["a"] = 4  # the autoscaler added replicas since the route table was written
+    asyncio.run(dispatcher._readiness.refresh())
+    assert dispatcher.stats(autoscaled).replicas == 4
+    running["a"] = 0  # none running (scaled to zero): as many as asked for, until they do
+    asyncio.run(dispatcher._readiness.refresh())
+    assert dispatcher.stats(autoscaled).replicas == 2
 
 
 def test_the_dispatcher_predicts_a_variant_from_its_manifests_profile() -> None:
@@ -412,7 +464,7 @@ def test_the_dispatcher_predicts_a_variant_from_its_manifests_profile() -> None:
 
 
 def test_a_new_route_table_updates_a_variants_settings_and_keeps_what_was_measured() -> None:
-    dispatcher, target = _profiled_dispatcher(tuned_profile().model_dump())
+    dispatcher, target = _profiled_dispatcher(tuned_profile().model_dump(), running={"a": 3})
     route = target.variants["a"]
     stats = dispatcher.stats(route)
     ticket = stats.started()
@@ -421,7 +473,7 @@ def test_a_new_route_table_updates_a_variants_settings_and_keeps_what_was_measur
     # Placed anew: three replicas, and threads other than the profiled ones.
     placed = route.variant.model_copy(update={"replicas": Replicas(count=3), "threads": Threads(intra_op=4)})
     assert dispatcher.stats(VariantRoute(route.version, placed, handle=None)) is stats
-    assert (stats.replicas, stats.queue_limit, stats.profile) == (3, 3 * 256, None)
+    assert (stats.replicas, stats.queue_limit, stats.profile) == (3, 3 * 256, None)  # three run
     assert stats.ewma_ms == 9.0 and stats.in_flight == 1
     stats.finished(running, None)
     assert stats.in_flight == 0 and stats.ahead == {}
