@@ -7,7 +7,9 @@
    no nodes yet) are routed around; if none is ready: UNAVAILABLE.
 2. With a latency budget (`quiver.latency_budget_ms`, tightened by the gRPC deadline): the most
    accurate candidate whose predicted latency fits ("budget"); if none fits, the fastest
-   ("best-effort"). Predictions are for the request's rows (router/stats.py).
+   ("best-effort"). Predictions are for the request's rows, and fit when scaled to what the
+   variant's predictions have missed by lately (90th percentile: router/stats.py), since the
+   budget is each request's, not the median's.
 3. Without one: the manifest's default variant ("default"), unless it is saturated and another
    candidate is not: then the most accurate of those ("spill-over"). A deadline alone only
    moves a request off a default predicted to miss it, as a budget would ("budget").
@@ -70,7 +72,7 @@ def choose(
         return _within(ready, hints.latency_budget_ms, rows)
 
     preferred = next((c for c in ready if c.name == default), None) or max(ready, key=lambda c: _accuracy_then_speed(c, rows))
-    if hints.deadline_ms is not None and preferred.stats.predicted_ms(rows) > hints.deadline_ms:
+    if hints.deadline_ms is not None and _tail_ms(preferred, rows) > hints.deadline_ms:
         return _within(ready, hints.deadline_ms, rows)
     if preferred.stats.saturated:
         others = [c for c in ready if c is not preferred and not c.stats.saturated]
@@ -102,7 +104,7 @@ def constrained(candidates: Sequence[Candidate], hints: RoutingHints, excluded: 
 
 def _within(ready: Sequence[Candidate], budget_ms: float, rows: int) -> Decision:
     predicted = {c.name: c.stats.predicted_ms(rows) for c in ready}  # once each (a profile's walks the calls in flight)
-    fitting = [c for c in ready if predicted[c.name] <= budget_ms]
+    fitting = [c for c in ready if predicted[c.name] * c.stats.tail_factor <= budget_ms]
     if fitting:
         chosen = Decision(max(fitting, key=lambda c: (_accuracy(c), -predicted[c.name])).name, "budget")
     else:
@@ -128,6 +130,10 @@ def _pinned(candidates: Sequence[Candidate], name: str) -> Decision:
     if not chosen.ready:
         raise Unavailable(f"variant {name!r} is not ready yet (its pool {chosen.pool!r} may have no nodes)")
     return Decision(name, "pinned")
+
+
+def _tail_ms(candidate: Candidate, rows: int) -> float:
+    return candidate.stats.predicted_ms(rows) * candidate.stats.tail_factor
 
 
 def _accuracy_then_speed(candidate: Candidate, rows: int) -> tuple[float, float]:

@@ -13,12 +13,18 @@ variant measured slow while it took the whole load is then sent requests again o
 has moved them elsewhere, instead of keeping, forever, the latency it had under that load
 (`python -m benchmarks.routing` showed the budget policy stuck on one variant without this).
 Under traffic the samples come far faster than that, so the drift is negligible.
+
+Both predict a median, and a budget is met by each request's latency, not by the median: half of
+the requests sent to a variant predicted right at the budget would miss it. So the policy
+scales a prediction by the 90th percentile of observed ÷ predicted over the variant's last
+answers (`tail_factor`): what the prediction has missed by lately, whatever the cause.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -67,6 +73,9 @@ class VariantStats:
     explore_after_s: float = 0.5
     skipped: int = 0  # requests the budget gave to another variant since this one's last call
     called_at: float = float("-inf")
+    # Observed ÷ predicted of the last answers, and their 90th percentile until the next one.
+    overruns: deque[float] = field(default_factory=lambda: deque(maxlen=TAIL_WINDOW))
+    _tail: float | None = None
     failed_at: float | None = field(default=None)  # the last call that found no replica
     down_since: float | None = field(default=None)  # the first such call since one last answered (None if none ever did)
 
@@ -105,6 +114,9 @@ class VariantStats:
             if self.down_since is None and self.ewma_ms is not None:  # it answered before: down, not never up
                 self.down_since = now
         if latency_ms is not None:
+            if ticket.predicted_ms > 0:
+                self.overruns.append(latency_ms / ticket.predicted_ms)
+                self._tail = None
             self.down_since = None
             self.ewma_ms = latency_ms if self.ewma_ms is None else self.alpha * latency_ms + (1 - self.alpha) * self.latency_ms
             self.sampled_at = self.clock()
@@ -136,6 +148,16 @@ class VariantStats:
             self.calls = self.profile.calls(self.ahead.values())
         return self.profile.predict(self.calls, rows, self.replicas, self.per_replica * self.replicas)
 
+    @property
+    def tail_factor(self) -> float:
+        """The 90th percentile of observed ÷ predicted over the last answers (1 until there are enough)."""
+        if len(self.overruns) < TAIL_MIN_ANSWERS:
+            return 1.0
+        if self._tail is None:
+            ordered = sorted(self.overruns)
+            self._tail = ordered[int(TAIL_QUANTILE * (len(ordered) - 1))]
+        return self._tail
+
     def passed_over(self) -> bool:
         """Count a request the budget gave to another variant; whether this one is due a request
         of its own, its prediction being what no answer has corrected lately."""
@@ -161,6 +183,7 @@ class VariantStats:
 
 
 SHADOW_SHARE = 0.25  # below low priority's half
+TAIL_QUANTILE, TAIL_WINDOW, TAIL_MIN_ANSWERS = 0.9, 200, 20
 
 
 def priority_share(priority: int) -> float:

@@ -335,6 +335,18 @@ def test_the_rows_in_flight_decide_whether_a_profiled_variant_fits_the_budget() 
     assert profiled.ahead == {} and profiled.predicted_ms() < 5.0
 
 
+def test_a_variant_fits_the_budget_by_what_its_predictions_missed_by_lately_not_by_its_median() -> None:
+    profiled = VariantStats(profile=ProfileLatency((1,), (10.0,), 1), clock=lambda: 0.0)
+    candidates = variants(fp32=profiled)
+    budget = RoutingHints(latency_budget_ms=12.0)
+    assert choose(candidates, "fp32", budget) == Decision("fp32", "budget")  # 10 ms predicted, nothing observed
+    for i in range(100):  # one answer in five takes 25 ms, the rest 9 ms
+        profiled.finished(profiled.started(), 25.0 if i % 5 == 0 else 9.0)
+    assert profiled.predicted_ms() <= 12.0  # the median still fits
+    assert profiled.tail_factor > 2.0  # one in five missed by more than twice
+    assert choose(candidates, "fp32", budget) == Decision("int8", "budget")  # so does not: int8 is 8 ms with no misses
+
+
 def serve_scripted(candidates: list[Candidate], answers_ms: dict[str, float], now: list[float], step_s: float,
                    requests: int) -> list[Decision]:
     """`requests` budget decisions `step_s` apart, each answered in its variant's scripted time."""
