@@ -40,7 +40,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from benchmarks import provenance
 from benchmarks.loadgen import closed_loop
-from benchmarks.routing import build_store, serving
+from benchmarks.routing import build_store, serving, sizes
 
 MANIFEST = Path("digits/1/manifest.json")
 
@@ -150,10 +150,9 @@ def markdown(results: dict[str, list[list[dict]]], args: argparse.Namespace) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    numbers = lambda text: [int(n) for n in text.split(",")]  # noqa: E731
     parser.add_argument("--seconds", type=float, default=3.0, help="measured per load")
-    parser.add_argument("--concurrency", type=numbers, default=[1, 4, 16], help="clients of each closed loop, in turn")
-    parser.add_argument("--rows", type=numbers, default=[1, 8, 32, 64], help="eval images per request, drawn at random")
+    parser.add_argument("--concurrency", type=sizes, default=[1, 4, 16], help="clients of each closed loop, in turn")
+    parser.add_argument("--rows", type=sizes, default=[1, 8, 32, 64], help="eval images per request, drawn at random")
     parser.add_argument("--variant", default="fp32")
     parser.add_argument("--repeats", type=int, default=1, help="servers per store, alternating")
     parser.add_argument("--tune-budget-s", type=float, default=120.0, help="quiver tune's --budget-s")

@@ -1,6 +1,6 @@
 """SLO-aware routing between the real variants of one model: latency, and accuracy measured from the answers.
 
-    python -m benchmarks.routing [--seconds 8] [--concurrency 8] [--rows 64] [--budget-ms MS] [--profiles]
+    python -m benchmarks.routing [--seconds 8] [--concurrency 8] [--rows 64 | --rows 1,8,32,64] [--budget-ms MS] [--profiles]
 
 1. Builds the digits example (examples/digits/train.py: a CNN on scikit-learn's digits) and runs
    `quiver optimize` on it into a scratch store: fp32, int8-static, pruned and distilled, each
@@ -8,7 +8,8 @@
 2. Serves the store with `quiver serve` (one replica per variant) and, for each way of asking,
    runs a closed loop of `--concurrency` clients for `--seconds` (after a 2 s warm-up that also
    gives the router live latency estimates). Every request carries `--rows` images of the eval
-   set, taken in turn; every answer's argmax is compared with those images' labels. So the
+   set (a number drawn at random from the list, when it lists several: a mixed load), taken in
+   turn; every answer's argmax is compared with those images' labels. So the
    accuracy delivered is counted from what came back, whichever variant served it.
 3. The ways of asking: pinned to each variant (`quiver.variant`); no hints (the default variant,
    fp32, with spill-over); `quiver.latency_budget_ms`; the same budget with
@@ -132,12 +133,12 @@ async def drive(address: str, images: np.ndarray, labels: np.ndarray, ways: list
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for label, parameters in ways:
-            tally, turn = Tally(), [0]
+            tally, turn, draw = Tally(), [0], np.random.default_rng(0)
 
             async def call(parameters: dict = parameters, tally: Tally = tally) -> None:
-                start = (turn[0] * args.rows) % len(images)
-                turn[0] += 1
-                index = (start + np.arange(args.rows)) % len(images)
+                rows = int(draw.choice(args.rows))
+                index = (turn[0] + np.arange(rows)) % len(images)
+                turn[0] += rows
                 x = images[index]
                 message = pb.ModelInferRequest(
                     model_name="digits",
@@ -150,12 +151,12 @@ async def drive(address: str, images: np.ndarray, labels: np.ndarray, ways: list
                 began = time.perf_counter()
                 response = await stub.ModelInfer(message, timeout=30)
                 elapsed_ms = (time.perf_counter() - began) * 1000
-                logits = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(args.rows, -1)
+                logits = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(rows, -1)
                 variant = response.parameters["quiver.variant"].string_param
                 tally.latencies_ms.append(elapsed_ms)
                 tally.variants.append(variant)
                 tally.reasons[response.parameters["quiver.reason"].string_param] += 1
-                tally.rows[variant] += args.rows
+                tally.rows[variant] += rows
                 tally.correct[variant] += int((logits.argmax(1) == labels[index]).sum())
 
             await closed_loop(call, 2.0, args.concurrency)  # warm-up; the router's latency estimates follow
@@ -193,8 +194,8 @@ def markdown(manifest: dict, rows: list[dict], budget_ms: float, cost_us: float,
     published = ", ".join(f"{v['name']} {v['metrics']['accuracy']:.4f}" for v in manifest["variants"])
     lines = [
         f"digits CNN through `quiver optimize` ({VARIANTS}); top-1 on the eval set as the pipeline measured it: {published}. "
-        f"`quiver serve`, one replica per variant; {args.concurrency} clients in a closed loop, {args.rows} eval images "
-        f"per request, {args.seconds:g} s per row after 2 s of warm-up; accuracy delivered = answers whose argmax is the "
+        f"`quiver serve`, one replica per variant; {args.concurrency} clients in a closed loop, {'/'.join(map(str, args.rows))} eval "
+        f"images per request{' at random' if len(args.rows) > 1 else ''}, {args.seconds:g} s per row after 2 s of warm-up; accuracy delivered = answers whose argmax is the "
         f"label ÷ images answered. Budget {budget_ms:g} ms"
         + (" (given)." if args.budget_ms is not None else " (the p50 pinned to fp32 in this run)."),
         "",
@@ -235,11 +236,16 @@ def _by_way(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
+def sizes(text: str) -> list[int]:
+    """A comma-separated list of positive integers, for the command line."""
+    return [int(n) for n in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured per way of asking")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=64, help="eval images per request")
+    parser.add_argument("--rows", type=sizes, default=[64], help="eval images per request; several: one drawn at random each")
     parser.add_argument("--budget-ms", type=float, help="latency budget (default: the p50 pinned to fp32 in this run)")
     parser.add_argument("--repeats", type=int, default=2, help="fresh servers per hinted way (its outcome depends on history)")
     parser.add_argument("--max-accuracy-drop", type=float, default=0.01, help="quiver optimize's gate")
