@@ -8,7 +8,7 @@
 2. With a latency budget (`quiver.latency_budget_ms`, tightened by the gRPC deadline): the most
    accurate candidate whose predicted latency fits ("budget"); if none fits, the fastest
    ("best-effort"). Predictions are for the request's rows, and fit when scaled to what the
-   variant's predictions have missed by lately (90th percentile: router/stats.py), since the
+   variant's predictions for that size have missed by lately (90th percentile: router/stats.py), since the
    budget is each request's, not the median's.
 3. Without one: the manifest's default variant ("default"), unless it is saturated and another
    candidate is not: then the most accurate of those ("spill-over"). A deadline alone only
@@ -104,7 +104,7 @@ def constrained(candidates: Sequence[Candidate], hints: RoutingHints, excluded: 
 
 def _within(ready: Sequence[Candidate], budget_ms: float, rows: int) -> Decision:
     predicted = {c.name: c.stats.predicted_ms(rows) for c in ready}  # once each (a profile's walks the calls in flight)
-    fitting = [c for c in ready if predicted[c.name] * c.stats.tail_factor <= budget_ms]
+    fitting = [c for c in ready if predicted[c.name] * c.stats.overruns.factor(rows) <= budget_ms]
     if fitting:
         chosen = Decision(max(fitting, key=lambda c: (_accuracy(c), -predicted[c.name])).name, "budget")
     else:
@@ -133,7 +133,7 @@ def _pinned(candidates: Sequence[Candidate], name: str) -> Decision:
 
 
 def _tail_ms(candidate: Candidate, rows: int) -> float:
-    return candidate.stats.predicted_ms(rows) * candidate.stats.tail_factor
+    return candidate.stats.predicted_ms(rows) * candidate.stats.overruns.factor(rows)
 
 
 def _accuracy_then_speed(candidate: Candidate, rows: int) -> tuple[float, float]:

@@ -17,7 +17,8 @@ Under traffic the samples come far faster than that, so the drift is negligible.
 Both predict a median, and a budget is met by each request's latency, not by the median: half of
 the requests sent to a variant predicted right at the budget would miss it. So the policy
 scales a prediction by the 90th percentile of observed ÷ predicted over the variant's last
-answers (`tail_factor`): what the prediction has missed by lately, whatever the cause.
+answers to requests of about the same size (`Overruns`): what the prediction has missed by
+lately, whatever the cause (a small request queued behind large ones misses by more).
 """
 
 from __future__ import annotations
@@ -41,6 +42,28 @@ class Ticket:
     rows: int
     predicted_ms: float
     modelled: Modelled | None  # the profile's prediction before the correction; None without a profile
+
+
+@dataclass
+class Overruns:
+    """Observed ÷ predicted over the last answers, by request size (its rows to the next power of two)."""
+
+    by_size: dict[int, deque[float]] = field(default_factory=dict)
+    _factors: dict[int, float] = field(default_factory=dict)  # until the size's next answer
+
+    def add(self, rows: int, ratio: float) -> None:
+        size = rows.bit_length()
+        self.by_size.setdefault(size, deque(maxlen=TAIL_WINDOW)).append(ratio)
+        self._factors.pop(size, None)
+
+    def factor(self, rows: int) -> float:
+        """Their 90th percentile for requests of this size; 1 until it has enough answers."""
+        size = rows.bit_length()
+        if size not in self._factors:
+            ratios = sorted(self.by_size.get(size, ()))
+            enough = len(ratios) >= TAIL_MIN_ANSWERS
+            self._factors[size] = ratios[int(TAIL_QUANTILE * (len(ratios) - 1))] if enough else 1.0
+        return self._factors[size]
 
 
 @dataclass
@@ -73,9 +96,7 @@ class VariantStats:
     explore_after_s: float = 0.5
     skipped: int = 0  # requests the budget gave to another variant since this one's last call
     called_at: float = float("-inf")
-    # Observed ÷ predicted of the last answers, and their 90th percentile until the next one.
-    overruns: deque[float] = field(default_factory=lambda: deque(maxlen=TAIL_WINDOW))
-    _tail: float | None = None
+    overruns: Overruns = field(default_factory=Overruns)
     failed_at: float | None = field(default=None)  # the last call that found no replica
     down_since: float | None = field(default=None)  # the first such call since one last answered (None if none ever did)
 
@@ -115,8 +136,7 @@ class VariantStats:
                 self.down_since = now
         if latency_ms is not None:
             if ticket.predicted_ms > 0:
-                self.overruns.append(latency_ms / ticket.predicted_ms)
-                self._tail = None
+                self.overruns.add(ticket.rows, latency_ms / ticket.predicted_ms)
             self.down_since = None
             self.ewma_ms = latency_ms if self.ewma_ms is None else self.alpha * latency_ms + (1 - self.alpha) * self.latency_ms
             self.sampled_at = self.clock()
@@ -147,16 +167,6 @@ class VariantStats:
         if self.calls is None:  # once per change of what is in flight, not per prediction (one per candidate)
             self.calls = self.profile.calls(self.ahead.values())
         return self.profile.predict(self.calls, rows, self.replicas, self.per_replica * self.replicas)
-
-    @property
-    def tail_factor(self) -> float:
-        """The 90th percentile of observed ÷ predicted over the last answers (1 until there are enough)."""
-        if len(self.overruns) < TAIL_MIN_ANSWERS:
-            return 1.0
-        if self._tail is None:
-            ordered = sorted(self.overruns)
-            self._tail = ordered[int(TAIL_QUANTILE * (len(ordered) - 1))]
-        return self._tail
 
     def passed_over(self) -> bool:
         """Count a request the budget gave to another variant; whether this one is due a request
