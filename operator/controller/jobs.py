@@ -108,6 +108,10 @@ def _job(deployment: str, uid: str | None, component: str, version: str, command
                 "name": component,
                 "image": settings.image,
                 "command": command,
+                # The root filesystem is read-only, the image's home with it: what writes under
+                # the home (Ray's auth token in ~/.ray for tune's own instance, matplotlib's
+                # cache) writes to the emptyDir instead.
+                "env": [{"name": "HOME", "value": "/tmp"}],
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
                     "readOnlyRootFilesystem": True,
