@@ -1,9 +1,10 @@
 """Container images without a registry or a build daemon: a one-layer tarball in `docker save`
 format that `ctr images import` loads into the node's containerd.
 
-`traced_rootfs` picks the files a command really opens (strace on this machine), so an image
-for `quiver optimize` holds the interpreter, the venv's packages it imports and the checkout's
-modules it runs (~tens of MB), not the whole venv (7 GB, most of it torch and CUDA wheels).
+`traced_rootfs` picks the files a command and its children really open (strace on this machine),
+so an image for `quiver optimize` and `quiver tune` holds the interpreter, the venv's packages
+they import (Ray's binaries among them) and the checkout's modules they run, not the whole venv
+(7 GB, most of it torch and CUDA wheels).
 """
 
 from __future__ import annotations
@@ -19,22 +20,31 @@ import tarfile
 from pathlib import Path
 
 # Successful calls that name a path: `openat(AT_FDCWD, "/x", ...) = 3`, `execve("/x", ...) = 0`.
-_CALL = re.compile(r'^\d+\s+(?:openat|open|execve|stat|lstat|newfstatat|statx|readlink|access)\((?:AT_FDCWD, )?"([^"]+)".*= (\d+)')
+_CALL = re.compile(r'^(?:openat|open|execve|stat|lstat|newfstatat|statx|readlink|access)\((?:AT_FDCWD, )?"([^"]+)".*= (\d+)')
 _SKIP = ("/proc", "/sys", "/dev", "/tmp", "/run", "/etc/ld.so.cache")
 
 
 def traced_rootfs(command: list[str], trace: Path, env: dict[str, str] | None = None) -> set[Path]:
-    """Run `command` under strace; the absolute paths of the files and symlinks it opened,
-    read or executed (with every symlink on the way, so the same paths resolve in the image)."""
-    subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e",
-                    "trace=execve,open,openat,stat,lstat,newfstatat,statx,readlink,access", *command],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Run `command` under strace, following every process and thread it starts (Ray's servers
+    and workers too); the absolute paths of the files and symlinks they opened, read or executed
+    (with every symlink on the way, so the same paths resolve in the image). `trace` is a folder:
+    one file per thread (-ff), as one shared file splits a call that another thread interrupts
+    into an `<unfinished ...>` and a `resumed` line, which would lose its path."""
+    trace.mkdir()
+    # --seccomp-bpf stops the tracees only at the calls traced, not at every call: Ray's busy
+    # threads run near their own speed.
+    done = subprocess.run(["strace", "-ff", "--seccomp-bpf", "-qq", "-o", str(trace / "call"), "-e",
+                           "trace=execve,open,openat,stat,lstat,newfstatat,statx,readlink,access", *command],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{command[:2]} exited {done.returncode} under strace:\n{done.stderr[-4000:]}")
     paths: set[Path] = set()
-    for line in trace.read_text(errors="replace").splitlines():
-        if (match := _CALL.match(line)) and match[1].startswith("/") and not match[1].startswith(_SKIP):
-            _add(Path(match[1]), paths)
-            if line.split(None, 1)[1].startswith("execve("):
-                _add_interpreters(Path(match[1]), paths)
+    for thread in trace.iterdir():
+        for line in thread.read_text(errors="replace").splitlines():
+            if (match := _CALL.match(line)) and match[1].startswith("/") and not match[1].startswith(_SKIP):
+                _add(Path(match[1]), paths)
+                if line.startswith("execve("):
+                    _add_interpreters(Path(match[1]), paths)
     return paths
 
 
