@@ -8,8 +8,8 @@
 2. With a latency budget (`quiver.latency_budget_ms`, tightened by the gRPC deadline): the most
    accurate candidate whose predicted latency fits ("budget"); if none fits, the fastest
    ("best-effort"). Predictions are for the request's rows, and fit when scaled to what the
-   variant's predictions for that size have missed by lately (90th percentile: router/stats.py), since the
-   budget is each request's, not the median's.
+   variant's predictions for that size have missed by lately (90th percentile:
+   router/stats.py), since the budget is each request's, not the median's.
 3. Without one: the manifest's default variant ("default"), unless it is saturated and another
    candidate is not: then the most accurate of those ("spill-over"). A deadline alone only
    moves a request off a default predicted to miss it, as a budget would ("budget").
