@@ -11,13 +11,17 @@ one. A batch's p50 is interpolated between the measured sizes (extended along th
 above them). A variant that does not run with the profile's settings (a placement set others,
 or none met the SLO and the manifest kept its own) is not predicted from it.
 
-Two factors correct that, each learned from the answers as observed ÷ modelled (a moving
-average of its logarithm, drifting back to 1 when no answer refreshes it): one for a request's
-own batch, from the requests that found nothing in flight (another machine than the profile's,
-other threads), and one for the rounds ahead, from the others. The second is needed: an idle
-replica's latency is mostly the hop to it and back, which under load overlaps the batches
-ahead (the router keeps two calls per replica out), so a round queued ahead costs a fraction of
-it, and how large a fraction depends on the machine.
+Two factors correct that: one for a request's own batch (another machine than the profile's,
+other threads, other load), one for the rounds ahead. The second is needed: an idle replica's
+latency is mostly the hop to it and back, which under load overlaps the batches ahead (the
+router keeps two calls per replica out), so a round queued ahead costs a fraction of it, and
+how large a fraction depends on the machine. Each answer moves both, in logarithm, by a step of
+its error (observed ÷ predicted) weighted by each part's share of the prediction: a request
+that found nothing in flight corrects its own batch only, as a moving average of the ratio
+would; one queued behind others corrects both. Learning the own batch from queued requests
+too matters under a steady load, where few find nothing in flight, and where the profiles'
+ranking of the variants (measured one after another) is what budget decisions turn on. Both
+drift back to 1 when no answer refreshes them.
 """
 
 from __future__ import annotations
@@ -103,8 +107,8 @@ class Modelled:
 
 @dataclass
 class Factor:
-    """A ratio learned as a moving average of its logarithm (one slow outlier weighs as much as
-    one equally fast one), half of it forgotten every `forget_s` unrefreshed."""
+    """A ratio learned in logarithm (one slow outlier weighs as much as one equally fast one),
+    half of it forgotten every `forget_s` unrefreshed."""
 
     alpha: float = 0.2
     forget_s: float = 10.0
@@ -114,9 +118,13 @@ class Factor:
     def value(self, now: float) -> float:
         return math.exp(self._log_ratio(now))
 
-    def observe(self, ratio: float, now: float) -> None:
-        self.log_ratio = self.alpha * math.log(ratio) + (1 - self.alpha) * self._log_ratio(now)
-        self.sampled_at = now
+    def step(self, log_error: float, weight: float, now: float, bounds: tuple[float, float] | None = None) -> None:
+        """Move by `alpha` × `weight` of `log_error` (log of observed ÷ predicted); with weight 1
+        and a prediction of this factor times a fixed figure, a moving average of the ratio."""
+        learned = self._log_ratio(now) + self.alpha * weight * log_error
+        if bounds is not None:
+            learned = min(max(learned, math.log(bounds[0])), math.log(bounds[1]))
+        self.log_ratio, self.sampled_at = learned, now
 
     def _log_ratio(self, now: float) -> float:
         return self.log_ratio * 0.5 ** (max(0.0, now - self.sampled_at) / self.forget_s)
@@ -139,8 +147,8 @@ class Correction:
     def observe(self, observed_ms: float, modelled: Modelled, now: float) -> None:
         if observed_ms <= 0 or modelled.own_ms <= 0:
             return
-        if modelled.wait_ms == 0:
-            self.own.observe(observed_ms / modelled.own_ms, now)
-        else:  # what the rounds ahead took, with its own batch as learned
-            waited = observed_ms - self.own.value(now) * modelled.own_ms
-            self.wait.observe(min(max(waited / modelled.wait_ms, _WAIT_BOUNDS[0]), _WAIT_BOUNDS[1]), now)
+        own, wait = self.own.value(now) * modelled.own_ms, self.wait.value(now) * modelled.wait_ms
+        log_error, share = math.log(observed_ms / (own + wait)), own / (own + wait)
+        self.own.step(log_error, share, now)
+        if wait > 0:
+            self.wait.step(log_error, 1 - share, now, _WAIT_BOUNDS)

@@ -390,31 +390,52 @@ def test_the_correction_converges_to_what_is_observed_and_fades_unrefreshed() ->
                             correction=Correction(Factor(alpha=0.2, forget_s=10.0), Factor(alpha=0.2, forget_s=10.0)),
                             clock=lambda: now[0])
 
-    def observe(observed: Callable[[Modelled], float], ahead: list[int], calls: int = 40) -> None:
-        for _ in range(calls):
-            others = [profiled.started(rows) for rows in ahead]  # in flight before it
+    def observe(observed: Callable[[Modelled], float], aheads: list[list[int]], calls: int) -> None:
+        for call in range(calls):
+            others = [profiled.started(rows) for rows in aheads[call % len(aheads)]]  # in flight before it
             ticket = profiled.started(rows=4)
             profiled.finished(ticket, observed(ticket.modelled))
             for other in others:
                 profiled.finished(other, None)
 
+    def predicted(ahead: list[int]) -> float:
+        others = [profiled.started(rows) for rows in ahead]
+        ms = profiled.predicted_ms(rows=4)
+        for other in others:
+            profiled.finished(other, None)
+        return ms
+
     # This machine runs a batch 1.5 times slower than the profile's, and overlaps a round ahead
     # with the next one so that it costs 0.4 of the profile's figure.
     slower = lambda modelled: 1.5 * modelled.own_ms + 0.4 * modelled.wait_ms  # noqa: E731
-    observe(slower, ahead=[])
-    assert profiled.predicted_ms(rows=4) == pytest.approx(1.5 * 3.0, rel=1e-3)
-    # Two calls of 16 ahead (6 ms each), then it joins the third: 8 + 4 rows (5 ms).
-    observe(slower, ahead=[16, 16, 8])
-    others = [profiled.started(rows) for rows in (16, 16, 8)]
-    assert profiled.predicted_ms(rows=4) == pytest.approx(1.5 * 5.0 + 0.4 * 12.0, rel=1e-3)
-    for other in others:
-        profiled.finished(other, None)
-    now[0] = 10.0
-    assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)  # half of the log-ratio forgotten
+    observe(slower, [[]], calls=40)  # nothing in flight: its own batch alone
+    assert predicted([]) == pytest.approx(1.5 * 3.0, rel=1e-3)
+    # Then one request in two queued: two calls of 16 ahead (6 ms each), then it joins the third,
+    # 8 + 4 rows (5 ms). The queued ones alone would not tell the two factors apart.
+    observe(slower, [[16, 16, 8], []], calls=400)
+    assert predicted([16, 16, 8]) == pytest.approx(1.5 * 5.0 + 0.4 * 12.0, rel=1e-2)
+    assert predicted([]) == pytest.approx(1.5 * 3.0, rel=1e-2)
+    now[0] += 10.0
+    assert predicted([]) == pytest.approx(1.5**0.5 * 3.0, rel=1e-2)  # half of the log-ratio forgotten
     ticket = profiled.started()
     profiled.finished(ticket, None, now=now[0])  # a failure says nothing about speed
     assert profiled.in_flight == 0 and profiled.ahead == {}
-    assert profiled.predicted_ms(rows=4) == pytest.approx(1.5**0.5 * 3.0, rel=1e-3)
+    assert predicted([]) == pytest.approx(1.5**0.5 * 3.0, rel=1e-2)
+
+
+def test_under_a_steady_load_the_own_batch_is_learned_from_queued_requests() -> None:
+    # No request ever finds the replica idle, and its batches take 3 times the profile's: the own
+    # factor learns it from requests of other sizes behind other queues (it stayed at 1 when only
+    # requests that found nothing in flight taught it).
+    profiled = VariantStats(profile=ProfileLatency.of(tuned()), clock=lambda: 0.0)
+    for call in range(2_000):
+        others = [profiled.started(rows) for rows in ([16, 16], [16, 16, 16, 16])[call % 2]]
+        ticket = profiled.started(rows=(1, 12, 4)[call % 3])
+        profiled.finished(ticket, 3.0 * ticket.modelled.own_ms + 1.0 * ticket.modelled.wait_ms)
+        for other in others:
+            profiled.finished(other, None)
+    assert profiled.correction.own.value(0.0) == pytest.approx(3.0, rel=0.05)
+    assert profiled.correction.wait.value(0.0) == pytest.approx(1.0, rel=0.05)
 
 
 def test_without_a_profile_the_request_rows_do_not_change_the_prediction() -> None:
