@@ -110,18 +110,19 @@ class Dispatcher:
         """The version's variants for the policy; with `skip_cooling`, those cooling down after a
         failure or drifted from their reference (and excluded for it) count as not ready."""
         now = self._clock()
-        return [
-            policy.Candidate(
+        candidates = []
+        for name, route in version.variants.items():
+            stats = self.stats(route)
+            cooling = skip_cooling and (stats.cooling(now) or self.shadow.excluded(route))
+            candidates.append(policy.Candidate(
                 name=name,
                 precision=route.variant.precision,
                 pool=route.variant.pool,
                 accuracy=self.shadow.accuracy(version, route),
-                ready=self._readiness.ready(route)
-                and not (skip_cooling and (self.stats(route).cooling(now) or self.shadow.excluded(route))),
-                stats=self.stats(route),
-            )
-            for name, route in version.variants.items()
-        ]
+                ready=self._readiness.ready(route) and not cooling,
+                stats=stats,
+            ))
+        return candidates
 
     def choose(
         self, version: VersionRoutes, hints: RoutingHints, excluded: frozenset[str] = frozenset(), rows: int = 1
