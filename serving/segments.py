@@ -24,7 +24,8 @@ process (SIGBUS), each read first compares the segment's current size (one `fsta
 That comparison guards only the moment it is made. The router re-checks (`check_size`) just
 before it copies an input into a message or writes an output, so what is left unguarded there is
 a shrink in that instant, as in Triton; inputs handed to Serve's handle (the fallback when a
-replica's data plane is not listed) are pickled later without that re-check. A replica on this
+replica's data plane is not listed) are re-checked just before Ray pickles them
+(router/replicas.py). A replica on this
 host reads its inputs during its batch wait and run: a client that shrinks its segment meanwhile
 kills that replica (its calls in flight fail and are retried), never the router.
 """
